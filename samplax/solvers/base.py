@@ -1,0 +1,137 @@
+"""The solver type and the one function that runs every solver: :func:`sample`.
+
+A solver is built by a factory from plain arguments and consists of
+
+* ``init(model, grid, x) -> state``: the state at t_0, including the model
+  output there (or its analytic large-noise limit when AFS is on);
+* ``step(model, grid, state, i, keys, last) -> state``: one interval
+  t_i -> t_{i+1}.  It ends with the model evaluation at the new point that the
+  next step needs, except when ``last`` (a Python bool) is set;
+* ``nfe(n_steps, end) -> int``: the exact number of model evaluations.
+
+:func:`sample` runs steps 0..n-2 with ``jax.lax.scan``, the last step outside
+it (so no model call is wasted at the end), then the optional final denoising
+evaluation.  No Python loop over steps, no host sync.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from samplax.timesteps import Grid
+
+Array = jnp.ndarray
+
+
+class Solver(NamedTuple):
+    name: str
+    init: Callable
+    step: Callable
+    nfe: Callable
+    order: int
+    stochastic: bool = False
+    min_steps: int = 1
+
+
+class SampleInfo(NamedTuple):
+    """Per-run diagnostics.  ``first_nonfinite_step``: index (0-based) of the
+    first step after which some sample was non-finite, or -1; ``n_nonfinite``:
+    count of non-finite samples after each step; ``trajectory``: x after each
+    step (n, B, ...) when requested, else None."""
+
+    first_nonfinite_step: Array
+    n_nonfinite: Array
+    trajectory: Optional[Array]
+
+
+def bcast(a, x):
+    """Reshape a scalar or per-sample array to broadcast against x (B, ...)."""
+    a = jnp.asarray(a)
+    return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
+
+
+def afs_noise(grid: Grid, x):
+    """Analytic first step: the large-noise limit of the noise prediction,
+    eps_hat = x / sqrt(alpha^2 + sigma^2) (= x for VP schedules), i.e. the
+    prediction of a model whose data have zero mean and negligible spread."""
+    a, s = grid.alpha[0], grid.sigma[0]
+    return x / jnp.sqrt(a * a + s * s)
+
+
+def initial_output(model, grid: Grid, x, view: str, afs: bool):
+    """Model output at (x, t_0) in ``view`` ("noise" or "data"), or its AFS limit."""
+    if afs:
+        eps = afs_noise(grid, x)
+        if view == "noise":
+            return eps
+        return (x - grid.sigma[0] * eps) / grid.alpha[0]
+    return model.view(view)(x, grid.t[0])
+
+
+def _count_nonfinite(x):
+    return jnp.sum(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
+
+
+def sample_keys(key, batch: int, index_offset=0):
+    """Per-sample keys fold_in(key, global_index): a sample's randomness does
+    not depend on the batch size or on how the batch is split across devices."""
+    idx = jnp.arange(batch) + index_offset
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+
+
+def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] = None,
+           return_trajectory: bool = False, index_offset: Any = 0):
+    """Run ``solver`` on ``model`` from x_T (shape (B, ...)) along ``grid``.
+
+    Returns ``(x_0, SampleInfo)``.  Stochastic solvers need ``key``; the noise
+    of sample b at step i is drawn from fold_in(fold_in(key, index_offset + b), i).
+    """
+    if x_T.ndim < 2:
+        raise ValueError(f"sample: x_T must have a leading batch axis, shape (B, ...); got shape {x_T.shape}")
+    n = grid.n_steps
+    if n < solver.min_steps:
+        raise ValueError(f"sample: solver {solver.name} needs at least {solver.min_steps} steps, grid has {n}")
+    keys = None
+    if solver.stochastic:
+        if key is None:
+            raise ValueError(f"sample: solver {solver.name} is stochastic and needs a PRNG key")
+        keys = sample_keys(key, x_T.shape[0], index_offset)
+
+    def step_keys(i):
+        if keys is None:
+            return None
+        return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+
+    state = solver.init(model, grid, x_T)
+
+    def body(st, i):
+        st = solver.step(model, grid, st, i, step_keys(i), False)
+        out = (st.x if return_trajectory else None, _count_nonfinite(st.x))
+        return st, out
+
+    if n > 1:
+        state, (traj, bad) = jax.lax.scan(body, state, jnp.arange(n - 1))
+    else:
+        traj, bad = (x_T[None][:0] if return_trajectory else None), jnp.zeros((0,), jnp.int32)
+    state = solver.step(model, grid, state, jnp.asarray(n - 1), step_keys(n - 1), True)
+    x = state.x
+    if grid.denoise:
+        x = model.data(x, grid.t[-1])
+    bad = jnp.concatenate([bad.astype(jnp.int32), _count_nonfinite(x)[None].astype(jnp.int32)])
+    first = jnp.where(jnp.any(bad > 0), jnp.argmax(bad > 0), -1)
+    if return_trajectory:
+        traj = jnp.concatenate([traj, x[None]], 0)
+    return x, SampleInfo(first_nonfinite_step=first, n_nonfinite=bad, trajectory=traj if return_trajectory else None)
+
+
+def generate(solver: Solver, model, grid: Grid, key: Array, n: int, shape, dtype=None,
+             index_offset: Any = 0, prior_std: float = 1.0, return_trajectory: bool = False):
+    """Draw x_T ~ N(0, prior_std^2 I) per sample from fold_in(fold_in(key, 0), index) and
+    sample.  Samples are identical whatever the batch size or the offset split."""
+    dtype = dtype or jnp.result_type(float)
+    k_prior, k_solver = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    pkeys = sample_keys(k_prior, n, index_offset)
+    x_T = prior_std * jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))(pkeys)
+    return sample(solver, model, x_T, grid, k_solver, return_trajectory, index_offset)

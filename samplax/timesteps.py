@@ -1,0 +1,181 @@
+"""Time grids: where a solver evaluates the model.
+
+A :class:`Grid` holds the nodes t_0 = t_max > t_1 > ... > t_n of an n-step
+solve together with alpha, sigma and lambda at each node (solvers only read
+these arrays, so a batch of grids is one ``vmap``).  Two ways to end:
+
+* ``end="zero"``: the last node is sigma = 0 (alpha = 1, lambda = +inf); the
+  last step is a pure denoising jump, never a division by zero.  The spacing
+  places n nodes from t_max to t_min and sigma = 0 is appended (k-diffusion's
+  and diffusers' convention), so n steps.
+* ``end="denoise"``: n steps from t_max to t_min, then one final evaluation
+  x0_hat(x, t_min), counted in the NFE (the official codes' ``denoise_to_zero``).
+* ``end="t_min"``: n steps from t_max to t_min and nothing else (for
+  convergence studies between fixed noise levels).
+
+Spacings (``SPACINGS``): time-uniform, time-quadratic (uniform in sqrt(t), the
+official DPM-Solver default for discrete schedules), logSNR-uniform, Karras rho
+(uniform in sigma_tilde^(1/rho), sigma_tilde = sigma / alpha), log-sigma uniform
+(uniform in log sigma(t), which for alpha = 1 schedules equals logSNR), and the
+diffusers integer spacings ``leading`` / ``trailing`` / ``linspace`` on a
+discrete schedule's training indices.  An explicit grid is validated: strictly
+decreasing, within [t_min, t_max] of the schedule.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.struct
+import jax.numpy as jnp
+import numpy as np
+
+from samplax.schedules import NoiseSchedule, VPDiscrete
+
+SPACINGS = ("time_uniform", "time_quadratic", "logsnr", "karras", "log_sigma", "leading", "trailing", "linspace")
+ENDS = ("zero", "denoise", "t_min")
+
+
+@flax.struct.dataclass
+class Grid:
+    """Nodes of an n-step solve (arrays of length n + 1) and how it ends."""
+
+    t: jnp.ndarray
+    alpha: jnp.ndarray
+    sigma: jnp.ndarray
+    lam: jnp.ndarray
+    end: str = flax.struct.field(pytree_node=False, default="t_min")
+
+    @property
+    def n_steps(self) -> int:
+        return self.t.shape[-1] - 1
+
+    @property
+    def ends_at_zero(self) -> bool:
+        return self.end == "zero"
+
+    @property
+    def denoise(self) -> bool:
+        return self.end == "denoise"
+
+    @property
+    def sigma_tilde(self) -> jnp.ndarray:
+        """sigma / alpha at each node (0 at a sigma = 0 end)."""
+        return self.sigma / self.alpha
+
+    @property
+    def log_alpha(self) -> jnp.ndarray:
+        return jnp.log(self.alpha)
+
+
+def _spacing_times(schedule: NoiseSchedule, n_nodes: int, spacing: str, t_max: float, t_min: float,
+                   rho: float, dtype) -> np.ndarray:
+    k = np.arange(n_nodes, dtype=np.float64) / (n_nodes - 1)
+    if spacing == "time_uniform":
+        return t_max + (t_min - t_max) * k
+    if spacing == "time_quadratic":
+        return (np.sqrt(t_max) + (np.sqrt(t_min) - np.sqrt(t_max)) * k) ** 2
+    if spacing in ("logsnr", "karras", "log_sigma"):
+        f = lambda t: np.asarray(schedule.lambda_(jnp.asarray(t, dtype)), np.float64)  # noqa: E731
+        if spacing == "logsnr":
+            lam = f(t_max) + (f(t_min) - f(t_max)) * k
+        elif spacing == "karras":
+            smax, smin = np.exp(-f(t_max)), np.exp(-f(t_min))
+            lam = -rho * np.log(smax ** (1 / rho) + (smin ** (1 / rho) - smax ** (1 / rho)) * k)
+        else:
+            ls = lambda t: float(schedule.log_sigma(jnp.asarray(t, dtype)))  # noqa: E731
+            log_sig = ls(t_max) + (ls(t_min) - ls(t_max)) * k
+            return _t_from_log_sigma(schedule, log_sig, t_min, t_max, dtype)
+        t = np.array(schedule.t_from_lambda(jnp.asarray(lam, dtype)), np.float64)
+        t[0], t[-1] = t_max, t_min  # exact ends, whatever the rounding of the inverse
+        return t
+    raise AssertionError(spacing)
+
+
+def _t_from_log_sigma(schedule, log_sig, t_min, t_max, dtype):
+    # Invert log sigma(t) (monotone) by bisection in float64 numpy via the schedule.
+    lo = np.full_like(log_sig, t_min)
+    hi = np.full_like(log_sig, t_max)
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        val = np.asarray(schedule.log_sigma(jnp.asarray(mid, dtype)), np.float64)
+        lo, hi = np.where(val < log_sig, mid, lo), np.where(val < log_sig, hi, mid)
+    t = 0.5 * (lo + hi)
+    t[0], t[-1] = t_max, t_min
+    return t
+
+
+def _integer_spacing(schedule: VPDiscrete, n_nodes: int, spacing: str) -> np.ndarray:
+    """diffusers' integer training indices (descending), as continuous times (i+1)/N."""
+    big_n = schedule.num_train_timesteps
+    if spacing == "linspace":
+        idx = np.linspace(0, big_n - 1, n_nodes).round()[::-1]
+    elif spacing == "leading":
+        ratio = big_n // n_nodes
+        idx = (np.arange(0, n_nodes) * ratio).round()[::-1]
+    else:  # trailing
+        ratio = big_n / n_nodes
+        idx = np.round(np.arange(big_n, 0, -ratio)) - 1
+    idx = idx.astype(np.float64)
+    if np.any(np.diff(idx) >= 0):
+        raise ValueError(f"time_grid: spacing {spacing!r} with {n_nodes} nodes repeats a training index "
+                         f"(N = {big_n}); use fewer steps")
+    return (idx + 1.0) / big_n
+
+
+def time_grid(schedule: NoiseSchedule, n_steps: int, spacing: str = "logsnr", end: str = "zero",
+              t_max: Optional[float] = None, t_min: Optional[float] = None, rho: float = 7.0,
+              times: Optional[Sequence[float]] = None, dtype=None) -> Grid:
+    """Build an ``n_steps`` grid from ``t_max`` (default schedule.t_max) towards
+    ``t_min`` (default schedule.t_min) with a named ``spacing``, or from explicit
+    ``times`` (then ``spacing`` and ``n_steps`` are taken from them: pass the
+    nodes down to t_min; with end="zero" sigma = 0 is appended)."""
+    if end not in ENDS:
+        raise ValueError(f"time_grid: end must be one of {ENDS}, got {end!r}")
+    dtype = dtype or jnp.result_type(float)
+    t_max = schedule.t_max if t_max is None else float(t_max)
+    t_min = schedule.t_min if t_min is None else float(t_min)
+    if times is not None:
+        t = np.asarray(times, dtype=np.float64)
+        if t.ndim != 1 or t.size < 2:
+            raise ValueError(f"time_grid: times must be a 1-D sequence of at least 2 times, got shape {t.shape}")
+        if not np.all(np.isfinite(t)) or np.any(np.diff(t) >= 0):
+            raise ValueError("time_grid: times must be finite and strictly decreasing")
+        lo, hi = min(schedule.t_min, schedule.t_max), schedule.t_max
+        tol = 1e-9 * max(1.0, abs(hi))
+        if t[0] > hi + tol or t[-1] < lo - tol:
+            raise ValueError(f"time_grid: times must lie within [t_min, t_max] = [{lo}, {hi}], "
+                             f"got [{t[-1]}, {t[0]}]")
+    else:
+        if spacing not in SPACINGS:
+            raise ValueError(f"time_grid: unknown spacing {spacing!r}; allowed: {list(SPACINGS)}")
+        if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+            raise ValueError(f"time_grid: n_steps must be a positive integer, got {n_steps!r}")
+        if not t_max > t_min:
+            raise ValueError(f"time_grid: need t_max > t_min, got t_max={t_max}, t_min={t_min}")
+        if not rho > 0:
+            raise ValueError(f"time_grid: rho must be positive, got {rho}")
+        n_nodes = n_steps if end == "zero" else n_steps + 1
+        if end == "zero" and n_nodes == 1:
+            t = np.array([t_max])
+        elif spacing in ("leading", "trailing", "linspace"):
+            if not isinstance(schedule, VPDiscrete):
+                raise ValueError(f"time_grid: spacing {spacing!r} needs a discrete schedule (VPDiscrete)")
+            t = _integer_spacing(schedule, n_nodes, spacing)
+        else:
+            t = _spacing_times(schedule, n_nodes, spacing, t_max, t_min, rho, dtype)
+    return grid_from_times(schedule, t, end=end, dtype=dtype)
+
+
+def grid_from_times(schedule: NoiseSchedule, t, end: str = "zero", dtype=None) -> Grid:
+    """A Grid through the given (already validated) nodes; with end="zero" a
+    sigma = 0 node is appended.  Works on traced ``t`` too (for learned grids)."""
+    dtype = dtype or jnp.result_type(float)
+    t = jnp.asarray(t, dtype)
+    alpha, sigma, lam = schedule.alpha(t), schedule.sigma(t), schedule.lambda_(t)
+    if end == "zero":
+        one = jnp.ones((1,), dtype)
+        t = jnp.concatenate([t, jnp.full((1,), schedule.t_zero, dtype)])
+        alpha = jnp.concatenate([alpha, one])
+        sigma = jnp.concatenate([sigma, 0 * one])
+        lam = jnp.concatenate([lam, jnp.full((1,), jnp.inf, dtype)])
+    return Grid(t=t, alpha=alpha, sigma=sigma, lam=lam, end=end)

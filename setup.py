@@ -1,0 +1,31 @@
+"""samplax: a JAX research framework for sampling experiments."""
+from setuptools import find_packages, setup
+
+setup(
+    name="samplax",
+    version="0.1.0",
+    description="JAX research framework for diffusion ODE/SDE solvers, schedule search and sampling experiments",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["samplax", "samplax.*"]),
+    package_data={"samplax": ["problems/*.json"]},
+    include_package_data=True,
+    # Lower bounds are the versions CI tests (constraints.txt pins them exactly);
+    # no upper bounds, so newer Python / JAX (TPU VMs) are not forced down.
+    install_requires=[
+        "jax>=0.10.1",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "chex>=0.1.92",
+        "orbax-checkpoint>=0.12.8",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.5.1",
+        "numpy>=2.0",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13"],
+        "bench": ["scipy>=1.13"],
+    },
+)
