@@ -92,7 +92,8 @@ def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] =
         raise ValueError(f"sample: x_T must have a leading batch axis, shape (B, ...); got shape {x_T.shape}")
     n = grid.n_steps
     if n < solver.min_steps:
-        raise ValueError(f"sample: solver {solver.name} needs at least {solver.min_steps} steps, grid has {n}")
+        raise ValueError(f"sample: solver {solver.name} needs at least {solver.min_steps} steps "
+                         f"(its order), the grid has {n}")
     keys = None
     if solver.stochastic:
         if key is None:

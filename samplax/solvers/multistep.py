@@ -36,7 +36,6 @@ lambda cannot be extrapolated.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
@@ -104,8 +103,6 @@ def _dpm_coeffs(data_pred: bool, solver_type: str) -> Callable:
         c = [c0] + [jnp.zeros_like(c0)] * (p - 1)
         if p == 1:
             return a, c
-        sgn = -1.0 if data_pred else 1.0  # phi's of -h (data) or +h (noise)
-        hh = sgn * h
         h0 = lam_s - _lam(grid, i - 1)
         r0 = _safe(h0 / h)
         if p == 2:
@@ -118,8 +115,6 @@ def _dpm_coeffs(data_pred: bool, solver_type: str) -> Callable:
             return a, c
         h1 = _lam(grid, i - 1) - _lam(grid, i - 2)
         r1 = _safe(h1 / h)
-        phi2 = phi1 / hh - 1.0 if False else None
-        del phi2
         if data_pred:
             phi2 = phi1 / h + 1.0
             phi3 = phi2 / h - 0.5
@@ -340,7 +335,7 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
     def nfe(n_steps, end):
         return n_steps + (1 if end == "denoise" else 0) - (1 if afs else 0)
 
-    return Solver(name=name, init=init, step=step, nfe=nfe, order=declared_order or order)
+    return Solver(name=name, init=init, step=step, nfe=nfe, order=declared_order or order, min_steps=order)
 
 
 # ----------------------------------------------------------------------------------------
@@ -426,5 +421,3 @@ def ipndm_v(order: int = 4, lower_order_final: bool = False, max_step_ratio: Opt
     return linear_multistep(f"ipndm_v{order}", "noise", order, _ipndm_v_coeffs, step_variable="sigma_tilde",
                             lower_order_final=lower_order_final, max_step_ratio=max_step_ratio, afs=afs)
 
-
-_ = math

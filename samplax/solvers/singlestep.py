@@ -1,0 +1,184 @@
+"""One-step solvers: Euler (probability-flow ODE in t), Heun (EDM), and the
+singlestep DPM-Solver (noise prediction, orders 1-3) and DPM-Solver++ (data
+prediction, 2S/3S).
+
+Each keeps the model output at the current point in the carry (evaluated at
+the end of the previous step, or by ``init``), so the first evaluation can be
+replaced by the analytic first step (AFS) and no evaluation is wasted after
+the last step.  A step into sigma = 0 is the denoising jump x0_hat for every
+method here (Heun: its Euler predictor, which is the same thing).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from samplax.solvers.base import Solver, afs_noise, bcast
+
+
+class OneStepState(NamedTuple):
+    x: jnp.ndarray
+    m: jnp.ndarray  # model output at x (view depends on the solver)
+
+
+def _check_order(name, order, allowed):
+    if order not in allowed:
+        raise ValueError(f"{name}: order must be one of {sorted(allowed)}, got {order!r}")
+
+
+def _init(view, afs):
+    def init(model, grid, x):
+        if afs:
+            eps = afs_noise(grid, x)
+            if view == "noise":
+                m = eps
+            elif view == "data":
+                m = (x - grid.sigma[0] * eps) / grid.alpha[0]
+            else:  # both
+                m = jnp.stack([(x - grid.sigma[0] * eps) / grid.alpha[0], eps])
+        elif view == "both":
+            m = jnp.stack(model.data_noise(x, grid.t[0]))
+        else:
+            m = model.view(view)(x, grid.t[0])
+        return OneStepState(x=x, m=m.astype(x.dtype))
+    return init
+
+
+def _eval(model, view, x, t):
+    if view == "both":
+        return jnp.stack(model.data_noise(x, t)).astype(x.dtype)
+    return model.view(view)(x, t).astype(x.dtype)
+
+
+def euler(afs: bool = False) -> Solver:
+    """Explicit Euler on the probability-flow ODE in the schedule's time t,
+    dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat (order 1).  NFE = steps (+1 denoise, -1 AFS)."""
+
+    def step(model, grid, state, i, keys, last):
+        x0, eps = state.m[0], state.m[1]
+        if last and grid.ends_at_zero:
+            return OneStepState(x=x0, m=state.m)
+        t = grid.t[i]
+        _, da = jax.jvp(model.schedule.alpha, (t,), (jnp.ones_like(t),))
+        _, ds = jax.jvp(model.schedule.sigma, (t,), (jnp.ones_like(t),))
+        dt = grid.t[i + 1] - t
+        x = state.x + (dt * da).astype(x0.dtype) * x0 + (dt * ds).astype(x0.dtype) * eps
+        if last:
+            return OneStepState(x=x, m=state.m)
+        return OneStepState(x=x, m=_eval(model, "both", x, grid.t[i + 1]))
+
+    def nfe(n, end):
+        return n + (end == "denoise") - afs
+
+    return Solver("euler", _init("both", afs), step, nfe, order=1)
+
+
+def heun(afs: bool = False) -> Solver:
+    """Heun's method of EDM (Karras et al. 2022, Alg. 1) in x / alpha and
+    sigma_tilde = sigma / alpha, d = eps_hat; the step into sigma = 0 is its Euler
+    predictor (order 2).  NFE = 2 steps (-1 ending at sigma = 0, +1 denoise, -1 AFS)."""
+
+    def step(model, grid, state, i, keys, last):
+        x, eps = state.x, state.m
+        st, a = grid.sigma_tilde, grid.alpha
+        dst = (st[i + 1] - st[i]).astype(x.dtype)
+        xt = x / a[i].astype(x.dtype)
+        x_pred = xt + dst * eps
+        if last and grid.ends_at_zero:
+            return OneStepState(x=a[i + 1].astype(x.dtype) * x_pred, m=eps)
+        eps2 = _eval(model, "noise", a[i + 1].astype(x.dtype) * x_pred, grid.t[i + 1])
+        x_new = a[i + 1].astype(x.dtype) * (xt + dst * 0.5 * (eps + eps2))
+        if last:
+            return OneStepState(x=x_new, m=eps)
+        return OneStepState(x=x_new, m=_eval(model, "noise", x_new, grid.t[i + 1]))
+
+    def nfe(n, end):
+        return 2 * n - (end == "zero") + (end == "denoise") - afs
+
+    return Solver("heun", _init("noise", afs), step, nfe, order=2)
+
+
+def dpm_solver_singlestep(order: int = 2, afs: bool = False) -> Solver:
+    """Singlestep DPM-Solver-``order`` in noise prediction (Lu et al. 2022, Alg. 1
+    (order 2, r1 = 1/2) and Alg. 2 (order 3, r1 = 1/3, r2 = 2/3), 'dpmsolver'
+    form); every step has the same order.  NFE = order x steps (-(order-1) when
+    ending at sigma = 0, +1 denoise, -1 AFS)."""
+    _check_order("dpm_solver_singlestep", order, {1, 2, 3})
+    return _singlestep(order, data_pred=False, afs=afs)
+
+
+def dpm_solver_pp_singlestep(order: int = 2, afs: bool = False) -> Solver:
+    """Singlestep DPM-Solver++ (2S, 3S) in data prediction (Lu et al. 2022b, Alg. 1
+    and App. A, 'dpmsolver' form).  NFE as :func:`dpm_solver_singlestep`."""
+    _check_order("dpm_solver_pp_singlestep", order, {1, 2, 3})
+    return _singlestep(order, data_pred=True, afs=afs)
+
+
+def _singlestep(order, data_pred, afs):
+    view = "data" if data_pred else "noise"
+
+    def first_order(grid_vals, x, m):
+        # x_t from (x_s, m_s) with the exact first-order exponential integrator.
+        a_s, s_s, a_t, s_t, h = grid_vals
+        if data_pred:
+            return bcast(s_t / s_s, x).astype(x.dtype) * x - (a_t * jnp.expm1(-h)).astype(x.dtype) * m
+        return bcast(jnp.exp(jnp.log(a_t) - jnp.log(a_s)), x).astype(x.dtype) * x \
+            + (s_t - a_t * s_s / a_s).astype(x.dtype) * m
+
+    def phi(h):
+        # phi_1 of the method's sign: expm1(-h) (data) or expm1(h) (noise); "lead" scale.
+        return jnp.expm1(-h) if data_pred else jnp.expm1(h)
+
+    def step(model, grid, state, i, keys, last):
+        x, m = state.x, state.m
+        sch = model.schedule
+        a_s, s_s, lam_s = grid.alpha[i], grid.sigma[i], grid.lam[i]
+        a_t, s_t, lam_t = grid.alpha[i + 1], grid.sigma[i + 1], grid.lam[i + 1]
+        h = lam_t - lam_s
+        p = 1 if (last and grid.ends_at_zero) else order
+        x_lin = first_order((a_s, s_s, a_t, s_t, h), x, m)
+
+        def at(r):
+            ti = sch.t_from_lambda(lam_s + r * h)
+            return ti, sch.alpha(ti), sch.sigma(ti)
+
+        def lead(a_, s_):
+            return a_ if data_pred else s_
+
+        if p == 1:
+            x_new = x_lin
+        elif p == 2:
+            r1 = 0.5
+            s1, a1, sg1 = at(r1)
+            u = first_order((a_s, s_s, a1, sg1, r1 * h), x, m)
+            m1 = _eval(model, view, u, s1)
+            x_new = x_lin - (0.5 / r1 * lead(a_t, s_t) * phi(h)).astype(x.dtype) * (m1 - m)
+        else:
+            r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+            s1, a1, sg1 = at(r1)
+            s2, a2, sg2 = at(r2)
+            u1 = first_order((a_s, s_s, a1, sg1, r1 * h), x, m)
+            d1 = _eval(model, view, u1, s1) - m
+            if data_pred:
+                phi22 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
+                phi2 = jnp.expm1(-h) / h + 1.0
+                u2 = first_order((a_s, s_s, a2, sg2, r2 * h), x, m) + (r2 / r1 * a2 * phi22).astype(x.dtype) * d1
+                d2 = _eval(model, view, u2, s2) - m
+                x_new = x_lin + (a_t * phi2 / r2).astype(x.dtype) * d2
+            else:
+                phi22 = jnp.expm1(r2 * h) / (r2 * h) - 1.0
+                phi2 = jnp.expm1(h) / h - 1.0
+                u2 = first_order((a_s, s_s, a2, sg2, r2 * h), x, m) - (r2 / r1 * sg2 * phi22).astype(x.dtype) * d1
+                d2 = _eval(model, view, u2, s2) - m
+                x_new = x_lin - (s_t * phi2 / r2).astype(x.dtype) * d2
+        if last:
+            return OneStepState(x=x_new, m=m)
+        return OneStepState(x=x_new, m=_eval(model, view, x_new, grid.t[i + 1]))
+
+    def nfe(n, end):
+        return order * n - (order - 1) * (end == "zero") + (end == "denoise") - afs
+
+    name = f"dpm_solver_pp_{order}s" if data_pred else f"dpm_solver_singlestep{order}"
+    return Solver(name, _init(view, afs), step, nfe, order=order)
