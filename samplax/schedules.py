@@ -37,6 +37,12 @@ def _log_sigma_vp(log_alpha: Array) -> Array:
     return 0.5 * jnp.log(-jnp.expm1(2.0 * log_alpha))
 
 
+def _lambda_vp(log_alpha: Array) -> Array:
+    # lambda = log(alpha / sigma) = -log(1 / alpha^2 - 1) / 2: one rounding at the size of lambda
+    # instead of two (log alpha - log sigma), which keeps float32 t_from_lambda(lambda_(t)) within 1e-6.
+    return -0.5 * jnp.log(jnp.expm1(-2.0 * log_alpha))
+
+
 def _log_alpha_vp_from_lambda(lam: Array) -> Array:
     # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -softplus(-2 lambda) / 2.
     return -0.5 * jnp.logaddexp(0.0, -2.0 * lam)
@@ -85,6 +91,9 @@ class VPLinear(NoiseSchedule):
     def log_sigma(self, t) -> Array:
         return _log_sigma_vp(self.log_alpha(t))
 
+    def lambda_(self, t) -> Array:
+        return _lambda_vp(self.log_alpha(t))
+
     def t_from_lambda(self, lam) -> Array:
         lam = _float(lam)
         # Solve (b1-b0) t^2/4 + b0 t/2 = softplus(-2 lam)/2 in the stable form
@@ -109,16 +118,31 @@ class VPCosine(NoiseSchedule):
         return math.log(math.cos(math.pi / 2 * self.s / (1.0 + self.s)))
 
     def log_alpha(self, t) -> Array:
+        # alpha = cos(th) / cos(th0), th = c (t + s), th0 = c s, c = pi / (2 (1 + s)).  log(cos th) - log(cos th0)
+        # cancels for small t (f32 lambda was off by 3e-4 at t = 2e-3), so use
+        # 1 - alpha = 2 sin((th + th0) / 2) sin((th - th0) / 2) / cos th0 there, and
+        # cos th = sin(c (1 - t)) for large t, where cos of th ~ pi/2 loses digits.
         t = _float(t)
-        return jnp.log(jnp.cos(jnp.pi / 2 * (t + self.s) / (1.0 + self.s))) - self._log_alpha0()
+        c, s = math.pi / 2 / (1.0 + self.s), self.s
+        small = jnp.log1p(-2.0 * jnp.sin(0.5 * c * (t + 2 * s)) * jnp.sin(0.5 * c * t) / math.cos(c * s))
+        large = jnp.log(jnp.sin(c * (1.0 - t))) - self._log_alpha0()
+        return jnp.where(t < 0.5, small, large)
 
     def log_sigma(self, t) -> Array:
         return _log_sigma_vp(self.log_alpha(t))
 
+    def lambda_(self, t) -> Array:
+        return _lambda_vp(self.log_alpha(t))
+
     def t_from_lambda(self, lam) -> Array:
+        # Exact inverse without cancellation: with d = cos th0 (1 - alpha) = cos th0 - cos th,
+        # 1 - cos th = 2 sin^2(th0 / 2) + d gives th, then sin((th - th0) / 2) = d / (2 sin((th + th0) / 2)).
         lam = _float(lam)
-        la = _log_alpha_vp_from_lambda(lam)
-        return 2.0 * (1.0 + self.s) / jnp.pi * jnp.arccos(jnp.exp(la + self._log_alpha0())) - self.s
+        c, s = math.pi / 2 / (1.0 + self.s), self.s
+        th0 = c * s
+        d = -math.cos(th0) * jnp.expm1(_log_alpha_vp_from_lambda(lam))
+        th = 2.0 * jnp.arcsin(jnp.sqrt(math.sin(th0 / 2) ** 2 + 0.5 * d))
+        return 2.0 * jnp.arcsin(0.5 * d / jnp.sin(0.5 * (th + th0))) / c
 
 
 def _interp_linear_extrapolate(x: Array, xp: Array, fp: Array) -> Array:
@@ -181,6 +205,9 @@ class VPDiscrete(NoiseSchedule):
 
     def log_sigma(self, t) -> Array:
         return _log_sigma_vp(self.log_alpha(t))
+
+    def lambda_(self, t) -> Array:
+        return _lambda_vp(self.log_alpha(t))
 
     def t_from_lambda(self, lam) -> Array:
         lam = _float(lam)

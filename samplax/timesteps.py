@@ -70,10 +70,13 @@ class Grid:
 def _spacing_times(schedule: NoiseSchedule, n_nodes: int, spacing: str, t_max: float, t_min: float,
                    rho: float, dtype) -> np.ndarray:
     k = np.arange(n_nodes, dtype=np.float64) / (n_nodes - 1)
-    if spacing == "time_uniform":
-        return t_max + (t_min - t_max) * k
-    if spacing == "time_quadratic":
-        return (np.sqrt(t_max) + (np.sqrt(t_min) - np.sqrt(t_max)) * k) ** 2
+    if spacing in ("time_uniform", "time_quadratic"):
+        if spacing == "time_uniform":
+            t = t_max + (t_min - t_max) * k
+        else:
+            t = (np.sqrt(t_max) + (np.sqrt(t_min) - np.sqrt(t_max)) * k) ** 2
+        t[0], t[-1] = t_max, t_min  # exact ends (80 + (0.002 - 80) is not 0.002)
+        return t
     if spacing in ("logsnr", "karras", "log_sigma"):
         f = lambda t: np.asarray(schedule.lambda_(jnp.asarray(t, dtype)), np.float64)  # noqa: E731
         if spacing == "logsnr":

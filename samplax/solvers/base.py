@@ -33,6 +33,7 @@ class Solver(NamedTuple):
     order: int
     stochastic: bool = False
     min_steps: int = 1
+    view: str = "data"  # the model view kept in the state ("data", "noise" or "both")
 
 
 class SampleInfo(NamedTuple):

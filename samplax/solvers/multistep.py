@@ -82,8 +82,17 @@ def _lam(grid, i):
 # ----------------------------------------------------------------------------------------
 # Coefficient functions: (grid, schedule, i, p) -> (a, [c_0..c_{p-1}]) for static p.
 # ----------------------------------------------------------------------------------------
-def _dpm_coeffs(data_pred: bool, solver_type: str) -> Callable:
-    """DPM-Solver (noise) / DPM-Solver++ (data) multistep, orders 1-3."""
+def _dpm_coeffs(data_pred: bool, solver_type: str, third_order: str = "exact") -> Callable:
+    """DPM-Solver (noise) / DPM-Solver++ (data) multistep, orders 1-3.
+
+    Third order: with D2 = (D1_0 - D1_1) / (r0 + r1) = h^2 m''/2 + O(h^3), the
+    exact integral of the quadratic interpolant needs the term -2 phi_3 D2 (phi_3
+    = phi_2 / h - 1/2 in the official notation).  The official codes (and the
+    DPM-Solver++ paper's 3M formula) use -phi_3 D2, which makes their "third
+    order" multistep method second-order accurate; ``third_order="official"``
+    reproduces it, ``"exact"`` (default) is the genuine third-order method.
+    """
+    d2_factor = 2.0 if third_order == "exact" else 1.0
 
     def coeffs(grid: Grid, schedule, i, p):
         lam_s, lam_t = grid.lam[i], grid.lam[i + 1]
@@ -118,11 +127,11 @@ def _dpm_coeffs(data_pred: bool, solver_type: str) -> Callable:
         if data_pred:
             phi2 = phi1 / h + 1.0
             phi3 = phi2 / h - 0.5
-            k1, k2 = lead * phi2, -lead * phi3  # x += k1 D1 + k2 D2
+            k1, k2 = lead * phi2, -d2_factor * lead * phi3  # x += k1 D1 + k2 D2
         else:
             phi2 = phi1 / h - 1.0
             phi3 = phi2 / h - 0.5
-            k1, k2 = -lead * phi2, -lead * phi3
+            k1, k2 = -lead * phi2, -d2_factor * lead * phi3
         # D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
         # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1.
         w0 = k1 * (1.0 + r0 / (r0 + r1)) + k2 / (r0 + r1)  # coefficient of D1_0
@@ -335,40 +344,46 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
     def nfe(n_steps, end):
         return n_steps + (1 if end == "denoise" else 0) - (1 if afs else 0)
 
-    return Solver(name=name, init=init, step=step, nfe=nfe, order=declared_order or order, min_steps=order)
+    return Solver(name=name, init=init, step=step, nfe=nfe, order=declared_order or order, min_steps=order,
+                  view=view)
 
 
 # ----------------------------------------------------------------------------------------
 # Factories
 # ----------------------------------------------------------------------------------------
-def dpm_solver_multistep(order: int = 2, solver_type: str = "dpmsolver", lower_order_final: bool = True,
+def dpm_solver_multistep(order: int = 2, solver_type: str = "dpmsolver", third_order: str = "exact",
+                         lower_order_final: bool = True,
                          lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = 3.0,
                          afs: bool = False) -> Solver:
     """Multistep DPM-Solver in noise prediction (Lu et al. 2022), orders 1-3.
-    NFE = steps (+1 denoise, -1 AFS).  ``lower_order_final_below=10`` and
-    ``max_step_ratio=None`` reproduce the official code."""
+    NFE = steps (+1 denoise, -1 AFS).  ``lower_order_final_below=10``,
+    ``max_step_ratio=None`` and ``third_order="official"`` reproduce the official
+    code (see :func:`_dpm_coeffs` on its third-order coefficient)."""
     _check("dpm_solver_multistep", order, 3, max_step_ratio)
-    _check_type("dpm_solver_multistep", solver_type)
-    return linear_multistep(f"dpm_solver_multistep{order}", "noise", order, _dpm_coeffs(False, solver_type),
+    _check_type("dpm_solver_multistep", solver_type, third_order)
+    return linear_multistep(f"dpm_solver_multistep{order}", "noise", order, _dpm_coeffs(False, solver_type, third_order),
                             lower_order_final=lower_order_final, lower_order_final_below=lower_order_final_below,
                             max_step_ratio=max_step_ratio, afs=afs)
 
 
-def dpm_solver_pp(order: int = 2, solver_type: str = "dpmsolver", lower_order_final: bool = True,
+def dpm_solver_pp(order: int = 2, solver_type: str = "dpmsolver", third_order: str = "exact",
+                  lower_order_final: bool = True,
                   lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = 3.0,
                   afs: bool = False) -> Solver:
     """DPM-Solver++ multistep (2M, 3M) in data prediction (Lu et al. 2022b, Alg. 2).
     NFE = steps (+1 denoise, -1 AFS)."""
     _check("dpm_solver_pp", order, 3, max_step_ratio)
-    _check_type("dpm_solver_pp", solver_type)
-    return linear_multistep(f"dpm_solver_pp{order}m", "data", order, _dpm_coeffs(True, solver_type),
+    _check_type("dpm_solver_pp", solver_type, third_order)
+    return linear_multistep(f"dpm_solver_pp{order}m", "data", order, _dpm_coeffs(True, solver_type, third_order),
                             lower_order_final=lower_order_final, lower_order_final_below=lower_order_final_below,
                             max_step_ratio=max_step_ratio, afs=afs)
 
 
-def _check_type(name, solver_type):
+def _check_type(name, solver_type, third_order):
     if solver_type not in ("dpmsolver", "taylor"):
         raise ValueError(f"{name}: solver_type must be 'dpmsolver' or 'taylor', got {solver_type!r}")
+    if third_order not in ("exact", "official"):
+        raise ValueError(f"{name}: third_order must be 'exact' or 'official', got {third_order!r}")
 
 
 def ddim(afs: bool = False) -> Solver:
