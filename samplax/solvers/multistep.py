@@ -190,9 +190,10 @@ def _unipc_coeffs(data_pred: bool, variant: str):
         b_h, h_phi_1, b = _unipc_b(hh, p, variant)
         if data_pred:
             a, lead = s_t / s_s, a_t
+            c0 = -lead * h_phi_1
         else:
             a, lead = jnp.exp(jnp.log(a_t) - jnp.log(a_s)), s_t
-        c0 = -lead * h_phi_1
+            c0 = s_t - a_t * s_s / a_s  # = -sigma_t (e^h - 1), finite at sigma_t = 0
         rks = [_safe((_lam(grid, i - j) - lam_s) / h) for j in range(1, p)]
         return a, lead, c0, b_h, b, rks
 
