@@ -147,6 +147,7 @@ def test_nfe_is_exact(gmm2d, name, opts, end):
     out, _ = jax.jit(lambda x: sample(solver, model, x, grid, jax.random.PRNGKey(0)))(x[:4].astype(jnp.float32))
     jax.block_until_ready(out)
     jax.effects_barrier()
+    assert np.all(np.isfinite(np.asarray(out)))
     assert counter[0] == nfe, f"{solver.name} end={end}: {counter[0]} model calls for declared NFE {nfe}"
 
 
