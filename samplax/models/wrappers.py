@@ -5,9 +5,11 @@
   combination is affine in the output at fixed (x, t), so guiding the noise,
   data or velocity output is the same thing; we guide the native output.
 * :func:`dynamic_thresholding` -- Imagen's dynamic thresholding (Saharia et al.
-  2022, Sec. 2.3) in DPM-Solver's form: s = max(quantile_p(|x0|), max_val),
-  x0 <- clip(x0, -s, s) * max_val / s.  With p = 1 and max_val >= max |x0| it
-  is the identity.
+  2022, Sec. 2.3): s = max(quantile_p(|x0|), max_val), x0 <- clip(x0, -s, s) * max_val / s.
+  With max_val = 1 this is exactly Imagen's and DPM-Solver's rule (output in
+  [-1, 1]); for max_val != 1 DPM-Solver divides by s only (output in [-1, 1]),
+  we rescale to [-max_val, max_val] so that max_val is the data range.  Then
+  p = 1 with max_val >= max |x0| is the identity.
 * :func:`static_clipping` -- x0 <- clip(x0, -c, c).
 
 Nothing in samplax thresholds or clips unless one of these wrappers is used.
