@@ -73,8 +73,18 @@ class NoiseSchedule:
         return self.t_from_lambda(-jnp.log(s))
 
 
+class _VP(NoiseSchedule):
+    """Variance-preserving families: sigma^2 = 1 - alpha^2, from log alpha alone."""
+
+    def log_sigma(self, t) -> Array:
+        return _log_sigma_vp(self.log_alpha(t))
+
+    def lambda_(self, t) -> Array:
+        return _lambda_vp(self.log_alpha(t))
+
+
 @flax.struct.dataclass
-class VPLinear(NoiseSchedule):
+class VPLinear(_VP):
     """Continuous VP with linear beta(t) = beta_min + t (beta_max - beta_min)
     (Song et al. 2021): log alpha(t) = -t^2 (b1 - b0) / 4 - t b0 / 2."""
 
@@ -88,12 +98,6 @@ class VPLinear(NoiseSchedule):
         t = _float(t)
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
-    def log_sigma(self, t) -> Array:
-        return _log_sigma_vp(self.log_alpha(t))
-
-    def lambda_(self, t) -> Array:
-        return _lambda_vp(self.log_alpha(t))
-
     def t_from_lambda(self, lam) -> Array:
         lam = _float(lam)
         # Solve (b1-b0) t^2/4 + b0 t/2 = softplus(-2 lam)/2 in the stable form
@@ -104,7 +108,7 @@ class VPLinear(NoiseSchedule):
 
 
 @flax.struct.dataclass
-class VPCosine(NoiseSchedule):
+class VPCosine(_VP):
     """Cosine VP (Nichol & Dhariwal 2021) in continuous time:
     alpha(t) = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s)). t_max defaults to
     0.9946, as in DPM-Solver, where lambda is still finite and moderate."""
@@ -128,12 +132,6 @@ class VPCosine(NoiseSchedule):
         large = jnp.log(jnp.sin(c * (1.0 - t))) - self._log_alpha0()
         return jnp.where(t < 0.5, small, large)
 
-    def log_sigma(self, t) -> Array:
-        return _log_sigma_vp(self.log_alpha(t))
-
-    def lambda_(self, t) -> Array:
-        return _lambda_vp(self.log_alpha(t))
-
     def t_from_lambda(self, lam) -> Array:
         # Exact inverse without cancellation: with d = cos th0 (1 - alpha) = cos th0 - cos th,
         # 1 - cos th = 2 sin^2(th0 / 2) + d gives th, then sin((th - th0) / 2) = d / (2 sin((th + th0) / 2)).
@@ -156,7 +154,7 @@ def _interp_linear_extrapolate(x: Array, xp: Array, fp: Array) -> Array:
 
 
 @flax.struct.dataclass
-class VPDiscrete(NoiseSchedule):
+class VPDiscrete(_VP):
     """Discrete-time VP from a beta table, in DPM-Solver's continuous time.
 
     ``log alpha`` at training index i (0-based) is ``0.5 * sum_{j<=i}
@@ -202,12 +200,6 @@ class VPDiscrete(NoiseSchedule):
         t = _float(t)
         t_arr, la = self._tables(t.dtype)
         return _interp_linear_extrapolate(t, t_arr, la)
-
-    def log_sigma(self, t) -> Array:
-        return _log_sigma_vp(self.log_alpha(t))
-
-    def lambda_(self, t) -> Array:
-        return _lambda_vp(self.log_alpha(t))
 
     def t_from_lambda(self, lam) -> Array:
         lam = _float(lam)

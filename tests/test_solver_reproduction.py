@@ -18,15 +18,15 @@ from samplax.timesteps import time_grid
 
 # (id, solver factory, spacing, steps, end, target at sigma=0 (None: at t_min), gmm2d, gmm64d)
 ROWS = [
-    ("unipc_bh1_o2_tq_4", lambda: unipc(2, "bh1", max_step_ratio=None), "time_quadratic", 4, "denoise", 0.09728, 0.5963),
+    ("unipc_bh1_o2_tq_4", lambda: unipc(2, "bh1", official_rhos=True, max_step_ratio=None, max_step=None), "time_quadratic", 4, "denoise", 0.09728, 0.5963),
     ("dpm_ms3_logsnr_9", lambda: dpm_solver_multistep(3, third_order="official", lower_order_final_below=10,
-                                                       max_step_ratio=None), "logsnr", 9,
+                                                       max_step_ratio=None, max_step=None), "logsnr", 9,
      "denoise", 0.02981, 0.1503),
-    ("unipc_bh2_o2_tq_9", lambda: unipc(2, "bh2", max_step_ratio=None), "time_quadratic", 9, "denoise", 0.03496, 0.1387),
+    ("unipc_bh2_o2_tq_9", lambda: unipc(2, "bh2", official_rhos=True, max_step_ratio=None, max_step=None), "time_quadratic", 9, "denoise", 0.03496, 0.1387),
     ("dpm_ms3_tq_19", lambda: dpm_solver_multistep(3, third_order="official", lower_order_final_below=10,
-                                                       max_step_ratio=None), "time_quadratic",
+                                                       max_step_ratio=None, max_step=None), "time_quadratic",
      19, "denoise", 0.003769, 0.01699),
-    ("dpmpp_2m_logsnr_10_tmin", lambda: dpm_solver_pp(2, lower_order_final_below=10, max_step_ratio=None), "logsnr", 10,
+    ("dpmpp_2m_logsnr_10_tmin", lambda: dpm_solver_pp(2, lower_order_final_below=10, max_step_ratio=None, max_step=None), "logsnr", 10,
      "t_min", 0.05116, 0.1620),
     ("ipndm3_tq_afs_10", lambda: ipndm(3, afs=True), "time_quadratic", 10, "denoise", 0.01811, 0.04007),
     ("ipndm3_tq_19", lambda: ipndm(3), "time_quadratic", 19, "denoise", 0.002700, 0.008654),

@@ -45,6 +45,12 @@ from samplax.solvers.base import Solver, bcast, initial_output
 from samplax.timesteps import Grid
 
 
+# Safeguard defaults for the multistep exponential integrators (see docs/solvers.md):
+# a step of order p >= 2 needs h <= SAFEGUARD_RATIO x each history step and h <= SAFEGUARD_MAX_STEP / (p - 1) (in lambda).
+SAFEGUARD_RATIO = 2.0
+SAFEGUARD_MAX_STEP = 2.0
+
+
 class MultistepState(NamedTuple):
     x: jnp.ndarray
     hist: jnp.ndarray  # (K, B, ...) model outputs, hist[0] at the current point
@@ -54,8 +60,15 @@ def _safe(v):
     return jnp.where(v == 0, jnp.ones_like(v), v)
 
 
-def static_orders(n: int, order: int, lower_order_final: bool, lower_order_final_below: Optional[int]) -> np.ndarray:
-    """Per-step orders from warm-up and lower-order-final (static in n)."""
+def static_orders(n: int, order: int, lower_order_final: bool, lower_order_final_below: Optional[int],
+                  ends_at_zero: bool = False) -> np.ndarray:
+    """Per-step orders from warm-up and lower-order-final (static in n).
+
+    On a grid ending at sigma = 0 the last step is the denoising jump (order 1),
+    and lower-order-final counts the steps before it: the step into t_min is then
+    the "final" step, exactly as with the official codes' t_min + denoise ending."""
+    if ends_at_zero and n > 1:
+        return np.append(static_orders(n - 1, order, lower_order_final, lower_order_final_below), 1).astype(np.int32)
     i = np.arange(n)
     p = np.minimum(order, i + 1)
     if lower_order_final and (lower_order_final_below is None or n < lower_order_final_below):
@@ -63,14 +76,18 @@ def static_orders(n: int, order: int, lower_order_final: bool, lower_order_final
     return p.astype(np.int32)
 
 
-def _safeguard_order(v: jnp.ndarray, i, order: int, ratio: float):
-    """Largest p <= order with |v_{i+1}-v_i| <= ratio |v_{i-j+1}-v_{i-j}| for j < p."""
+def _safeguard_order(v: jnp.ndarray, i, order: int, ratio: float, max_step: Optional[float] = None):
+    """Largest p <= order with |v_{i+1}-v_i| <= ratio |v_{i-j+1}-v_{i-j}| for j < p
+    (and, when ``max_step`` is set, |v_{i+1}-v_i| <= max_step / (p - 1))."""
     h = jnp.abs(v[i + 1] - v[i])
     p = jnp.asarray(1, jnp.int32)
     ok = jnp.asarray(True)
     for j in range(1, order):
         hj = jnp.abs(v[jnp.maximum(i - j + 1, 0)] - v[jnp.maximum(i - j, 0)])
         ok = ok & (h <= ratio * hj)
+        if max_step is not None:
+            # order j + 1 extrapolates a degree-j polynomial: allow it up to max_step / j.
+            ok = ok & (h <= max_step / j)
         p = p + ok.astype(jnp.int32)
     return p
 
@@ -179,8 +196,16 @@ def _solve_small(rks, b, size: int):
     return sol
 
 
-def _unipc_coeffs(data_pred: bool, variant: str):
-    """Returns (predictor_coeffs, corrector_coeffs) for UniPC."""
+def _unipc_coeffs(data_pred: bool, variant: str, official_rhos: bool = False):
+    """Returns (predictor_coeffs, corrector_coeffs) for UniPC.
+
+    The official code replaces two of the linear solves by the constant 1/2 (the
+    order-2 predictor and the order-1 corrector).  That is right to leading order
+    in h only: for bh1 at large h the corrector weight B(h) rho = h/2 grows without
+    bound, where the exact weight of the new point in the integral of the linear
+    interpolant is (h - 1 + e^{-h}) / h < 1.  We solve the systems by default
+    (exact for the interpolating polynomial at any h); ``official_rhos=True``
+    reproduces the official constants."""
 
     def common(grid, i, p):
         lam_s, lam_t = grid.lam[i], grid.lam[i + 1]
@@ -202,7 +227,10 @@ def _unipc_coeffs(data_pred: bool, variant: str):
         c = [c0] + [jnp.zeros_like(c0)] * (p - 1)
         if p == 1:
             return a, c
-        rhos = [jnp.full_like(c0, 0.5)] if p == 2 else _solve_small(rks + [1.0], b, p - 1)
+        if p == 2 and official_rhos:
+            rhos = [jnp.full_like(c0, 0.5)]
+        else:
+            rhos = _solve_small(rks + [1.0], b, p - 1)
         for j in range(1, p):  # D1_j = (m_j - m_0) / r_j
             w = -lead * b_h * rhos[j - 1] / rks[j - 1]
             c[j] = c[j] + w
@@ -212,7 +240,10 @@ def _unipc_coeffs(data_pred: bool, variant: str):
     def corrector(grid, schedule, i, p):
         a, lead, c0, b_h, b, rks = common(grid, i, p)
         c = [c0] + [jnp.zeros_like(c0)] * (p - 1)
-        rhos = [jnp.full_like(c0, 0.5)] if p == 1 else _solve_small(rks + [jnp.ones_like(c0)], b, p)
+        if p == 1 and official_rhos:
+            rhos = [jnp.full_like(c0, 0.5)]
+        else:
+            rhos = _solve_small(rks + [jnp.ones_like(c0)], b, p)
         for j in range(1, p):
             w = -lead * b_h * rhos[j - 1] / rks[j - 1]
             c[j] = c[j] + w
@@ -280,19 +311,58 @@ def _ipndm_v_coeffs(grid: Grid, schedule, i, p):
     return a, [a_t * v for v in ints]
 
 
+def _ipndm_v_diff_sampler_coeffs(grid: Grid, schedule, i, p):
+    """iPNDM_v with diff-sampler's published coefficients (its ``ipndm_v_sampler``).
+    Order 2 is exact variable-step AB2; its order-3/4 formulas are not exact
+    variable-step AB (with equal steps its order 4 gives (57, -65, 43, -11)/24)
+    -- kept only to compare with numbers computed by that toolbox."""
+    st = grid.sigma_tilde
+    a_t = grid.alpha[i + 1]
+    a = a_t / grid.alpha[i]
+    hn = st[i + 1] - st[i]
+    if p == 1:
+        return a, [a_t * hn]
+
+    def h(j):  # h_{n-j} = st[i-j+1] - st[i-j]
+        return _safe(st[jnp.maximum(i - j + 1, 0)] - st[jnp.maximum(i - j, 0)])
+
+    h1 = h(1)
+    ab2 = [(2.0 + hn / h1) / 2.0, -(hn / h1) / 2.0]
+    if p == 2:
+        return a, [a_t * hn * c for c in ab2]
+    h2 = h(2)
+    # diff-sampler's expression, with its operator precedence: 1 - (((hn / (3 (hn + h1))) * hn (hn + h1)) / (h1 (h1 + h2)))
+    t1 = (1.0 - hn / (3.0 * (hn + h1)) * (hn * (hn + h1)) / (h1 * (h1 + h2))) / 2.0
+    if p == 3:
+        cs = [ab2[0] + t1, ab2[1] - (1.0 + h1 / h2) * t1, t1 * h1 / h2]
+        return a, [a_t * hn * c for c in cs]
+    h3 = h(3)
+    t2 = ((1.0 - hn / (3.0 * (hn + h1))) / 2.0 + (1.0 - hn / (2.0 * (hn + h1))) * hn / (6.0 * (hn + h1 + h2))) \
+        * (hn * (hn + h1) * (hn + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
+    q = h1 * (h1 + h2) / (h2 * (h2 + h3))
+    cs = [ab2[0] + t1 + t2,
+          ab2[1] - (1.0 + h1 / h2) * t1 - (1.0 + h1 / h2 + q) * t2,
+          t1 * h1 / h2 + (h1 / h2 + q * (1.0 + h2 / h3)) * t2,
+          -t2 * q * h1 / h2]
+    return a, [a_t * hn * c for c in cs]
+
+
 # ----------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------
-def _check(name, order, max_order, max_step_ratio):
+def _check(name, order, max_order, max_step_ratio, max_step=None):
     if not isinstance(order, (int, np.integer)) or not 1 <= order <= max_order:
         raise ValueError(f"{name}: order must be an integer in 1..{max_order}, got {order!r}")
     if max_step_ratio is not None and not max_step_ratio > 0:
         raise ValueError(f"{name}: max_step_ratio must be positive or None, got {max_step_ratio!r}")
+    if max_step is not None and not max_step > 0:
+        raise ValueError(f"{name}: max_step must be positive or None, got {max_step!r}")
 
 
 def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, corrector_fn: Optional[Callable] = None,
                      step_variable: str = "lam", lower_order_final: bool = True,
                      lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = 3.0,
+                     max_step: Optional[float] = None, safeguard_variable: Optional[str] = None,
                      afs: bool = False, declared_order: Optional[int] = None) -> Solver:
     """Build a multistep Solver from a coefficient function (see module doc).
     NFE = n_steps (+1 with a final denoise, -1 with AFS)."""
@@ -305,11 +375,13 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
 
     def step(model, grid, state, i, keys, last):
         n = grid.n_steps
-        p_static = jnp.asarray(static_orders(n, order, lower_order_final, lower_order_final_below))[i]
+        p_static = jnp.asarray(static_orders(n, order, lower_order_final, lower_order_final_below,
+                                             grid.ends_at_zero and step_variable == "lam"))[i]
         p = p_static
-        if max_step_ratio is not None:
-            v = {"lam": grid.lam, "sigma_tilde": grid.sigma_tilde, "t": grid.t}[step_variable]
-            p = jnp.minimum(p, _safeguard_order(v, i, order, max_step_ratio))
+        if max_step_ratio is not None or max_step is not None:
+            v = {"lam": grid.lam, "sigma_tilde": grid.sigma_tilde, "t": grid.t}[safeguard_variable or step_variable]
+            ratio = jnp.inf if max_step_ratio is None else max_step_ratio
+            p = jnp.minimum(p, _safeguard_order(v, i, order, ratio, max_step))
         schedule = model.schedule
         zero_last = last and grid.ends_at_zero and step_variable == "lam"
         orders = [1] if zero_last else list(range(1, k + 1))
@@ -337,8 +409,14 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
             corr = [corrector_fn(grid, schedule, i, q) for q in orders]
             a_c, c_c = combine([(co[0], co[1]) for co in corr])
             w_new = jnp.stack([co[2] for co in corr])[jnp.clip(p - 1, 0, len(orders) - 1)]
-            x_new = (bcast(a_c, x).astype(x.dtype) * x + jnp.tensordot(c_c.astype(x.dtype), state.hist, axes=1)
-                     + w_new.astype(x.dtype) * m_new)
+            x_corr = (bcast(a_c, x).astype(x.dtype) * x + jnp.tensordot(c_c.astype(x.dtype), state.hist, axes=1)
+                      + w_new.astype(x.dtype) * m_new)
+            if grid.ends_at_zero and lower_order_final:
+                # The step into t_min is the final integration step (the next is the denoising
+                # jump): like the official last step it is not corrected.
+                x_new = jnp.where(i == n - 2, x_new, x_corr)
+            else:
+                x_new = x_corr
         hist = jnp.concatenate([m_new[None], state.hist[:-1]], 0)
         return MultistepState(x=x_new, hist=hist)
 
@@ -354,30 +432,32 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
 # ----------------------------------------------------------------------------------------
 def dpm_solver_multistep(order: int = 2, solver_type: str = "dpmsolver", third_order: str = "exact",
                          lower_order_final: bool = True,
-                         lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = 3.0,
+                         lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
+                         max_step: Optional[float] = SAFEGUARD_MAX_STEP,
                          afs: bool = False) -> Solver:
     """Multistep DPM-Solver in noise prediction (Lu et al. 2022), orders 1-3.
     NFE = steps (+1 denoise, -1 AFS).  ``lower_order_final_below=10``,
     ``max_step_ratio=None`` and ``third_order="official"`` reproduce the official
     code (see :func:`_dpm_coeffs` on its third-order coefficient)."""
-    _check("dpm_solver_multistep", order, 3, max_step_ratio)
+    _check("dpm_solver_multistep", order, 3, max_step_ratio, max_step)
     _check_type("dpm_solver_multistep", solver_type, third_order)
     return linear_multistep(f"dpm_solver_multistep{order}", "noise", order, _dpm_coeffs(False, solver_type, third_order),
                             lower_order_final=lower_order_final, lower_order_final_below=lower_order_final_below,
-                            max_step_ratio=max_step_ratio, afs=afs)
+                            max_step_ratio=max_step_ratio, max_step=max_step, afs=afs)
 
 
 def dpm_solver_pp(order: int = 2, solver_type: str = "dpmsolver", third_order: str = "exact",
                   lower_order_final: bool = True,
-                  lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = 3.0,
+                  lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
+                  max_step: Optional[float] = SAFEGUARD_MAX_STEP,
                   afs: bool = False) -> Solver:
     """DPM-Solver++ multistep (2M, 3M) in data prediction (Lu et al. 2022b, Alg. 2).
     NFE = steps (+1 denoise, -1 AFS)."""
-    _check("dpm_solver_pp", order, 3, max_step_ratio)
+    _check("dpm_solver_pp", order, 3, max_step_ratio, max_step)
     _check_type("dpm_solver_pp", solver_type, third_order)
     return linear_multistep(f"dpm_solver_pp{order}m", "data", order, _dpm_coeffs(True, solver_type, third_order),
                             lower_order_final=lower_order_final, lower_order_final_below=lower_order_final_below,
-                            max_step_ratio=max_step_ratio, afs=afs)
+                            max_step_ratio=max_step_ratio, max_step=max_step, afs=afs)
 
 
 def _check_type(name, solver_type, third_order):
@@ -395,30 +475,40 @@ def ddim(afs: bool = False) -> Solver:
 
 
 def unipc(order: int = 2, variant: str = "bh2", prediction: str = "data", corrector: bool = True,
-          lower_order_final: bool = True, lower_order_final_below: Optional[int] = None,
-          max_step_ratio: Optional[float] = 3.0, afs: bool = False) -> Solver:
+          official_rhos: Optional[bool] = None, lower_order_final: bool = True, lower_order_final_below: Optional[int] = None,
+          max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
+          max_step: Optional[float] = SAFEGUARD_MAX_STEP, afs: bool = False) -> Solver:
     """UniPC (Zhao et al. 2023): UniP-``order`` predictor, optionally with the UniC
     corrector (which reuses the next step's model evaluation, so NFE = steps
     (+1 denoise, -1 AFS) either way; no corrector after the last step).
-    ``variant``: 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1)."""
-    _check("unipc", order, 3, max_step_ratio)
+    ``variant``: 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1).  ``official_rhos``:
+    use the official code's constant 1/2 weights (default: yes for bh2, no for
+    bh1, whose constants over-weight long steps; with solved weights bh1 = bh2).
+    ``official_rhos=True, max_step_ratio=None, max_step=None`` reproduce the
+    official code (see :func:`_unipc_coeffs`)."""
+    _check("unipc", order, 3, max_step_ratio, max_step)
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unipc: variant must be 'bh1' or 'bh2', got {variant!r}")
     if prediction not in ("data", "noise"):
         raise ValueError(f"unipc: prediction must be 'data' or 'noise', got {prediction!r}")
-    pred, corr = _unipc_coeffs(prediction == "data", variant)
+    if official_rhos is None:
+        # bh2: the official constants (more accurate than exact solves on our problems);
+        # bh1: its constants over-weight long steps (see _unipc_coeffs), so solve.
+        official_rhos = variant == "bh2"
+    pred, corr = _unipc_coeffs(prediction == "data", variant, official_rhos)
     return linear_multistep(f"unipc_{variant}_{order}{'' if corrector else '_nocorr'}", prediction, order, pred,
                             corrector_fn=corr if corrector else None, lower_order_final=lower_order_final,
-                            lower_order_final_below=lower_order_final_below, max_step_ratio=max_step_ratio,
+                            lower_order_final_below=lower_order_final_below, max_step_ratio=max_step_ratio, max_step=max_step,
                             afs=afs, declared_order=order + 1 if corrector else order)
 
 
-def deis(order: int = 3, lower_order_final: bool = False, max_step_ratio: Optional[float] = 3.0,
+def deis(order: int = 3, lower_order_final: bool = False, max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
+         max_step: Optional[float] = SAFEGUARD_MAX_STEP,
          afs: bool = False) -> Solver:
     """DEIS tAB (Zhang & Chen 2023), orders 1-4.  NFE = steps (+1 denoise, -1 AFS)."""
-    _check("deis", order, 4, max_step_ratio)
-    return linear_multistep(f"deis_tab{order}", "noise", order, _deis_tab_coeffs, step_variable="t",
-                            lower_order_final=lower_order_final, max_step_ratio=max_step_ratio, afs=afs)
+    _check("deis", order, 4, max_step_ratio, max_step)
+    return linear_multistep(f"deis_tab{order}", "noise", order, _deis_tab_coeffs, step_variable="t", safeguard_variable="lam",
+                            lower_order_final=lower_order_final, max_step_ratio=max_step_ratio, max_step=max_step, afs=afs)
 
 
 def ipndm(order: int = 4, lower_order_final: bool = False, max_step_ratio: Optional[float] = None,
@@ -430,10 +520,17 @@ def ipndm(order: int = 4, lower_order_final: bool = False, max_step_ratio: Optio
                             lower_order_final=lower_order_final, max_step_ratio=max_step_ratio, afs=afs)
 
 
-def ipndm_v(order: int = 4, lower_order_final: bool = False, max_step_ratio: Optional[float] = None,
-            afs: bool = False) -> Solver:
-    """iPNDM_v: variable-step Adams-Bashforth on eps in sigma_tilde, orders 1-4."""
+def ipndm_v(order: int = 4, coefficients: str = "exact", lower_order_final: bool = False,
+            max_step_ratio: Optional[float] = None, afs: bool = False) -> Solver:
+    """iPNDM_v: variable-step Adams-Bashforth on eps in sigma_tilde, orders 1-4.
+    ``coefficients="exact"``: the exact variable-step AB weights (order p);
+    ``"diff_sampler"``: that toolbox's published weights (see
+    :func:`_ipndm_v_diff_sampler_coeffs`).  NFE = steps (+1 denoise, -1 AFS)."""
     _check("ipndm_v", order, 4, max_step_ratio)
-    return linear_multistep(f"ipndm_v{order}", "noise", order, _ipndm_v_coeffs, step_variable="sigma_tilde",
-                            lower_order_final=lower_order_final, max_step_ratio=max_step_ratio, afs=afs)
+    if coefficients not in ("exact", "diff_sampler"):
+        raise ValueError(f"ipndm_v: coefficients must be 'exact' or 'diff_sampler', got {coefficients!r}")
+    fn = _ipndm_v_coeffs if coefficients == "exact" else _ipndm_v_diff_sampler_coeffs
+    return linear_multistep(f"ipndm_v{order}" + ("" if coefficients == "exact" else "_ds"), "noise", order, fn,
+                            step_variable="sigma_tilde", lower_order_final=lower_order_final,
+                            max_step_ratio=max_step_ratio, afs=afs)
 

@@ -83,7 +83,7 @@ def sde_dpm_solver_pp_2m(lower_order_final: bool = True, max_step_ratio: Optiona
     def step(model, grid, state, i, keys, last):
         x, hist = state.x, state.m
         n = grid.n_steps
-        p = jnp.asarray(static_orders(n, 2, lower_order_final, None))[i]
+        p = jnp.asarray(static_orders(n, 2, lower_order_final, None, grid.ends_at_zero))[i]
         if max_step_ratio is not None:
             p = jnp.minimum(p, _safeguard_order(grid.lam, i, 2, max_step_ratio))
         s_s, a_t, s_t = grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
