@@ -38,6 +38,7 @@ from benchmarks import _common as C
 
 MODULE = "benchmarks.solver_accuracy"
 DEFAULT_OUT = os.path.join("docs", "benchmarks", "solver_accuracy.md")
+QUICK_OUT = os.path.join("docs", "benchmarks", "solver_accuracy_quick.md")  # so --quick never overwrites the full table
 PROBLEMS = ("gmm2d", "gmm64d")
 NFES = (5, 6, 8, 10, 15, 20, 50)
 QUICK_NFES = (5, 10, 20)
@@ -450,7 +451,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="gmm2d only, NFE 5, 10, 20, a subset of the configurations (QUICK_CONFIGS)")
     ap.add_argument("--out", default=None,
-                    help=f"markdown output path (default {DEFAULT_OUT}); the JSON goes next to it with the same stem")
+                    help=f"markdown output path (default {DEFAULT_OUT}, with --quick {QUICK_OUT}); the JSON goes "
+                         "next to it with the same stem")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="worker processes compiling/running programs (default: min(2, cores))")
     ap.add_argument("--problems", nargs="+", choices=PROBLEMS, default=None, help="override the problem list")
@@ -566,7 +568,7 @@ def main(argv=None):
     meta["n_rows"] = len(rows)
 
     md = report(meta, rows, skipped, failures)
-    out_md = args.out or DEFAULT_OUT
+    out_md = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     out_json = os.path.splitext(out_md)[0] + ".json"
     C.atomic_write_json(out_json, dict(meta=meta, rows=rows, skipped=skipped, failures=failures))
     C.atomic_write_text(out_md, md + "\n")
