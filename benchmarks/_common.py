@@ -60,7 +60,25 @@ def machine_info() -> dict:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "platform": platform.platform(),
+        "samplax": samplax_version(),
     }
+
+
+def samplax_version() -> dict:
+    """The git commit of the work tree, whether samplax/ has uncommitted changes, and a
+    digest of the samplax sources actually imported."""
+    import subprocess
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", REPO_ROOT, *args], capture_output=True, text=True,
+                                  timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown",
+            "samplax_dirty": bool(git("status", "--porcelain", "--", "samplax")),
+            "sources_digest": samplax_source_digest()}
 
 
 def utc_now() -> str:
@@ -80,7 +98,9 @@ def machine_md(info: dict, command: str, date: str) -> str:
         f"* Software: Python {info['python']}, jax {info['jax']} (jaxlib {info['jaxlib']}), "
         f"numpy {info['numpy']}; backend `{info['backend']}` ({', '.join(info['devices'])})",
         f"* Reproduce (from the repository root, in the venv): `{command}`",
-    ])
+    ] + ([f"* samplax: commit `{info['samplax']['commit']}`"
+          f"{' with uncommitted changes under samplax/' if info['samplax']['samplax_dirty'] else ''} "
+          f"(sources digest `{info['samplax']['sources_digest']}`)"] if "samplax" in info else []))
 
 
 def _json_clean(obj):

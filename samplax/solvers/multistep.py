@@ -255,14 +255,16 @@ def _unipc_coeffs(data_pred: bool, variant: str, official_rhos: bool = False):
     return predictor, corrector
 
 
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
+_GL = {k: np.polynomial.legendre.leggauss(k) for k in (4, 16)}
 
 
-def _lagrange_integrals(nodes, lo, hi, f_of_u, n_quad_nodes=None):
+def _lagrange_integrals(nodes, lo, hi, f_of_u, n_quad: int = 16):
     """int_lo^hi ell_j(f(u)) du for the Lagrange basis ell_j on ``nodes``, by
-    16-point Gauss-Legendre quadrature in u."""
-    u = 0.5 * (hi + lo) + 0.5 * (hi - lo) * jnp.asarray(_GL_X, dtype=jnp.result_type(lo))
-    w = 0.5 * (hi - lo) * jnp.asarray(_GL_W, dtype=jnp.result_type(lo))
+    ``n_quad``-point Gauss-Legendre quadrature in u (4 points are exact when f is
+    the identity and the basis has degree <= 7)."""
+    gx, gw = _GL[n_quad]
+    u = 0.5 * (hi + lo) + 0.5 * (hi - lo) * jnp.asarray(gx, dtype=jnp.result_type(lo))
+    w = 0.5 * (hi - lo) * jnp.asarray(gw, dtype=jnp.result_type(lo))
     z = f_of_u(u)
     out = []
     for j, nj in enumerate(nodes):
@@ -307,7 +309,7 @@ def _ipndm_v_coeffs(grid: Grid, schedule, i, p):
     if p == 1:
         return a, [a_t * (st[i + 1] - st[i])]
     nodes = [st[jnp.maximum(i - j, 0)] for j in range(p)]
-    ints = _lagrange_integrals(nodes, st[i], st[i + 1], lambda u: u)
+    ints = _lagrange_integrals(nodes, st[i], st[i + 1], lambda u: u, n_quad=4)
     return a, [a_t * v for v in ints]
 
 
