@@ -87,7 +87,8 @@ CONFIGS = _configs()
 # --quick: a subset that keeps every multistep family (and Euler as the cheapest baseline).
 QUICK_CONFIGS = ("euler", "ddim", "dpm_solver_multistep o2", "dpm_solver_multistep o3", "dpm_solver_pp o2",
                  "dpm_solver_pp o3", "deis o3", "unipc bh1 o2", "unipc bh2 o2", "unipc bh2 o3",
-                 "unipc bh1 o2 official", "dpm_solver_multistep o3 official", "ipndm o3", "ipndm_v o3",
+                 "unipc bh1 o2 official", "unipc bh1 o3 official", "dpm_solver_multistep o3 official", "ipndm o3",
+                 "ipndm_v o3",
                  "ipndm_v o3 diff-sampler")
 RATIO_TOL = 1e-3  # section (b): a row counts as worse than DDIM when the ratio exceeds 1 + RATIO_TOL
 
