@@ -11,6 +11,7 @@ from scipy.special import ndtri
 import samplax as sx
 from samplax.models import DiffusionModel, Gaussian, GaussianMixture
 from samplax.schedules import EDM, FlowLinear, VPCosine, VPDiscrete, VPLinear
+from helpers import assert_rel, max_rel
 
 KINDS = ("noise", "data", "velocity", "score", "flow")
 CONVERSION_SCHEDULES = {
@@ -21,17 +22,7 @@ CONVERSION_SCHEDULES = {
 }
 
 
-def _max_rel(a, b):
-    """max |a - b| / max |b| (norm-wise relative error of an array)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).max() / np.abs(b).max()
-
-
-def _assert_rel(a, b, rtol):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        assert np.shape(x) == np.shape(y)
-        err = _max_rel(x, y)
-        assert err <= rtol, (err, rtol)
+_max_rel, _assert_rel = max_rel, assert_rel
 
 
 def _gmm2d64():

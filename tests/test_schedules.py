@@ -12,14 +12,7 @@ import pytest
 from samplax.schedules import (EDM, SCHEDULES, VE, FlowLinear, VPCosine, VPDiscrete, VPLinear,
                                get_schedule)
 
-FAMILIES = {
-    "vp_linear": VPLinear,
-    "vp_cosine": VPCosine,
-    "vp_discrete": VPDiscrete.linear,
-    "ve": VE,
-    "edm": EDM,
-    "flow": FlowLinear,
-}
+FAMILIES = SCHEDULES  # name -> default constructor
 VP_FAMILIES = ("vp_linear", "vp_cosine", "vp_discrete")
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -271,10 +264,12 @@ def test_dtype_follows_input(name):
 
 
 def test_get_schedule_builds_each_family():
-    for name, ctor in FAMILIES.items():
+    expected = {"vp_linear": VPLinear, "vp_cosine": VPCosine, "vp_discrete": VPDiscrete, "ve": VE, "edm": EDM,
+                "flow": FlowLinear}
+    assert sorted(SCHEDULES) == sorted(expected)
+    for name, cls in expected.items():
         sch = get_schedule(name)
-        assert type(sch) is type(ctor()) and sch.kind == name
-    assert sorted(SCHEDULES) == sorted(FAMILIES)
+        assert type(sch) is cls and sch.kind == name
     assert get_schedule("ve", sigma_max=80.0).sigma_max == 80.0
 
 

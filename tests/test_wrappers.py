@@ -10,19 +10,12 @@ import pytest
 import samplax as sx
 from samplax.models import GaussianMixture, classifier_free_guidance, dynamic_thresholding, static_clipping
 from samplax.schedules import VPLinear
+from helpers import assert_rel, max_rel
 
 B = 32
 
 
-def _max_rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).max() / np.abs(b).max()
-
-
-def _assert_rel(a, b, rtol):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        assert np.shape(x) == np.shape(y)
-        assert _max_rel(x, y) <= rtol, (_max_rel(x, y), rtol)
+_max_rel, _assert_rel = max_rel, assert_rel
 
 
 def _setup(t=0.3, per_sample_t=False):

@@ -1,0 +1,17 @@
+"""Small assertion helpers shared by the tests."""
+import jax
+import numpy as np
+
+
+def max_rel(a, b):
+    """max |a - b| / max |b| (norm-wise relative error of an array)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def assert_rel(a, b, rtol):
+    """Every leaf of pytree ``a`` is within ``rtol`` (norm-wise relative) of ``b``'s."""
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        assert np.shape(x) == np.shape(y)
+        err = max_rel(x, y)
+        assert err <= rtol, (err, rtol)
