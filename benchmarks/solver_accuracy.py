@@ -303,7 +303,7 @@ def report(meta: dict, rows: list, skipped: list, failures: list) -> str:
 
     for p in problems:
         prow = by_problem[p]
-        out += [f"## {p}", "", f"### (a) Best configuration at each NFE vs the best public result", ""]
+        out += [f"## {p}", "", "### (a) Best configuration at each NFE vs the best public result", ""]
         fl = meta.get("denoise_floor", {}).get(p)
         if fl:
             out += [f"Floor: every grid here reaches sigma = 0 by a denoising jump from t_min = {T_MIN:g}; even "
