@@ -61,14 +61,22 @@ def afs_noise(grid: Grid, x):
     return x / jnp.sqrt(a * a + s * s)
 
 
+def evaluate(model, view: str, x, t):
+    """Model output at (x, t) in ``view`` ("noise", "data", or "both": the stacked
+    pair (x0_hat, eps_hat)), in the dtype of x."""
+    if view == "both":
+        return jnp.stack(model.data_noise(x, t)).astype(x.dtype)
+    return model.view(view)(x, t).astype(x.dtype)
+
+
 def initial_output(model, grid: Grid, x, view: str, afs: bool):
-    """Model output at (x, t_0) in ``view`` ("noise" or "data"), or its AFS limit."""
-    if afs:
-        eps = afs_noise(grid, x)
-        if view == "noise":
-            return eps
-        return (x - grid.sigma[0] * eps) / grid.alpha[0]
-    return model.view(view)(x, grid.t[0])
+    """Model output at (x, t_0) in ``view`` (see :func:`evaluate`), or its AFS limit."""
+    if not afs:
+        return evaluate(model, view, x, grid.t[0])
+    eps = afs_noise(grid, x)
+    x0 = (x - grid.sigma[0] * eps) / grid.alpha[0]
+    out = {"noise": eps, "data": x0}.get(view)
+    return (jnp.stack([x0, eps]) if out is None else out).astype(x.dtype)
 
 
 def _count_nonfinite(x):

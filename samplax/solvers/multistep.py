@@ -28,11 +28,13 @@ Methods (each cites its paper; h = lambda_{i+1} - lambda_i, lambda = log(alpha/s
   Adams-Bashforth in sigma_tilde).
 
 Order per step = min(order, warm-up i+1, lower-order-final, safeguard).  The
-safeguard (on by default; ``max_step_ratio``) lowers the order when the step
-is more than ``max_step_ratio`` times longer (in the method's own variable)
-than a step its history came from; steps into sigma = 0 are thereby always
-first order for the lambda-based methods (h = inf), where a polynomial in
-lambda cannot be extrapolated.
+safeguard (on by default for the exponential integrators: ``max_step_ratio``,
+``max_step``) lowers the order of a step that is more than ``max_step_ratio``
+times longer in lambda than a step its history came from, or longer than
+``max_step / (p - 1)`` for order p.  Steps into sigma = 0 (h = inf) are always
+first order for the lambda-based methods, where a polynomial in lambda cannot
+be extrapolated; on such grids lower-order-final treats the step into t_min
+as the final one.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from typing import Callable, NamedTuple, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.solvers.base import Solver, bcast, initial_output
+from samplax.solvers.base import Solver, bcast, evaluate, initial_output
 from samplax.timesteps import Grid
 
 
@@ -203,9 +205,9 @@ def _unipc_coeffs(data_pred: bool, variant: str, official_rhos: bool = False):
     order-2 predictor and the order-1 corrector).  That is right to leading order
     in h only: for bh1 at large h the corrector weight B(h) rho = h/2 grows without
     bound, where the exact weight of the new point in the integral of the linear
-    interpolant is (h - 1 + e^{-h}) / h < 1.  We solve the systems by default
-    (exact for the interpolating polynomial at any h); ``official_rhos=True``
-    reproduces the official constants."""
+    interpolant is (h - 1 + e^{-h}) / h < 1.  ``official_rhos=False`` solves the
+    systems (exact for the interpolating polynomial at any h; B(h) then cancels);
+    ``True`` uses the official constants.  :func:`unipc` picks per variant."""
 
     def common(grid, i, p):
         lam_s, lam_t = grid.lam[i], grid.lam[i + 1]
@@ -363,7 +365,7 @@ def _check(name, order, max_order, max_step_ratio, max_step=None):
 
 def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, corrector_fn: Optional[Callable] = None,
                      step_variable: str = "lam", lower_order_final: bool = True,
-                     lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = 3.0,
+                     lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = None,
                      max_step: Optional[float] = None, safeguard_variable: Optional[str] = None,
                      afs: bool = False, declared_order: Optional[int] = None) -> Solver:
     """Build a multistep Solver from a coefficient function (see module doc).
@@ -372,7 +374,7 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
 
     def init(model, grid, x):
         m0 = initial_output(model, grid, x, view, afs)
-        hist = jnp.zeros((k,) + x.shape, x.dtype).at[0].set(m0.astype(x.dtype))
+        hist = jnp.zeros((k,) + x.shape, x.dtype).at[0].set(m0)
         return MultistepState(x=x, hist=hist)
 
     def step(model, grid, state, i, keys, last):
@@ -406,7 +408,7 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
         if last:
             return MultistepState(x=x_new, hist=state.hist)
         t_next = grid.t[i + 1]
-        m_new = model.view(view)(x_new, t_next).astype(x.dtype)
+        m_new = evaluate(model, view, x_new, t_next)
         if corrector_fn is not None:
             corr = [corrector_fn(grid, schedule, i, q) for q in orders]
             a_c, c_c = combine([(co[0], co[1]) for co in corr])

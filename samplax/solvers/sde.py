@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from samplax.solvers.base import Solver, afs_noise
+from samplax.solvers.base import Solver, evaluate, initial_output
 from samplax.solvers.multistep import _safeguard_order, static_orders
 
 
@@ -27,17 +27,12 @@ def _normal(keys, x):
 
 def _init_both(afs):
     def init(model, grid, x):
-        if afs:
-            eps = afs_noise(grid, x)
-            m = jnp.stack([(x - grid.sigma[0] * eps) / grid.alpha[0], eps])
-        else:
-            m = jnp.stack(model.data_noise(x, grid.t[0]))
-        return SDEState(x=x, m=m.astype(x.dtype))
+        return SDEState(x=x, m=initial_output(model, grid, x, "both", afs))
     return init
 
 
 def _both(model, x, t):
-    return jnp.stack(model.data_noise(x, t)).astype(x.dtype)
+    return evaluate(model, "both", x, t)
 
 
 def ddim_eta(eta: float = 1.0, afs: bool = False) -> Solver:
@@ -73,12 +68,8 @@ def sde_dpm_solver_pp_2m(lower_order_final: bool = True, max_step_ratio: Optiona
     D1 = (D0 - D_prev) / r.  NFE = steps (+1 denoise, -1 AFS)."""
 
     def init(model, grid, x):
-        if afs:
-            eps = afs_noise(grid, x)
-            m0 = (x - grid.sigma[0] * eps) / grid.alpha[0]
-        else:
-            m0 = model.data(x, grid.t[0])
-        return SDEState(x=x, m=jnp.stack([m0, jnp.zeros_like(m0)]).astype(x.dtype))
+        m0 = initial_output(model, grid, x, "data", afs)
+        return SDEState(x=x, m=jnp.stack([m0, jnp.zeros_like(m0)]))
 
     def step(model, grid, state, i, keys, last):
         x, hist = state.x, state.m
@@ -99,7 +90,7 @@ def sde_dpm_solver_pp_2m(lower_order_final: bool = True, max_step_ratio: Optiona
         x_new = drift + (s_t * jnp.sqrt(one_m)).astype(x.dtype) * _normal(keys, x)
         if last:
             return SDEState(x=x_new, m=hist)
-        m_new = model.data(x_new, grid.t[i + 1]).astype(x.dtype)
+        m_new = evaluate(model, "data", x_new, grid.t[i + 1])
         return SDEState(x=x_new, m=jnp.stack([m_new, hist[0]]))
 
     return Solver("sde_dpm_solver_pp_2m", init, step, lambda n, end: n + (end == "denoise") - afs,

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from samplax.solvers.base import Solver, afs_noise, bcast
+from samplax.solvers.base import Solver, bcast, evaluate, initial_output
 
 
 class OneStepState(NamedTuple):
@@ -30,26 +30,8 @@ def _check_order(name, order, allowed):
 
 def _init(view, afs):
     def init(model, grid, x):
-        if afs:
-            eps = afs_noise(grid, x)
-            if view == "noise":
-                m = eps
-            elif view == "data":
-                m = (x - grid.sigma[0] * eps) / grid.alpha[0]
-            else:  # both
-                m = jnp.stack([(x - grid.sigma[0] * eps) / grid.alpha[0], eps])
-        elif view == "both":
-            m = jnp.stack(model.data_noise(x, grid.t[0]))
-        else:
-            m = model.view(view)(x, grid.t[0])
-        return OneStepState(x=x, m=m.astype(x.dtype))
+        return OneStepState(x=x, m=initial_output(model, grid, x, view, afs))
     return init
-
-
-def _eval(model, view, x, t):
-    if view == "both":
-        return jnp.stack(model.data_noise(x, t)).astype(x.dtype)
-    return model.view(view)(x, t).astype(x.dtype)
 
 
 def euler(afs: bool = False) -> Solver:
@@ -67,7 +49,7 @@ def euler(afs: bool = False) -> Solver:
         x = state.x + (dt * da).astype(x0.dtype) * x0 + (dt * ds).astype(x0.dtype) * eps
         if last:
             return OneStepState(x=x, m=state.m)
-        return OneStepState(x=x, m=_eval(model, "both", x, grid.t[i + 1]))
+        return OneStepState(x=x, m=evaluate(model, "both", x, grid.t[i + 1]))
 
     def nfe(n, end):
         return n + (end == "denoise") - afs
@@ -88,11 +70,11 @@ def heun(afs: bool = False) -> Solver:
         x_pred = xt + dst * eps
         if last and grid.ends_at_zero:
             return OneStepState(x=a[i + 1].astype(x.dtype) * x_pred, m=eps)
-        eps2 = _eval(model, "noise", a[i + 1].astype(x.dtype) * x_pred, grid.t[i + 1])
+        eps2 = evaluate(model, "noise", a[i + 1].astype(x.dtype) * x_pred, grid.t[i + 1])
         x_new = a[i + 1].astype(x.dtype) * (xt + dst * 0.5 * (eps + eps2))
         if last:
             return OneStepState(x=x_new, m=eps)
-        return OneStepState(x=x_new, m=_eval(model, "noise", x_new, grid.t[i + 1]))
+        return OneStepState(x=x_new, m=evaluate(model, "noise", x_new, grid.t[i + 1]))
 
     def nfe(n, end):
         return 2 * n - (end == "zero") + (end == "denoise") - afs
@@ -153,29 +135,29 @@ def _singlestep(order, data_pred, afs):
             r1 = 0.5
             s1, a1, sg1 = at(r1)
             u = first_order((a_s, s_s, a1, sg1, r1 * h), x, m)
-            m1 = _eval(model, view, u, s1)
+            m1 = evaluate(model, view, u, s1)
             x_new = x_lin - (0.5 / r1 * lead(a_t, s_t) * phi(h)).astype(x.dtype) * (m1 - m)
         else:
             r1, r2 = 1.0 / 3.0, 2.0 / 3.0
             s1, a1, sg1 = at(r1)
             s2, a2, sg2 = at(r2)
             u1 = first_order((a_s, s_s, a1, sg1, r1 * h), x, m)
-            d1 = _eval(model, view, u1, s1) - m
+            d1 = evaluate(model, view, u1, s1) - m
             if data_pred:
                 phi22 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
                 phi2 = jnp.expm1(-h) / h + 1.0
                 u2 = first_order((a_s, s_s, a2, sg2, r2 * h), x, m) + (r2 / r1 * a2 * phi22).astype(x.dtype) * d1
-                d2 = _eval(model, view, u2, s2) - m
+                d2 = evaluate(model, view, u2, s2) - m
                 x_new = x_lin + (a_t * phi2 / r2).astype(x.dtype) * d2
             else:
                 phi22 = jnp.expm1(r2 * h) / (r2 * h) - 1.0
                 phi2 = jnp.expm1(h) / h - 1.0
                 u2 = first_order((a_s, s_s, a2, sg2, r2 * h), x, m) - (r2 / r1 * sg2 * phi22).astype(x.dtype) * d1
-                d2 = _eval(model, view, u2, s2) - m
+                d2 = evaluate(model, view, u2, s2) - m
                 x_new = x_lin - (s_t * phi2 / r2).astype(x.dtype) * d2
         if last:
             return OneStepState(x=x_new, m=m)
-        return OneStepState(x=x_new, m=_eval(model, view, x_new, grid.t[i + 1]))
+        return OneStepState(x=x_new, m=evaluate(model, view, x_new, grid.t[i + 1]))
 
     def nfe(n, end):
         return order * n - (order - 1) * (end == "zero") + (end == "denoise") - afs
