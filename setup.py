@@ -23,9 +23,11 @@ setup(
         "absl-py>=2.5.1",
         "numpy>=2.0",
         "matplotlib>=3.8",
+        "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13", "pandas>=2.2"],
         "bench": ["scipy>=1.13"],
+        "notebook": ["pandas>=2.2", "ipykernel>=6"],
     },
 )

@@ -1,0 +1,257 @@
+"""Experiment configs: the defaults, the schema, and validation before any work.
+
+A *sample* config describes one sampling run; a *sweep* config adds a
+``sweep`` section whose axes (tuples, each overridable from the command line)
+replace ``solver.name``, ``solver.order``, ``grid.spacing``, ``nfe`` and
+``seed``.  :func:`validate` checks every field (unknown or missing fields,
+types, names against the registries, orders, NFEs) and raises one
+:class:`ConfigError` naming the dotted field path, the bad value and what is
+allowed.  It never touches the filesystem.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+import ml_collections
+from ml_collections import config_dict
+
+from samplax.experiment import registry
+
+
+class ConfigError(ValueError):
+    """A config field is missing, unknown, mistyped or has a value that is not allowed."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+# ---------------------------------------------------------------------------------------
+# Defaults (configs/*.py start from these and override a few fields)
+# ---------------------------------------------------------------------------------------
+def sample_config() -> ml_collections.ConfigDict:
+    """Defaults of one sampling run on an analytic problem."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(name="gmm2d"))
+    c.solver = ml_collections.ConfigDict(dict(
+        name="dpm_solver_pp",
+        order=config_dict.placeholder(int),  # None: the solver's default order
+        afs=False,                           # analytic first step (saves one model call)
+        options=ml_collections.ConfigDict(),  # any other option of the solver factory
+    ))
+    c.grid = ml_collections.ConfigDict(dict(
+        spacing="logsnr",
+        end="zero",                           # "zero" (sigma = 0 node), "denoise" or "t_min"
+        t_max=config_dict.placeholder(float),  # None: the schedule's t_max
+        t_min=config_dict.placeholder(float),  # None: the schedule's t_min
+        rho=7.0,                              # Karras spacing exponent
+    ))
+    c.nfe = 10
+    c.seed = 0
+    c.n_samples = 4096
+    c.dtype = "float32"
+    c.prior = "key"      # "key": x_T from fold_in(seed, index); "problem": the problem file's start points
+    c.chunk_size = 65536  # samples per program call: bounds memory for large n_samples
+    c.metrics = ml_collections.ConfigDict(dict(
+        reference_steps=1000,       # RK4 steps (x2 with Richardson) of the float64 exact PF-ODE reference
+        max_l2_samples=16384,       # mean_l2 uses the first min(n, chunk_size, this) samples
+        max_sw_samples=16384,       # sliced W2 uses the first min(n, chunk_size, this) samples
+        sw_projections=128,
+        save_samples=2048,          # first samples of each row kept under samples/ for plots
+    ))
+    c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+    return c
+
+
+def sweep_config() -> ml_collections.ConfigDict:
+    """Defaults of a sweep: the cross product of the ``sweep`` axes."""
+    c = sample_config()
+    for field in ("nfe", "seed"):
+        del c[field]
+    del c.solver
+    del c.grid.spacing
+    c.afs = False
+    c.sweep = ml_collections.ConfigDict(dict(
+        solvers=("ddim", "dpm_solver_pp", "unipc"),
+        orders=(2,),
+        grids=("logsnr", "time_uniform"),
+        nfes=(5, 10, 20),
+        seeds=(0,),
+        # per-solver extra factory options, e.g. {"unipc": {"variant": "bh1"}}
+        solver_options=ml_collections.ConfigDict(),
+    ))
+    return c
+
+
+# Fields that do not change what a row is (how it is computed, not what): excluded from the
+# saved-config conflict check and from row hashes.
+NON_IDENTITY_FIELDS = ("chunk_size", "distributed", "metrics.save_samples")
+
+
+# ---------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------
+class Field(NamedTuple):
+    kind: str                     # "int", "float", "str", "bool", "tuple[int]", "tuple[str]", "dict"
+    required: bool = True
+    nullable: bool = False
+    check: Optional[Callable[[str, Any], None]] = None  # raises ConfigError
+
+
+def _positive(path, v):
+    if v < 1:
+        raise ConfigError(path, f"must be a positive integer, got {v!r}")
+
+
+def _nonneg(path, v):
+    if v < 0 or v >= 2**31:
+        raise ConfigError(path, f"must be an integer in [0, 2^31), got {v!r}")
+
+
+def _choice(allowed):
+    def check(path, v):
+        if v not in allowed:
+            raise ConfigError(path, f"unknown value {v!r}; allowed: {sorted(allowed)}")
+    return check
+
+
+def _finite_pos(path, v):
+    if not (math.isfinite(v) and v > 0):
+        raise ConfigError(path, f"must be a finite positive number, got {v!r}")
+
+
+_METRICS = {
+    "reference_steps": Field("int", check=_positive),
+    "max_l2_samples": Field("int", check=_positive),
+    "max_sw_samples": Field("int", check=_positive),
+    "sw_projections": Field("int", check=_positive),
+    "save_samples": Field("int", check=_nonneg),
+}
+
+_COMMON = {
+    "model": {"name": Field("str", check=_choice(registry.MODELS))},
+    "n_samples": Field("int", check=_positive),
+    "dtype": Field("str", check=_choice(registry.DTYPES)),
+    "prior": Field("str", check=_choice(registry.PRIORS)),
+    "chunk_size": Field("int", check=_positive),
+    "metrics": _METRICS,
+    "distributed": Field("bool"),
+}
+
+_GRID_COMMON = {
+    "end": Field("str", check=_choice(registry.ENDS)),
+    "t_max": Field("float", required=False, nullable=True),
+    "t_min": Field("float", required=False, nullable=True),
+    "rho": Field("float", check=_finite_pos),
+}
+
+SAMPLE_SCHEMA = dict(_COMMON, **{
+    "solver": {
+        "name": Field("str", check=_choice(registry.SOLVERS)),
+        "order": Field("int", required=False, nullable=True, check=_positive),
+        "afs": Field("bool"),
+        "options": Field("dict", required=False),
+    },
+    "grid": dict(_GRID_COMMON, spacing=Field("str", check=_choice(registry.SPACINGS))),
+    "nfe": Field("int", check=_positive),
+    "seed": Field("int", check=_nonneg),
+})
+
+
+def _nonempty_unique(path, v):
+    if len(v) == 0:
+        raise ConfigError(path, "must be a non-empty tuple")
+    if len(set(v)) != len(v):
+        raise ConfigError(path, f"has duplicate entries: {tuple(v)!r}")
+
+
+def _each(check):
+    def run(path, v):
+        _nonempty_unique(path, v)
+        for i, e in enumerate(v):
+            check(f"{path}[{i}]", e)
+    return run
+
+
+SWEEP_SCHEMA = dict(_COMMON, **{
+    "afs": Field("bool"),
+    "grid": dict(_GRID_COMMON),
+    "sweep": {
+        "solvers": Field("tuple[str]", check=_each(_choice(registry.SOLVERS))),
+        "orders": Field("tuple[int]", check=_each(_positive)),
+        "grids": Field("tuple[str]", check=_each(_choice(registry.SPACINGS))),
+        "nfes": Field("tuple[int]", check=_each(_positive)),
+        "seeds": Field("tuple[int]", check=_each(_nonneg)),
+        "solver_options": Field("dict", required=False),
+    },
+})
+
+
+def _type_ok(kind: str, v) -> bool:
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "dict":
+        return isinstance(v, (dict, ml_collections.ConfigDict))
+    if kind.startswith("tuple["):
+        inner = kind[6:-1]
+        return isinstance(v, (tuple, list)) and all(_type_ok(inner, e) for e in v)
+    raise AssertionError(kind)
+
+
+_KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "dict": "a mapping (ConfigDict)", "tuple[int]": "a tuple of integers",
+               "tuple[str]": "a tuple of strings"}
+
+
+def _as_dict(cfg) -> dict:
+    if isinstance(cfg, ml_collections.ConfigDict):
+        return cfg.to_dict()
+    return dict(cfg)
+
+
+def _check_tree(schema: dict, values: dict, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(prefix, f"must be a section (ConfigDict), got {values!r}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}", f"unknown field; allowed fields of {prefix}: {sorted(schema)}")
+    for name, spec in schema.items():
+        path = f"{prefix}.{name}"
+        if isinstance(spec, dict):
+            if name not in values:
+                raise ConfigError(path, f"missing required section with fields {sorted(spec)}")
+            _check_tree(spec, values[name], path)
+            continue
+        if name not in values:
+            if spec.required:
+                raise ConfigError(path, f"missing required field ({_KIND_WORDS[spec.kind]})")
+            continue
+        v = values[name]
+        if v is None:
+            if not spec.nullable:
+                raise ConfigError(path, f"must be {_KIND_WORDS[spec.kind]}, got None")
+            continue
+        if not _type_ok(spec.kind, v):
+            raise ConfigError(path, f"must be {_KIND_WORDS[spec.kind]}, got {v!r} ({type(v).__name__})")
+        if spec.check is not None:
+            spec.check(path, v)
+
+
+def config_kind(cfg) -> str:
+    """"sweep" when the config has a ``sweep`` section, else "sample"."""
+    return "sweep" if "sweep" in _as_dict(cfg) else "sample"
+
+
+def validate_fields(cfg, kind: Optional[str] = None) -> dict:
+    """Schema check (fields, types, names); returns the config as a plain dict."""
+    values = _as_dict(cfg)
+    kind = kind or config_kind(values)
+    _check_tree(SWEEP_SCHEMA if kind == "sweep" else SAMPLE_SCHEMA, values, "config")
+    return values

@@ -1,0 +1,232 @@
+"""A validated config -> the list of rows it asks for.
+
+:func:`make_plan` runs the schema check, then resolves every name through the
+registries, builds each solver and time grid once, and maps each NFE to a step
+count.  Anything impossible raises a :class:`ConfigError` with the dotted path
+of the field; nothing here touches the filesystem or runs a model.
+
+In a sweep, a solver without an ``order`` option runs once at its own order
+whatever ``sweep.orders`` says, and (solver, order, NFE) combinations the
+solver cannot do are *skipped* and listed in ``Plan.skipped``; a solver or an
+axis entry that yields no row at all is an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import NamedTuple, Optional
+
+from samplax.experiment import registry
+from samplax.experiment.config import NON_IDENTITY_FIELDS, ConfigError, config_kind, validate_fields
+from samplax.solvers.registry import get_solver, solver_options, steps_for_nfe
+from samplax.timesteps import time_grid
+
+MAX_ORDER_PROBE = 6
+
+
+class Plan(NamedTuple):
+    kind: str                # "sample" | "sweep"
+    config: dict             # the resolved config (plain dict)
+    rows: list               # row specs (dicts), in run order
+    skipped: list            # (solver, order, nfe, reason) combinations a sweep skips
+
+
+def settings_hash(spec: dict) -> str:
+    """Identity of a row: sha1 of its resolved settings (sorted JSON), 12 hex digits."""
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def identity(config: dict) -> dict:
+    """The config without the fields that do not change results (NON_IDENTITY_FIELDS)."""
+    out = json.loads(json.dumps(config, default=str))
+    for dotted in NON_IDENTITY_FIELDS:
+        *parents, leaf = dotted.split(".")
+        d = out
+        for p in parents:
+            d = d.get(p, {})
+        d.pop(leaf, None)
+    return out
+
+
+def _has_order_option(name: str) -> bool:
+    return "order" in solver_options(name)
+
+
+def allowed_orders(name: str, afs: bool = False, options: Optional[dict] = None) -> list:
+    """The orders ``name`` can be built with (its fixed order if it has no order option)."""
+    options = options or {}
+    if not _has_order_option(name):
+        return [get_solver(name, afs=afs, **options).order]
+    ok = []
+    for o in range(1, MAX_ORDER_PROBE + 1):
+        try:
+            get_solver(name, order=o, afs=afs, **options)
+            ok.append(o)
+        except ValueError:
+            pass
+    return ok
+
+
+def _check_options(name: str, options: dict, path: str) -> dict:
+    options = dict(options or {})
+    allowed = solver_options(name)
+    for k in sorted(options):
+        if k in ("order", "afs"):
+            raise ConfigError(f"{path}.{k}", f"set {k!r} with its own field, not in the options of {name!r}")
+        if k not in allowed:
+            extra = sorted(set(allowed) - {"order", "afs"})
+            raise ConfigError(f"{path}.{k}", f"unknown option of solver {name!r}; allowed: {extra}")
+    try:
+        get_solver(name, afs=False, **options)
+    except ValueError as e:
+        raise ConfigError(path, f"solver {name!r} rejects options {options}: {e}") from None
+    return options
+
+
+def _solver(name: str, order: Optional[int], afs: bool, options: dict, order_path: str):
+    """Build the solver; an order it does not have raises at ``order_path``."""
+    if _has_order_option(name):
+        kw = {} if order is None else {"order": order}
+        try:
+            return get_solver(name, afs=afs, **kw, **options)
+        except ValueError:
+            raise ConfigError(order_path, f"solver {name!r} has no order {order!r}; allowed orders: "
+                                          f"{allowed_orders(name, afs, options)}") from None
+    solver = get_solver(name, afs=afs, **options)
+    if order is not None and order != solver.order:
+        raise ConfigError(order_path, f"solver {name!r} has the fixed order {solver.order} and no order "
+                                      f"option; got {order!r} (leave it unset)")
+    return solver
+
+
+def _order_option(name: str, solver, order: Optional[int]) -> int:
+    """The order a row is labelled with: the factory's order option (its default when
+    unset), or the fixed order of a solver without one."""
+    if not _has_order_option(name):
+        return int(solver.order)
+    return int(solver_options(name)["order"] if order is None else order)
+
+
+def _label(name: str, order: int, options: dict, afs: bool) -> str:
+    parts = [name + (f" o{order}" if _has_order_option(name) else "")]
+    defaults = solver_options(name)
+    parts += [f"{k}={v}" for k, v in sorted(options.items()) if defaults.get(k) != v]
+    if afs:
+        parts.append("afs")
+    return " ".join(parts)
+
+
+def _check_grid(loaded, spacing: str, end: str, g: dict, n_steps: int, dtype, path: str):
+    try:
+        return time_grid(loaded.schedule, n_steps, spacing, end=end, t_max=g.get("t_max"), t_min=g.get("t_min"),
+                         rho=g["rho"], dtype=dtype)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+
+
+def _row(cfg: dict, loaded, name, solver, order, options, afs, spacing, nfe, n_steps, seed) -> dict:
+    g = cfg["grid"]
+    order = _order_option(name, solver, order)
+    m = {k: v for k, v in cfg["metrics"].items() if k != "save_samples"}
+    spec = dict(model=cfg["model"]["name"], problem=loaded.problem, solver=name, order=order,
+                convergence_order=int(solver.order), options=options, afs=afs,
+                label=_label(name, order, options, afs), grid=spacing, end=g["end"],
+                t_max=g.get("t_max"), t_min=g.get("t_min"), rho=float(g["rho"]), nfe=int(nfe),
+                n_steps=int(n_steps), seed=int(seed), n_samples=int(cfg["n_samples"]), dtype=cfg["dtype"],
+                prior=cfg["prior"], metrics_settings=m)
+    spec["hash"] = settings_hash(spec)
+    return spec
+
+
+def make_plan(config) -> Plan:
+    """Validate ``config`` (ConfigDict or dict) and expand it into row specs."""
+    kind = config_kind(config)
+    cfg = validate_fields(config, kind)
+    loaded = registry.MODELS[cfg["model"]["name"]](registry.DTYPES["float32"])
+    dtype = registry.DTYPES["float32"]  # grids are validated in float32; runs rebuild them in cfg dtype
+    rows, skipped = [], []
+    if kind == "sample":
+        s = cfg["solver"]
+        options = _check_options(s["name"], s.get("options") or {}, "config.solver.options")
+        solver = _solver(s["name"], s.get("order"), s["afs"], options, "config.solver.order")
+        try:
+            n_steps = steps_for_nfe(solver, cfg["nfe"], cfg["grid"]["end"])
+        except ValueError as e:
+            raise ConfigError("config.nfe", str(e)) from None
+        _check_grid(loaded, cfg["grid"]["spacing"], cfg["grid"]["end"], cfg["grid"], n_steps, dtype, "config.grid")
+        rows.append(_row(cfg, loaded, s["name"], solver, s.get("order"), options, s["afs"], cfg["grid"]["spacing"], cfg["nfe"],
+                         n_steps, cfg["seed"]))
+        return Plan(kind, cfg, rows, skipped)
+
+    sw = cfg["sweep"]
+    per_solver = dict(sw.get("solver_options") or {})
+    for name in sorted(per_solver):
+        if name not in sw["solvers"]:
+            raise ConfigError(f"config.sweep.solver_options.{name}",
+                              f"options for a solver not in sweep.solvers {tuple(sw['solvers'])}")
+        if not isinstance(per_solver[name], dict):
+            raise ConfigError(f"config.sweep.solver_options.{name}", f"must be a mapping of options, got "
+                                                                     f"{per_solver[name]!r}")
+    entries = []  # (name, solver, order option or None, options)
+    used_orders = set()
+    for i, name in enumerate(sw["solvers"]):
+        options = _check_options(name, per_solver.get(name, {}), f"config.sweep.solver_options.{name}")
+        if not _has_order_option(name):
+            solver = _solver(name, None, cfg["afs"], options, f"config.sweep.solvers[{i}]")
+            entries.append((name, solver, None, options))
+            continue
+        allowed = allowed_orders(name, cfg["afs"], options)
+        mine = [o for o in sw["orders"] if o in allowed]
+        if not mine:
+            raise ConfigError("config.sweep.orders", f"solver {name!r} has none of the orders {tuple(sw['orders'])}; "
+                                                     f"allowed orders for it: {allowed}")
+        for o in sw["orders"]:
+            if o in allowed:
+                used_orders.add(o)
+                entries.append((name, _solver(name, o, cfg["afs"], options, "config.sweep.orders"), o, options))
+            else:
+                skipped.append(dict(solver=name, order=o, nfe=None, reason=f"{name} has no order {o}"))
+    if any(_has_order_option(n) for n in sw["solvers"]):
+        for j, o in enumerate(sw["orders"]):
+            if o not in used_orders:
+                raise ConfigError(f"config.sweep.orders[{j}]", f"no solver in sweep.solvers has order {o}")
+    steps = {}
+    nfe_used = set()
+    for name, solver, order, options in entries:
+        order = _order_option(name, solver, order)
+        ok = False
+        for nfe in sw["nfes"]:
+            try:
+                steps[(id(solver), nfe)] = steps_for_nfe(solver, nfe, cfg["grid"]["end"])
+                ok = True
+                nfe_used.add(nfe)
+            except ValueError as e:
+                skipped.append(dict(solver=name, order=order, nfe=nfe, reason=str(e)))
+        if not ok:
+            raise ConfigError("config.sweep.nfes", f"solver {name!r} (order {order}) can do none of the NFEs "
+                                                   f"{tuple(sw['nfes'])} with grid.end={cfg['grid']['end']!r}")
+    for j, nfe in enumerate(sw["nfes"]):
+        if nfe not in nfe_used:
+            raise ConfigError(f"config.sweep.nfes[{j}]", f"NFE {nfe} is impossible for every solver of the sweep")
+    checked = set()
+    for (name, solver, order, options), nfe, spacing, seed in itertools.product(entries, sw["nfes"], sw["grids"],
+                                                                         sw["seeds"]):
+        n_steps = steps.get((id(solver), nfe))
+        if n_steps is None:
+            continue
+        if (spacing, n_steps) not in checked:
+            _check_grid(loaded, spacing, cfg["grid"]["end"], cfg["grid"], n_steps, dtype,
+                        f"config.sweep.grids[{sw['grids'].index(spacing)}]")
+            checked.add((spacing, n_steps))
+        rows.append(_row(cfg, loaded, name, solver, order, options, cfg["afs"], spacing, nfe, n_steps, seed))
+    return Plan(kind, cfg, rows, skipped)
+
+
+def rebuild_solver(spec: dict):
+    """The solver of a row spec."""
+    kw = {"order": spec["order"]} if _has_order_option(spec["solver"]) else {}
+    return get_solver(spec["solver"], afs=spec["afs"], **kw, **spec["options"])
+
+
+__all__ = ["Plan", "make_plan", "settings_hash", "identity", "allowed_orders", "rebuild_solver"]

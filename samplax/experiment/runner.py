@@ -1,0 +1,404 @@
+"""The runner: ``run_sample(config, workdir)`` and ``run_sweep(config, workdir)``.
+
+Flow: validate and expand the config (nothing touches the workdir before the
+plan is complete) -> check the workdir's saved config -> skip the rows already
+in results.jsonl (by settings hash) -> group the remaining rows into programs
+that share shapes (one solver setting and NFE; the members differ in grid
+spacing and seed and are vmapped) -> per program: compile once, run the
+sample chunks sharded over the batch mesh, compute the metrics, append one row
+per member -> write results.md, plots and TensorBoard scalars.
+
+Metrics per row (analytic models):
+
+* ``mean_l2``: mean Euclidean distance of the first
+  min(n, chunk, metrics.max_l2_samples) samples to the exact PF-ODE solution
+  from the same x_T (float64 RK4 + Richardson, ``metrics.reference_steps``
+  steps, cached under ``workdir/cache``).  The reference ends at sigma = 0
+  whatever ``grid.end`` is.  For stochastic solvers it is reported too, but
+  measures the distance to the deterministic flow, not sample quality.
+* ``sw2``: sliced Wasserstein-2 (``metrics.sw_projections`` fixed directions)
+  between the first min(n, chunk, metrics.max_sw_samples) samples and as many
+  exact samples of p_0 (a fixed key); ``reference.sw2_floor`` is the same
+  distance between two independent exact sample sets (the noise floor).
+* ``mean_log_density``: exact mean log p_0 over all n samples (streamed).
+Non-finite samples make a metric None (null) and set ``first_nonfinite_step``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections import OrderedDict
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from samplax.experiment import devices, registry
+from samplax.experiment import results as store
+from samplax.experiment.config import ConfigError, config_kind, validate_fields
+from samplax.experiment.nfe import count_model_evaluations
+from samplax.experiment.plan import Plan, identity, make_plan, rebuild_solver, settings_hash
+from samplax.experiment.progress import Progress
+from samplax.metrics import projections, sliced_wasserstein2
+from samplax.solvers.base import sample
+from samplax.timesteps import time_grid
+
+EXACT_KEY = 20240101      # PRNG seed of the exact reference samples for sw2
+FLOOR_KEY = 20240102      # a second, independent exact set: the sw2 noise floor
+PROJ_KEY = 7              # the sw2 projection directions
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------
+def run_sample(config, workdir: str, restart: bool = False) -> list:
+    """One sampling run (a sample config); returns its rows.  See :func:`run`."""
+    return run(config, workdir, restart=restart, expect="sample")
+
+
+def run_sweep(config, workdir: str, restart: bool = False) -> list:
+    """A sweep (a config with a ``sweep`` section); returns its rows.  See :func:`run`."""
+    return run(config, workdir, restart=restart, expect="sweep")
+
+
+def run(config, workdir: str, restart: bool = False, expect: Optional[str] = None, report: bool = True) -> list:
+    """Run the rows of ``config`` that ``workdir`` does not hold yet, then write the report.
+
+    Raises ConfigError (bad config) or WorkdirConflict (workdir of another config)
+    before creating or changing anything.  ``restart`` deletes the workdir's
+    results first.  Returns all rows of the config (done before or now)."""
+    kind = config_kind(config)
+    if expect is not None and kind != expect:
+        want = "a 'sweep' section" if expect == "sweep" else "no 'sweep' section"
+        raise ConfigError("config", f"this entrypoint runs {expect} configs, which have {want}; got a {kind} config")
+    cfg = validate_fields(config, kind)
+    devices.maybe_initialize_distributed(cfg["distributed"])
+    plan = make_plan(config)
+    workdir = os.path.abspath(workdir)
+    ident = identity(plan.config)
+    writer = devices.is_writer()
+    if not restart:
+        store.check_saved_config(workdir, ident)
+    if writer:
+        if restart:
+            store.clear_workdir(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        store.save_config(workdir, kind, plan.config, ident)
+        store.atomic_write_json(os.path.join(workdir, "skipped.json"), plan.skipped)
+    path = os.path.join(workdir, store.RESULTS_FILE)
+    if writer:
+        store.repair(path)
+    done = {r.get("hash") for r in store.read_rows(path)}
+    todo = [s for s in plan.rows if s["hash"] not in done]
+    logging.info("%s: %d rows planned, %d already in %s, %d to run; %d combinations skipped",
+                 kind, len(plan.rows), len(plan.rows) - len(todo), path, len(todo), len(plan.skipped))
+    execute(plan, todo, workdir, writer)
+    wanted = {s["hash"] for s in plan.rows}
+    rows = [r for r in store.read_rows(path) if r.get("hash") in wanted]
+    if writer and report:
+        from samplax.experiment.report import write_report
+
+        write_report(workdir, rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Execution
+# ---------------------------------------------------------------------------------------
+GROUP_KEYS = ("model", "problem", "solver", "order", "options", "afs", "end", "t_max", "t_min", "rho", "nfe",
+              "n_steps", "n_samples", "dtype", "prior", "metrics_settings")
+
+
+def group_rows(specs: list) -> list:
+    """Rows that can share one compiled program (they differ only in grid spacing and seed)."""
+    groups = OrderedDict()
+    for s in specs:
+        groups.setdefault(settings_hash({k: s[k] for k in GROUP_KEYS}), []).append(s)
+    return list(groups.values())
+
+
+def execute(plan: Plan, todo: list, workdir: str, writer: bool = True) -> None:
+    groups = group_rows(todo)
+    progress = Progress(len(todo), "rows")
+    context = _Context(plan.config, workdir, writer)
+    for g in groups:
+        for row in run_group(context, g):
+            if writer:
+                store.append_row(os.path.join(workdir, store.RESULTS_FILE), row)
+            progress.update(1, row["label"] + f" {row['grid']} nfe={row['nfe']}")
+    progress.close()
+
+
+class _Context:
+    """What all groups of a run share: the mesh, the versions, the reference caches."""
+
+    def __init__(self, cfg: dict, workdir: str, writer: bool):
+        self.cfg = cfg
+        self.workdir = workdir
+        self.writer = writer
+        self.mesh = devices.batch_mesh()
+        self.devices = devices.device_summary()
+        self.versions = software_versions()
+        self._memo = {}
+
+    def memo(self, key, fn):
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+
+def software_versions() -> dict:
+    import flax
+    import jaxlib
+    import ml_collections  # noqa: F401
+    import optax
+
+    import samplax
+
+    return dict(python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
+                numpy=np.__version__, flax=flax.__version__, optax=optax.__version__,
+                samplax=samplax.__version__, samplax_commit=_git_commit())
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@contextlib.contextmanager
+def _precision(dtype_name: str):
+    if dtype_name == "float64":
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+def _prior_chunk(seeds, idx, dim, dtype):
+    """x_T of samples ``idx`` for each seed: N(0, I) from fold_in(fold_in(PRNGKey(seed), 0), i),
+    exactly what samplax.generate draws."""
+    def one(seed):
+        k_prior = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_prior, i))(idx)
+        return jax.vmap(lambda k: jax.random.normal(k, (dim,), dtype))(keys)
+    return jax.vmap(one)(seeds)
+
+
+def _problem_prior(info, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of the problem file's start points, drawn chunk by chunk from the
+    same numpy stream (identical to problem_start_points(info, n)[start:stop])."""
+    rng = np.random.default_rng(info["dim"])
+    if start:
+        rng.standard_normal((start, info["dim"]))  # advance the stream
+    return rng.standard_normal((stop - start, info["dim"]))
+
+
+def _build_program(solver, loaded, n_heads: int, chunk: int, mesh, prior: str):
+    """jit(program)(grids, seeds, offset, n_valid, x_T or None) for one group."""
+    model, gmm = loaded.model, loaded.gmm
+    dim = loaded.dim
+    batch = devices.batch_sharding(mesh, 1)
+
+    def member(grid, seed, x_T, idx, offset, valid):
+        k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+        x0, info = sample(solver, model, x_T, grid, k_solver, index_offset=offset)
+        finite = jnp.all(jnp.isfinite(x0), axis=-1)
+        logp = gmm.log_prob_ve(jnp.where(finite[:, None], x0, 0.0), 0.0)
+        ok = finite & valid
+        return dict(head=x0[:n_heads], head_x_T=x_T[:n_heads],
+                    logp_sum=jnp.sum(jnp.where(ok, logp, 0.0)),
+                    n_finite=jnp.sum(ok), first_bad=info.first_nonfinite_step)
+
+    def program(grids, seeds, offset, n_valid, x_T_in):
+        idx = jax.lax.with_sharding_constraint(offset + jnp.arange(chunk, dtype=jnp.int32), batch)
+        valid = idx < n_valid
+        if prior == "key":
+            x_T = _prior_chunk(seeds, idx, dim, loaded.gmm.means.dtype)
+        else:
+            x_T = jnp.broadcast_to(x_T_in[None], (seeds.shape[0],) + x_T_in.shape)
+        return jax.vmap(member, in_axes=(0, 0, 0, None, None, None))(grids, seeds, x_T, idx, offset, valid)
+
+    return jax.jit(program, out_shardings=devices.replicated(mesh))
+
+
+def run_group(ctx: _Context, specs: list) -> list:
+    """Compile and run one group of rows; returns the finished rows (not yet written)."""
+    s0 = specs[0]
+    with _precision(s0["dtype"]):
+        dtype = registry.DTYPES[s0["dtype"]]
+        loaded = registry.MODELS[s0["model"]](dtype)
+        solver = rebuild_solver(s0)
+        n, ms = s0["n_samples"], s0["metrics_settings"]
+        n_dev = ctx.devices["n_devices"]
+        chunk = devices.padded_chunk(ctx.cfg["chunk_size"], n, n_dev)
+        n_l2 = min(n, chunk, ms["max_l2_samples"])
+        n_sw = min(n, chunk, ms["max_sw_samples"])
+        n_save = min(n, chunk, ctx.cfg["metrics"]["save_samples"])
+        n_heads = max(n_l2, n_sw, n_save)
+        grids = [time_grid(loaded.schedule, s["n_steps"], s["grid"], end=s["end"], t_max=s["t_max"],
+                           t_min=s["t_min"], rho=s["rho"], dtype=dtype) for s in specs]
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *grids)
+        seeds = jnp.asarray([s["seed"] for s in specs], jnp.uint32)
+        nfe_actual = ctx.memo(("nfe", s0["solver"], s0["order"], str(s0["options"]), s0["afs"], s0["n_steps"],
+                               s0["end"]),
+                              lambda: count_model_evaluations(solver, loaded.model, grids[0], (1, loaded.dim), dtype))
+        program = _build_program(solver, loaded, n_heads, chunk, ctx.mesh, s0["prior"])
+        rep = devices.replicated(ctx.mesh)
+        x_sharding = devices.batch_sharding(ctx.mesh, 2)
+
+        def x_T_in(start):
+            if s0["prior"] != "problem":
+                return devices.put_global(np.zeros((chunk, loaded.dim), np.dtype(s0["dtype"])), x_sharding)
+            stop = min(start + chunk, n)
+            block = np.zeros((chunk, loaded.dim))
+            block[: stop - start] = _problem_prior(loaded.info, start, stop)
+            return devices.put_global(block.astype(s0["dtype"]), x_sharding)
+
+        def args(start):
+            return (jax.device_put(stacked, rep), jax.device_put(seeds, rep), jnp.int32(start), jnp.int32(n),
+                    x_T_in(start))
+
+        t0 = time.perf_counter()
+        compiled = program.lower(*args(0)).compile()
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        logp_sum = np.zeros(len(specs))
+        n_finite = np.zeros(len(specs), np.int64)
+        first_bad = np.full(len(specs), -1)
+        head = head_x_T = None
+        for start in range(0, n, chunk):
+            out = jax.device_get(compiled(*args(start)))
+            if start == 0:
+                head, head_x_T = out["head"], out["head_x_T"]
+            logp_sum += out["logp_sum"].astype(np.float64)
+            n_finite += out["n_finite"].astype(np.int64)
+            bad_here = out["first_bad"]
+            first_bad = np.where((first_bad < 0) & (bad_here >= 0), bad_here, first_bad)
+        wall_s = time.perf_counter() - t0
+
+    program_id = settings_hash({k: s0[k] for k in GROUP_KEYS})
+    rows = []
+    for g, s in enumerate(specs):
+        all_finite = int(n_finite[g]) == n
+        x_head = np.asarray(head[g], np.float64)
+        metrics = dict(
+            mean_l2=_mean_l2(ctx, loaded, s, x_head[:n_l2], np.asarray(head_x_T[g][:n_l2], np.float64)),
+            sw2=_sw2(ctx, loaded, s, x_head[:n_sw]),
+            mean_log_density=float(logp_sum[g] / n) if all_finite else None,
+        )
+        reference = _reference_metrics(ctx, loaded, s, n_sw)
+        samples_file = None
+        if ctx.writer and n_save > 0:
+            samples_file = os.path.join("samples", f"{s['hash']}.npy")
+            store.atomic_save_npy(os.path.join(ctx.workdir, samples_file), np.asarray(head[g][:n_save], np.float32))
+        rows.append(dict(
+            s, run="sweep" if "sweep" in ctx.cfg else "sample", metrics=metrics, reference=reference,
+            nfe_actual=int(nfe_actual),
+            first_nonfinite_step=None if all_finite else (int(first_bad[g]) if first_bad[g] >= 0 else None),
+            n_nonfinite=int(n - n_finite[g]), wall_s=wall_s, compile_s=compile_s, program=program_id,
+            rows_in_program=len(specs), chunk=chunk, n_chunks=-(-n // chunk), samples_file=samples_file,
+            versions=ctx.versions, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            **ctx.devices))
+        if not all_finite:
+            logging.warning("%s %s nfe=%d seed=%d: %d of %d samples non-finite, first at step %s", s["label"],
+                            s["grid"], s["nfe"], s["seed"], n - n_finite[g], n, rows[-1]["first_nonfinite_step"])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics and their cached references
+# ---------------------------------------------------------------------------------------
+def _cache_path(ctx, name: str, key: dict) -> str:
+    return os.path.join(ctx.workdir, "cache", f"{name}_{settings_hash(key)}.npy")
+
+
+def _cached(ctx, name: str, key: dict, compute):
+    """``compute()`` once per key: in memory, then on disk under workdir/cache (process 0 writes)."""
+    path = _cache_path(ctx, name, key)
+
+    def load_or_compute():
+        if os.path.exists(path):
+            return np.load(path)
+        value = np.asarray(compute())
+        if ctx.writer:
+            store.atomic_save_npy(path, value)
+        return value
+    return ctx.memo((name, settings_hash(key)), load_or_compute)
+
+
+def _t_max(loaded, s) -> float:
+    return float(loaded.schedule.t_max if s["t_max"] is None else s["t_max"])
+
+
+def _mean_l2(ctx, loaded, s, x0, x_T) -> Optional[float]:
+    if not np.all(np.isfinite(x0)):
+        return None
+    t_max = _t_max(loaded, s)
+    steps = s["metrics_settings"]["reference_steps"]
+    key = dict(problem=loaded.problem, prior=s["prior"], seed=s["seed"] if s["prior"] == "key" else None,
+               n=len(x0), dtype=s["dtype"], t_max=t_max, steps=steps)
+
+    def compute():
+        with jax.enable_x64(True):
+            gmm, schedule = loaded.gmm.astype(jnp.float64), _schedule64(loaded)
+            return np.asarray(gmm.ode_solution(jnp.asarray(x_T, jnp.float64), t_max, None, schedule, n_steps=steps))
+    ref = _cached(ctx, "ode_ref", key, compute)
+    return float(np.mean(np.linalg.norm(x0 - ref, axis=-1)))
+
+
+def _schedule64(loaded):
+    return registry.MODELS[loaded.problem](jnp.float64).schedule
+
+
+def _exact_samples(ctx, loaded, n: int, seed: int) -> np.ndarray:
+    key = dict(problem=loaded.problem, n=n, seed=seed)
+
+    def compute():
+        with jax.enable_x64(True):
+            gmm = loaded.gmm.astype(jnp.float64)
+            return np.asarray(gmm.sample(jax.random.PRNGKey(seed), n, dtype=jnp.float64))
+    return _cached(ctx, "exact", key, compute)
+
+
+def _proj(ctx, dim: int, n_proj: int) -> np.ndarray:
+    return ctx.memo(("proj", dim, n_proj), lambda: np.asarray(
+        projections(jax.random.PRNGKey(PROJ_KEY), dim, n_proj, jnp.float32), np.float64))
+
+
+def _sw2_np(x, y, proj) -> float:
+    return float(sliced_wasserstein2(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+                                     jnp.asarray(proj, jnp.float32)))
+
+
+def _sw2(ctx, loaded, s, x0) -> Optional[float]:
+    if not np.all(np.isfinite(x0)):
+        return None
+    exact = _exact_samples(ctx, loaded, len(x0), EXACT_KEY)
+    return _sw2_np(x0, exact, _proj(ctx, loaded.dim, s["metrics_settings"]["sw_projections"]))
+
+
+def _reference_metrics(ctx, loaded, s, n_sw: int) -> dict:
+    n_proj = s["metrics_settings"]["sw_projections"]
+
+    def compute():
+        a = _exact_samples(ctx, loaded, n_sw, EXACT_KEY)
+        b = _exact_samples(ctx, loaded, n_sw, FLOOR_KEY)
+        with jax.enable_x64(True):
+            lp = float(jnp.mean(loaded.gmm.astype(jnp.float64).log_prob_ve(jnp.asarray(b), 0.0)))
+        return dict(sw2_floor=_sw2_np(a, b, _proj(ctx, loaded.dim, n_proj)), mean_log_density_exact=lp,
+                    n_exact=n_sw)
+    return ctx.memo(("refmetrics", loaded.problem, n_sw, n_proj), compute)
+
+
+__all__ = ["run", "run_sample", "run_sweep", "execute", "group_rows", "run_group", "software_versions"]
