@@ -10,7 +10,7 @@ def get_config():
     config = sample_config()
     config.model.name = "gmm2d"
     config.solver.name = "dpm_solver_pp"
-    config.solver.order = 2
+    # solver.order unset: each solver's default (2 here); set it with --config.solver.order=3
     config.grid.spacing = "logsnr"
     config.nfe = 10
     config.n_samples = 4096

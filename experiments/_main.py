@@ -28,5 +28,39 @@ def run_main(fn, config_flag) -> None:
         sys.exit(2)
 
 
+def _unknown_override(argv) -> str:
+    """For an override of a field the config does not have, the message naming it."""
+    import runpy
+
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None:
+        return ""
+    try:
+        cfg = runpy.run_path(path)["get_config"]()
+    except Exception:  # noqa: BLE001  (config_flags reports a broken file itself)
+        return ""
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        dotted = a[len("--config."):].split("=", 1)[0]
+        node, parent = cfg, "config"
+        for part in dotted.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                return (f"{parent}.{part}: unknown field (from {a!r}); allowed fields of {parent}: "
+                        f"{sorted(keys)}")
+            node, parent = node[part], f"{parent}.{part}"
+    return ""
+
+
+def _parse(argv):
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        msg = _unknown_override(argv) or f"cannot apply a --config override: {e}"
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
 def start(main) -> None:
-    app.run(main)
+    app.run(main, flags_parser=_parse)

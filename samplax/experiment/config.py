@@ -104,6 +104,14 @@ def _positive(path, v):
         raise ConfigError(path, f"must be a positive integer, got {v!r}")
 
 
+MAX_NFE = 100_000
+
+
+def _nfe(path, v):
+    if not 1 <= v <= MAX_NFE:
+        raise ConfigError(path, f"must be an integer in [1, {MAX_NFE}], got {v!r}")
+
+
 def _nonneg(path, v):
     if v < 0 or v >= 2**31:
         raise ConfigError(path, f"must be an integer in [0, 2^31), got {v!r}")
@@ -154,7 +162,7 @@ SAMPLE_SCHEMA = dict(_COMMON, **{
         "options": Field("dict", required=False),
     },
     "grid": dict(_GRID_COMMON, spacing=Field("str", check=_choice(registry.SPACINGS))),
-    "nfe": Field("int", check=_positive),
+    "nfe": Field("int", check=_nfe),
     "seed": Field("int", check=_nonneg),
 })
 
@@ -181,7 +189,7 @@ SWEEP_SCHEMA = dict(_COMMON, **{
         "solvers": Field("tuple[str]", check=_each(_choice(registry.SOLVERS))),
         "orders": Field("tuple[int]", check=_each(_positive)),
         "grids": Field("tuple[str]", check=_each(_choice(registry.SPACINGS))),
-        "nfes": Field("tuple[int]", check=_each(_positive)),
+        "nfes": Field("tuple[int]", check=_each(_nfe)),
         "seeds": Field("tuple[int]", check=_each(_nonneg)),
         "solver_options": Field("dict", required=False),
     },

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from typing import NamedTuple, Optional
 
 from samplax.experiment import registry
@@ -73,7 +74,9 @@ def _check_options(name: str, options: dict, path: str) -> dict:
     allowed = solver_options(name)
     for k in sorted(options):
         if k in ("order", "afs"):
-            raise ConfigError(f"{path}.{k}", f"set {k!r} with its own field, not in the options of {name!r}")
+            own = {"order": "config.solver.order (a sweep: config.sweep.orders)",
+                   "afs": "config.solver.afs (a sweep: config.afs)"}[k]
+            raise ConfigError(f"{path}.{k}", f"set {k!r} with its own field {own}, not in the options of {name!r}")
         if k not in allowed:
             extra = sorted(set(allowed) - {"order", "afs"})
             raise ConfigError(f"{path}.{k}", f"unknown option of solver {name!r}; allowed: {extra}")
@@ -125,6 +128,20 @@ def _check_grid(loaded, spacing: str, end: str, g: dict, n_steps: int, dtype, pa
         raise ConfigError(path, str(e)) from None
 
 
+def _check_time_range(cfg: dict, loaded) -> None:
+    lo, hi = float(loaded.schedule.t_min), float(loaded.schedule.t_max)
+    g = cfg["grid"]
+    for f in ("t_max", "t_min"):
+        v = g.get(f)
+        if v is not None and not (math.isfinite(v) and lo <= v <= hi):
+            raise ConfigError(f"config.grid.{f}", f"{v!r} is outside the time range [{lo}, {hi}] of the schedule of "
+                                                  f"model {cfg['model']['name']!r}")
+    t_max = hi if g.get("t_max") is None else g["t_max"]
+    t_min = lo if g.get("t_min") is None else g["t_min"]
+    if not t_min < t_max:
+        raise ConfigError("config.grid.t_min", f"must be below grid.t_max = {t_max}, got {t_min}")
+
+
 def _row(cfg: dict, loaded, name, solver, order, options, afs, spacing, nfe, n_steps, seed) -> dict:
     g = cfg["grid"]
     order = _order_option(name, solver, order)
@@ -145,6 +162,7 @@ def make_plan(config) -> Plan:
     cfg = validate_fields(config, kind)
     loaded = registry.MODELS[cfg["model"]["name"]](registry.DTYPES["float32"])
     dtype = registry.DTYPES["float32"]  # grids are validated in float32; runs rebuild them in cfg dtype
+    _check_time_range(cfg, loaded)
     rows, skipped = [], []
     if kind == "sample":
         s = cfg["solver"]
@@ -153,7 +171,7 @@ def make_plan(config) -> Plan:
         try:
             n_steps = steps_for_nfe(solver, cfg["nfe"], cfg["grid"]["end"])
         except ValueError as e:
-            raise ConfigError("config.nfe", str(e)) from None
+            raise ConfigError("config.nfe", f"solver {s['name']!r}: {e}") from None
         _check_grid(loaded, cfg["grid"]["spacing"], cfg["grid"]["end"], cfg["grid"], n_steps, dtype, "config.grid")
         rows.append(_row(cfg, loaded, s["name"], solver, s.get("order"), options, s["afs"], cfg["grid"]["spacing"], cfg["nfe"],
                          n_steps, cfg["seed"]))
@@ -190,22 +208,27 @@ def make_plan(config) -> Plan:
     if any(_has_order_option(n) for n in sw["solvers"]):
         for j, o in enumerate(sw["orders"]):
             if o not in used_orders:
-                raise ConfigError(f"config.sweep.orders[{j}]", f"no solver in sweep.solvers has order {o}")
+                have = sorted({x for n in sw["solvers"] if _has_order_option(n)
+                               for x in allowed_orders(n, cfg["afs"], per_solver.get(n))})
+                raise ConfigError(f"config.sweep.orders[{j}]", f"no solver in sweep.solvers has order {o}; "
+                                                               f"their orders: {have}")
     steps = {}
     nfe_used = set()
     for name, solver, order, options in entries:
         order = _order_option(name, solver, order)
-        ok = False
+        ok, last = False, ""
         for nfe in sw["nfes"]:
             try:
                 steps[(id(solver), nfe)] = steps_for_nfe(solver, nfe, cfg["grid"]["end"])
                 ok = True
                 nfe_used.add(nfe)
             except ValueError as e:
-                skipped.append(dict(solver=name, order=order, nfe=nfe, reason=str(e)))
+                last = str(e)
+                skipped.append(dict(solver=name, order=order, nfe=nfe, reason=last))
         if not ok:
             raise ConfigError("config.sweep.nfes", f"solver {name!r} (order {order}) can do none of the NFEs "
-                                                   f"{tuple(sw['nfes'])} with grid.end={cfg['grid']['end']!r}")
+                                                   f"{tuple(sw['nfes'])} with grid.end={cfg['grid']['end']!r} "
+                                                   f"({last})")
     for j, nfe in enumerate(sw["nfes"]):
         if nfe not in nfe_used:
             raise ConfigError(f"config.sweep.nfes[{j}]", f"NFE {nfe} is impossible for every solver of the sweep")

@@ -96,7 +96,9 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
     todo = [s for s in plan.rows if s["hash"] not in done]
     logging.info("%s: %d rows planned, %d already in %s, %d to run; %d combinations skipped",
                  kind, len(plan.rows), len(plan.rows) - len(todo), path, len(todo), len(plan.skipped))
-    execute(plan, todo, workdir, writer)
+    new_rows = execute(plan, todo, workdir, writer)
+    if not writer:  # processes other than 0 write nothing and return what they computed
+        return new_rows
     wanted = {s["hash"] for s in plan.rows}
     rows = [r for r in store.read_rows(path) if r.get("hash") in wanted]
     if writer and report:
@@ -121,16 +123,20 @@ def group_rows(specs: list) -> list:
     return list(groups.values())
 
 
-def execute(plan: Plan, todo: list, workdir: str, writer: bool = True) -> None:
+def execute(plan: Plan, todo: list, workdir: str, writer: bool = True) -> list:
+    """Run the row specs ``todo``; each finished row is appended at once (by the writer)."""
     groups = group_rows(todo)
     progress = Progress(len(todo), "rows")
     context = _Context(plan.config, workdir, writer)
+    done = []
     for g in groups:
         for row in run_group(context, g):
             if writer:
                 store.append_row(os.path.join(workdir, store.RESULTS_FILE), row)
+            done.append(row)
             progress.update(1, row["label"] + f" {row['grid']} nfe={row['nfe']}")
     progress.close()
+    return done
 
 
 class _Context:
