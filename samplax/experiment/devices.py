@@ -19,10 +19,11 @@ BATCH_AXIS = "batch"
 def maybe_initialize_distributed(enabled: bool, initialize: Optional[Callable[[], None]] = None) -> bool:
     """Call ``jax.distributed.initialize()`` (or ``initialize``) when ``enabled``.
 
-    Must run before anything touches a JAX backend.  On a TPU VM slice it finds
-    the coordinator by itself; elsewhere set JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID (see docs/tpu.md).  Returns whether
-    it initialised."""
+    Must run before anything touches a JAX backend.  Without arguments JAX
+    detects the cluster itself (Cloud TPU VM slices, SLURM, Open MPI); for
+    other set-ups call ``jax.distributed.initialize(...)`` with explicit
+    arguments in a launcher and leave ``distributed`` off (see docs/tpu.md).
+    Returns whether it initialised."""
     if not enabled:
         return False
     (initialize or jax.distributed.initialize)()
@@ -32,6 +33,21 @@ def maybe_initialize_distributed(enabled: bool, initialize: Optional[Callable[[]
 def is_writer() -> bool:
     """Only process 0 writes results, plots and checkpoints."""
     return jax.process_index() == 0
+
+
+def agree_flag(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (identity with one process)."""
+    return bool(from_process_zero(np.asarray([int(flag)], np.int32))[0])
+
+
+def from_process_zero(x: np.ndarray) -> np.ndarray:
+    """Process 0's copy of a small host array on every process (identity with one
+    process); the broadcast also acts as a barrier."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
 
 
 def batch_mesh(devices=None) -> Mesh:

@@ -81,19 +81,29 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
     workdir = os.path.abspath(workdir)
     ident = identity(plan.config)
     writer = devices.is_writer()
-    if not restart:
-        store.check_saved_config(workdir, ident)
+    # Process 0 decides (conflict, what is done); the others follow its decision, so a
+    # multi-host job never runs different rows on different processes.
+    conflict = None
+    if writer and not restart:
+        try:
+            store.check_saved_config(workdir, ident)
+        except store.WorkdirConflict as e:
+            conflict = e
+    if devices.agree_flag(conflict is not None):
+        raise conflict or store.WorkdirConflict(f"{workdir} holds results of a different config (seen by process 0)")
+    path = os.path.join(workdir, store.RESULTS_FILE)
+    done_mask = np.zeros(len(plan.rows), np.int32)
     if writer:
         if restart:
             store.clear_workdir(workdir)
         os.makedirs(workdir, exist_ok=True)
         store.save_config(workdir, kind, plan.config, ident)
         store.atomic_write_json(os.path.join(workdir, "skipped.json"), plan.skipped)
-    path = os.path.join(workdir, store.RESULTS_FILE)
-    if writer:
         store.repair(path)
-    done = {r.get("hash") for r in store.read_rows(path)}
-    todo = [s for s in plan.rows if s["hash"] not in done]
+        done = {r.get("hash") for r in store.read_rows(path)}
+        done_mask = np.asarray([s["hash"] in done for s in plan.rows], np.int32)
+    done_mask = devices.from_process_zero(done_mask)
+    todo = [s for s, d in zip(plan.rows, done_mask) if not d]
     logging.info("%s: %d rows planned, %d already in %s, %d to run; %d combinations skipped",
                  kind, len(plan.rows), len(plan.rows) - len(todo), path, len(todo), len(plan.skipped))
     new_rows = execute(plan, todo, workdir, writer)
@@ -248,9 +258,11 @@ def run_group(ctx: _Context, specs: list) -> list:
         n, ms = s0["n_samples"], s0["metrics_settings"]
         n_dev = ctx.devices["n_devices"]
         chunk = devices.padded_chunk(ctx.cfg["chunk_size"], n, n_dev)
-        n_l2 = min(n, chunk, ms["max_l2_samples"])
-        n_sw = min(n, chunk, ms["max_sw_samples"])
-        n_save = min(n, chunk, ctx.cfg["metrics"]["save_samples"])
+        # metric sample counts from the unpadded chunk: independent of the device count
+        first = min(n, ctx.cfg["chunk_size"])
+        n_l2 = min(first, ms["max_l2_samples"])
+        n_sw = min(first, ms["max_sw_samples"])
+        n_save = min(first, ctx.cfg["metrics"]["save_samples"])
         n_heads = max(n_l2, n_sw, n_save)
         grids = [time_grid(loaded.schedule, s["n_steps"], s["grid"], end=s["end"], t_max=s["t_max"],
                            t_min=s["t_min"], rho=s["rho"], dtype=dtype) for s in specs]
@@ -356,11 +368,21 @@ def _mean_l2(ctx, loaded, s, x0, x_T) -> Optional[float]:
                n=len(x0), dtype=s["dtype"], t_max=t_max, steps=steps)
 
     def compute():
-        with jax.enable_x64(True):
+        with jax.enable_x64(True), _on_cpu():
             gmm, schedule = loaded.gmm.astype(jnp.float64), _schedule64(loaded)
             return np.asarray(gmm.ode_solution(jnp.asarray(x_T, jnp.float64), t_max, None, schedule, n_steps=steps))
     ref = _cached(ctx, "ode_ref", key, compute)
     return float(np.mean(np.linalg.norm(x0 - ref, axis=-1)))
+
+
+def _on_cpu():
+    """Float64 references run on this host's CPU (accelerators may emulate float64)."""
+    if jax.default_backend() == "cpu":
+        return contextlib.nullcontext()
+    try:
+        return jax.default_device(jax.local_devices(backend="cpu")[0])
+    except RuntimeError:  # pragma: no cover (no CPU backend)
+        return contextlib.nullcontext()
 
 
 def _schedule64(loaded):
@@ -371,7 +393,7 @@ def _exact_samples(ctx, loaded, n: int, seed: int) -> np.ndarray:
     key = dict(problem=loaded.problem, n=n, seed=seed)
 
     def compute():
-        with jax.enable_x64(True):
+        with jax.enable_x64(True), _on_cpu():
             gmm = loaded.gmm.astype(jnp.float64)
             return np.asarray(gmm.sample(jax.random.PRNGKey(seed), n, dtype=jnp.float64))
     return _cached(ctx, "exact", key, compute)

@@ -1,0 +1,59 @@
+"""The multi-process path on one machine: 2 processes x 4 CPU devices, started the way
+SLURM would (JAX's cluster detection), with --config.distributed=True.  Rows equal a
+1-process run; only process 0 writes; the processes follow process 0's view of the
+workdir even when theirs differs (no diverging rows, no hang)."""
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from samplax.experiment import results
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["-m", "experiments.sweep", "--config=configs/sweep_quick.py", "--config.sweep.solvers=(\"unipc\",)",
+        "--config.sweep.nfes=(5,)", "--config.n_samples=1001", "--config.metrics.reference_steps=100"]
+
+
+def _launch(workdirs, job_id, distributed=True, n_dev=4, timeout=240):
+    env0 = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}",
+                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", SLURM_JOB_ID=str(job_id),
+                SLURM_STEP_NODELIST="localhost", SLURM_NTASKS=str(len(workdirs)))
+    procs = []
+    for pid, wd in enumerate(workdirs):
+        env = dict(env0, SLURM_PROCID=str(pid), SLURM_LOCALID=str(pid))
+        cmd = [sys.executable, *ARGS, f"--workdir={wd}", f"--config.distributed={distributed}"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_follow_process_zero(tmp_path):
+    job = random.randint(1000, 60000)
+    one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
+    _launch([one], job, distributed=False, n_dev=1)
+    _launch([two, two], job + 1)
+    r1 = {r["hash"]: r for r in results.read_rows(str(one / "results.jsonl"))}
+    r2 = results.read_rows(str(two / "results.jsonl"))
+    assert len(r2) == len(r1) == 2  # unipc x 2 grids x 1 NFE, each row written once
+    for r in r2:
+        assert r["n_processes"] == 2 and r["n_devices"] == 8
+        for k, v in r["metrics"].items():
+            assert abs(v - r1[r["hash"]]["metrics"][k]) <= 1e-5 * max(1.0, abs(v)), k
+    # process 1 sees an empty workdir, process 0 a finished one: both follow process 0
+    # (nothing to run), finish, and process 1 writes nothing
+    before = (two / "results.jsonl").read_bytes()
+    _launch([two, other], job + 2)
+    assert (two / "results.jsonl").read_bytes() == before
+    assert not other.exists()
