@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samplax.metrics import projections, sliced_wasserstein2
+from samplax.metrics import projections, sliced_wasserstein2, sliced_wasserstein2_host
 
 
 def test_projections_are_unit_and_fixed_by_the_key():
@@ -44,3 +44,12 @@ def test_sliced_w2_rejects_mismatched_shapes():
     proj = projections(jax.random.PRNGKey(0), 2, 8)
     with pytest.raises(ValueError, match="same shape"):
         sliced_wasserstein2(jnp.zeros((10, 2)), jnp.zeros((11, 2)), proj)
+
+
+def test_host_version_is_the_same_quantity():
+    x = jax.random.normal(jax.random.PRNGKey(6), (3000, 5))
+    y = 0.7 * jax.random.normal(jax.random.PRNGKey(7), (3000, 5)) + 0.3
+    proj = projections(jax.random.PRNGKey(8), 5, 64)
+    assert abs(sliced_wasserstein2_host(x, y, proj) - float(sliced_wasserstein2(x, y, proj))) < 1e-5
+    with pytest.raises(ValueError, match="same shape"):
+        sliced_wasserstein2_host(np.zeros((3, 2)), np.zeros((4, 2)), proj[:2])

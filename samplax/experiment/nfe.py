@@ -13,10 +13,17 @@ import jax.numpy as jnp
 PROBE_NAME = "_samplax_model_evaluation"
 
 
-def _probe(apply):
-    def _samplax_model_evaluation(params, x, t):
+def probe(apply, name: str = PROBE_NAME):
+    """``apply`` wrapped in a jitted function called ``name``: free at run time (XLA
+    inlines it), visible in the jaxpr, where :func:`count_in_jaxpr` counts it."""
+    def wrapped(params, x, t):
         return apply(params, x, t)
-    return jax.jit(_samplax_model_evaluation)
+    wrapped.__name__ = wrapped.__qualname__ = name
+    return jax.jit(wrapped)
+
+
+def _probe(apply):
+    return probe(apply)
 
 
 def _subjaxprs(eqn):
@@ -28,23 +35,30 @@ def _subjaxprs(eqn):
                 yield item
 
 
-def _count(jaxpr) -> int:
+def _count(jaxpr, probe_name: str = PROBE_NAME) -> int:
     n = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name in ("jit", "pjit") and eqn.params.get("name") == PROBE_NAME:
+        if name in ("jit", "pjit") and eqn.params.get("name") == probe_name:
             n += 1
         elif name == "scan":
-            n += eqn.params["length"] * _count(eqn.params["jaxpr"].jaxpr)
+            n += eqn.params["length"] * _count(eqn.params["jaxpr"].jaxpr, probe_name)
         elif name == "cond":
-            n += max(_count(b.jaxpr) for b in eqn.params["branches"])
+            n += max(_count(b.jaxpr, probe_name) for b in eqn.params["branches"])
         elif name == "while":
-            inner = _count(eqn.params["body_jaxpr"].jaxpr) + _count(eqn.params["cond_jaxpr"].jaxpr)
+            inner = _count(eqn.params["body_jaxpr"].jaxpr, probe_name) + _count(eqn.params["cond_jaxpr"].jaxpr,
+                                                                              probe_name)
             if inner:
                 raise ValueError("count_model_evaluations: a while loop calls the model; its trip count is unknown")
         else:
-            n += sum(_count(j) for j in _subjaxprs(eqn))
+            n += sum(_count(j, probe_name) for j in _subjaxprs(eqn))
     return n
+
+
+def count_in_jaxpr(closed_jaxpr, probe_name: str = PROBE_NAME) -> int:
+    """Model evaluations (calls of the probe ``probe_name``) in a traced program, each
+    scan counted as many times as it iterates."""
+    return _count(getattr(closed_jaxpr, "jaxpr", closed_jaxpr), probe_name)
 
 
 def count_model_evaluations(solver, model, grid, x_shape=(1, 2), dtype=jnp.float32) -> int:

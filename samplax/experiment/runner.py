@@ -26,6 +26,7 @@ Non-finite samples make a metric None (null) and set ``first_nonfinite_step``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -40,10 +41,11 @@ from absl import logging
 from samplax.experiment import devices, registry
 from samplax.experiment import results as store
 from samplax.experiment.config import ConfigError, config_kind, validate_fields
-from samplax.experiment.nfe import count_model_evaluations
+from samplax.experiment.nfe import count_in_jaxpr
+from samplax.experiment.nfe import probe as nfe_probe
 from samplax.experiment.plan import Plan, identity, make_plan, rebuild_solver, settings_hash
 from samplax.experiment.progress import Progress
-from samplax.metrics import projections, sliced_wasserstein2
+from samplax.metrics import projections, sliced_wasserstein2_host
 from samplax.solvers.base import sample
 from samplax.timesteps import time_grid
 
@@ -121,12 +123,14 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
 # ---------------------------------------------------------------------------------------
 # Execution
 # ---------------------------------------------------------------------------------------
-GROUP_KEYS = ("model", "problem", "solver", "order", "options", "afs", "end", "t_max", "t_min", "rho", "nfe",
-              "n_steps", "n_samples", "dtype", "prior", "metrics_settings")
+# Rows that share these settings share one compiled program: within it, one vmapped
+# part per step count (NFE), each part vmapped over its grid spacings and seeds.
+GROUP_KEYS = ("model", "problem", "solver", "order", "options", "afs", "end", "t_max", "t_min", "rho",
+              "n_samples", "dtype", "prior", "metrics_settings")
 
 
 def group_rows(specs: list) -> list:
-    """Rows that can share one compiled program (they differ only in grid spacing and seed)."""
+    """Rows that can share one compiled program (they differ only in NFE, grid spacing and seed)."""
     groups = OrderedDict()
     for s in specs:
         groups.setdefault(settings_hash({k: s[k] for k in GROUP_KEYS}), []).append(s)
@@ -220,13 +224,19 @@ def _problem_prior(info, start: int, stop: int) -> np.ndarray:
     return rng.standard_normal((stop - start, info["dim"]))
 
 
-def _build_program(solver, loaded, n_heads: int, chunk: int, mesh, prior: str):
-    """jit(program)(grids, seeds, offset, n_valid, x_T or None) for one group."""
-    model, gmm = loaded.model, loaded.gmm
-    dim = loaded.dim
-    batch = devices.batch_sharding(mesh, 1)
+def _probe_name(j: int) -> str:
+    return f"_samplax_model_evaluation_part{j}"
 
-    def member(grid, seed, x_T, idx, offset, valid):
+
+def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh, prior: str):
+    """jit(program)(parts, offset, n_valid, x_T or None) for one group; ``parts`` is a
+    list of (stacked grids, seeds), one per step count."""
+    gmm, dim = loaded.gmm, loaded.dim
+    batch = devices.batch_sharding(mesh, 1)
+    # a probe per part makes each part's model evaluations countable in the program's jaxpr
+    models = [loaded.model.replace(apply=nfe_probe(loaded.model.apply, _probe_name(j))) for j in range(n_parts)]
+
+    def member(model, grid, seed, x_T, idx, offset, valid):
         k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         x0, info = sample(solver, model, x_T, grid, k_solver, index_offset=offset)
         finite = jnp.all(jnp.isfinite(x0), axis=-1)
@@ -236,21 +246,30 @@ def _build_program(solver, loaded, n_heads: int, chunk: int, mesh, prior: str):
                     logp_sum=jnp.sum(jnp.where(ok, logp, 0.0)),
                     n_finite=jnp.sum(ok), first_bad=info.first_nonfinite_step)
 
-    def program(grids, seeds, offset, n_valid, x_T_in):
+    def program(parts, offset, n_valid, x_T_in):
         idx = jax.lax.with_sharding_constraint(offset + jnp.arange(chunk, dtype=jnp.int32), batch)
         valid = idx < n_valid
-        if prior == "key":
-            x_T = _prior_chunk(seeds, idx, dim, loaded.gmm.means.dtype)
-        else:
-            x_T = jnp.broadcast_to(x_T_in[None], (seeds.shape[0],) + x_T_in.shape)
-        return jax.vmap(member, in_axes=(0, 0, 0, None, None, None))(grids, seeds, x_T, idx, offset, valid)
+        outs = []
+        for model, (grids, seeds) in zip(models, parts):
+            if prior == "key":
+                x_T = _prior_chunk(seeds, idx, dim, gmm.means.dtype)
+            else:
+                x_T = jnp.broadcast_to(x_T_in[None], (seeds.shape[0],) + x_T_in.shape)
+            one = functools.partial(member, model)
+            outs.append(jax.vmap(one, in_axes=(0, 0, 0, None, None, None))(grids, seeds, x_T, idx, offset, valid))
+        return outs
 
     return jax.jit(program, out_shardings=devices.replicated(mesh))
 
 
 def run_group(ctx: _Context, specs: list) -> list:
-    """Compile and run one group of rows; returns the finished rows (not yet written)."""
+    """Compile and run one group of rows (one program); returns the finished rows (not yet
+    written, in the order of ``specs``)."""
     s0 = specs[0]
+    by_steps = OrderedDict()
+    for k, s in enumerate(specs):
+        by_steps.setdefault(s["n_steps"], []).append(k)
+    order = [k for ks in by_steps.values() for k in ks]  # spec index of each flattened member
     with _precision(s0["dtype"]):
         dtype = registry.DTYPES[s0["dtype"]]
         loaded = registry.MODELS[s0["model"]](dtype)
@@ -264,16 +283,16 @@ def run_group(ctx: _Context, specs: list) -> list:
         n_sw = min(first, ms["max_sw_samples"])
         n_save = min(first, ctx.cfg["metrics"]["save_samples"])
         n_heads = max(n_l2, n_sw, n_save)
-        grids = [time_grid(loaded.schedule, s["n_steps"], s["grid"], end=s["end"], t_max=s["t_max"],
-                           t_min=s["t_min"], rho=s["rho"], dtype=dtype) for s in specs]
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *grids)
-        seeds = jnp.asarray([s["seed"] for s in specs], jnp.uint32)
-        nfe_actual = ctx.memo(("nfe", s0["solver"], s0["order"], str(s0["options"]), s0["afs"], s0["n_steps"],
-                               s0["end"]),
-                              lambda: count_model_evaluations(solver, loaded.model, grids[0], (1, loaded.dim), dtype))
-        program = _build_program(solver, loaded, n_heads, chunk, ctx.mesh, s0["prior"])
+        parts = []
+        for ks in by_steps.values():
+            grids = [time_grid(loaded.schedule, specs[k]["n_steps"], specs[k]["grid"], end=s0["end"],
+                               t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"], dtype=dtype) for k in ks]
+            parts.append((jax.tree.map(lambda *a: jnp.stack(a), *grids),
+                          jnp.asarray([specs[k]["seed"] for k in ks], jnp.uint32)))
+        program = _build_program(solver, loaded, len(parts), n_heads, chunk, ctx.mesh, s0["prior"])
         rep = devices.replicated(ctx.mesh)
         x_sharding = devices.batch_sharding(ctx.mesh, 2)
+        parts = jax.device_put(parts, rep)
 
         def x_T_in(start):
             if s0["prior"] != "problem":
@@ -284,30 +303,36 @@ def run_group(ctx: _Context, specs: list) -> list:
             return devices.put_global(block.astype(s0["dtype"]), x_sharding)
 
         def args(start):
-            return (jax.device_put(stacked, rep), jax.device_put(seeds, rep), jnp.int32(start), jnp.int32(n),
-                    x_T_in(start))
+            return parts, jnp.int32(start), jnp.int32(n), x_T_in(start)
 
         t0 = time.perf_counter()
-        compiled = program.lower(*args(0)).compile()
+        traced = program.trace(*args(0))
+        # model evaluations per member, counted in the program that runs
+        nfe_parts = [count_in_jaxpr(traced.jaxpr, _probe_name(j)) for j in range(len(parts))]
+        compiled = traced.lower().compile()
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        logp_sum = np.zeros(len(specs))
-        n_finite = np.zeros(len(specs), np.int64)
-        first_bad = np.full(len(specs), -1)
+        m = len(specs)
+        logp_sum, n_finite, first_bad = np.zeros(m), np.zeros(m, np.int64), np.full(m, -1)
         head = head_x_T = None
         for start in range(0, n, chunk):
             out = jax.device_get(compiled(*args(start)))
+            cat = {k: np.concatenate([o[k] for o in out]) for k in out[0]}  # members in `order`
             if start == 0:
-                head, head_x_T = out["head"], out["head_x_T"]
-            logp_sum += out["logp_sum"].astype(np.float64)
-            n_finite += out["n_finite"].astype(np.int64)
-            bad_here = out["first_bad"]
-            first_bad = np.where((first_bad < 0) & (bad_here >= 0), bad_here, first_bad)
+                head, head_x_T = cat["head"], cat["head_x_T"]
+            logp_sum += cat["logp_sum"].astype(np.float64)
+            n_finite += cat["n_finite"].astype(np.int64)
+            first_bad = np.where((first_bad < 0) & (cat["first_bad"] >= 0), cat["first_bad"], first_bad)
         wall_s = time.perf_counter() - t0
+    nfe_of = {}
+    for j, ks in enumerate(by_steps.values()):
+        for k in ks:
+            nfe_of[k] = nfe_parts[j]
 
     program_id = settings_hash({k: s0[k] for k in GROUP_KEYS})
-    rows = []
-    for g, s in enumerate(specs):
+    rows = [None] * m
+    for g, k in enumerate(order):
+        s = specs[k]
         all_finite = int(n_finite[g]) == n
         x_head = np.asarray(head[g], np.float64)
         metrics = dict(
@@ -320,17 +345,17 @@ def run_group(ctx: _Context, specs: list) -> list:
         if ctx.writer and n_save > 0:
             samples_file = os.path.join("samples", f"{s['hash']}.npy")
             store.atomic_save_npy(os.path.join(ctx.workdir, samples_file), np.asarray(head[g][:n_save], np.float32))
-        rows.append(dict(
+        rows[k] = dict(
             s, run="sweep" if "sweep" in ctx.cfg else "sample", metrics=metrics, reference=reference,
-            nfe_actual=int(nfe_actual),
+            nfe_actual=int(nfe_of[k]),
             first_nonfinite_step=None if all_finite else (int(first_bad[g]) if first_bad[g] >= 0 else None),
             n_nonfinite=int(n - n_finite[g]), wall_s=wall_s, compile_s=compile_s, program=program_id,
-            rows_in_program=len(specs), chunk=chunk, n_chunks=-(-n // chunk), samples_file=samples_file,
+            rows_in_program=m, chunk=chunk, n_chunks=-(-n // chunk), samples_file=samples_file,
             versions=ctx.versions, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            **ctx.devices))
+            **ctx.devices)
         if not all_finite:
             logging.warning("%s %s nfe=%d seed=%d: %d of %d samples non-finite, first at step %s", s["label"],
-                            s["grid"], s["nfe"], s["seed"], n - n_finite[g], n, rows[-1]["first_nonfinite_step"])
+                            s["grid"], s["nfe"], s["seed"], n - n_finite[g], n, rows[k]["first_nonfinite_step"])
     return rows
 
 
@@ -405,8 +430,7 @@ def _proj(ctx, dim: int, n_proj: int) -> np.ndarray:
 
 
 def _sw2_np(x, y, proj) -> float:
-    return float(sliced_wasserstein2(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
-                                     jnp.asarray(proj, jnp.float32)))
+    return sliced_wasserstein2_host(x, y, proj)
 
 
 def _sw2(ctx, loaded, s, x0) -> Optional[float]:
