@@ -251,3 +251,24 @@ def test_load_results_dataframe_or_dicts(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pandas)
     rows = experiment.load_results(str(tmp_path))
     assert isinstance(rows, list) and rows[1]["metrics"]["mean_l2"] == 0.25
+
+
+def test_problem_prior_in_chunks_equals_one_chunk(tmp_path):
+    """prior="problem": x_T are the problem file's start points (numpy stream) whether
+    the run is one chunk or three; the streamed log-density and the samples agree."""
+    rows = {}
+    for chunk in (128, 4096):
+        cfg = small_config(**{"solver.name": "dpm_solver_pp", "prior": "problem", "chunk_size": chunk})
+        (rows[chunk],) = experiment.run_sample(cfg, str(tmp_path / f"c{chunk}"))
+    assert rows[128]["n_chunks"] == 3 and rows[4096]["n_chunks"] == 1
+    np.testing.assert_allclose(_samples(tmp_path / "c128", rows[128]), _samples(tmp_path / "c4096", rows[4096])[:128],
+                               rtol=0, atol=2e-6)
+    a, b = rows[128]["metrics"]["mean_log_density"], rows[4096]["metrics"]["mean_log_density"]
+    assert abs(a - b) < 1e-5 * max(1.0, abs(b))
+    # and the start points are the problem's: the deterministic sampler from x_T = start points
+    gmm, schedule, info = sx.load_problem("gmm2d")
+    x_T = jnp.asarray(sx.problem_start_points(info, 300), jnp.float32)
+    solver = sx.get_solver("dpm_solver_pp")
+    grid = sx.time_grid(schedule, 6, "logsnr", end="zero")
+    x0, _ = jax.jit(lambda x: sx.sample(solver, gmm.model(schedule), x, grid))(x_T)
+    np.testing.assert_allclose(_samples(tmp_path / "c4096", rows[4096]), np.asarray(x0), rtol=0, atol=2e-6)

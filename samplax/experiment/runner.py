@@ -215,13 +215,18 @@ def _prior_chunk(seeds, idx, dim, dtype):
     return jax.vmap(one)(seeds)
 
 
-def _problem_prior(info, start: int, stop: int) -> np.ndarray:
-    """Rows start:stop of the problem file's start points, drawn chunk by chunk from the
-    same numpy stream (identical to problem_start_points(info, n)[start:stop])."""
+def _problem_stream(info, start: int = 0) -> np.random.Generator:
+    """The problem file's numpy stream of start points, positioned at row ``start``."""
     rng = np.random.default_rng(info["dim"])
     if start:
         rng.standard_normal((start, info["dim"]))  # advance the stream
-    return rng.standard_normal((stop - start, info["dim"]))
+    return rng
+
+
+def _problem_prior(info, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of the problem file's start points, drawn from the same numpy
+    stream (identical to problem_start_points(info, n)[start:stop])."""
+    return _problem_stream(info, start).standard_normal((stop - start, info["dim"]))
 
 
 def _probe_name(j: int) -> str:
@@ -294,12 +299,17 @@ def run_group(ctx: _Context, specs: list) -> list:
         x_sharding = devices.batch_sharding(ctx.mesh, 2)
         parts = jax.device_put(parts, rep)
 
+        stream = {"rng": None, "at": 0}  # the problem's numpy stream, drawn chunk after chunk
+
         def x_T_in(start):
             if s0["prior"] != "problem":
                 return devices.put_global(np.zeros((chunk, loaded.dim), np.dtype(s0["dtype"])), x_sharding)
             stop = min(start + chunk, n)
+            if stream["rng"] is None or stream["at"] != start:
+                stream["rng"], stream["at"] = _problem_stream(loaded.info, start), start
             block = np.zeros((chunk, loaded.dim))
-            block[: stop - start] = _problem_prior(loaded.info, start, stop)
+            block[: stop - start] = stream["rng"].standard_normal((stop - start, loaded.dim))
+            stream["at"] = stop
             return devices.put_global(block.astype(s0["dtype"]), x_sharding)
 
         def args(start):
