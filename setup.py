@@ -24,6 +24,7 @@ setup(
         "numpy>=2.0",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
+        "scikit-learn>=1.9",  # its bundled 8x8 digits (samplax.data); nothing is downloaded
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13", "pandas>=2.2"],
