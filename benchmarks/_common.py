@@ -10,10 +10,11 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from samplax.experiment.results import atomic_write, atomic_write_text, json_clean  # noqa: F401 (re-used)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_DIR = os.path.join(REPO_ROOT, ".bench_cache")
@@ -103,59 +104,16 @@ def machine_md(info: dict, command: str, date: str) -> str:
           f"(sources digest `{info['samplax']['sources_digest']}`)"] if "samplax" in info else []))
 
 
-def _json_clean(obj):
-    """NaN/inf -> None (strict JSON); numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {k: _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_clean(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# One atomic-write mechanism and one JSON cleaner for the whole project (samplax's results store).
+_json_clean = json_clean
 
 
 def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(_json_clean(obj), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(json_clean(obj), indent=1, allow_nan=False) + "\n")
 
 
 def atomic_save_npz(path: str, **arrays) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence], align: Sequence[str] | None = None) -> str:

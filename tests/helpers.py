@@ -15,3 +15,11 @@ def assert_rel(a, b, rtol):
         assert np.shape(x) == np.shape(y)
         err = max_rel(x, y)
         assert err <= rtol, (err, rtol)
+
+
+def set_dotted(config, dotted: str, value) -> None:
+    """config["a"]["b"]["c"] = value for dotted = "a.b.c" (ConfigDicts or dicts)."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        config = config[p]
+    config[leaf] = value

@@ -11,6 +11,7 @@ import pytest
 
 from samplax import experiment
 from samplax.experiment import results
+from helpers import set_dotted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"n_samples": 256, "metrics.reference_steps": 100, "metrics.max_sw_samples": 256,
@@ -23,11 +24,7 @@ def _config():
 
     c = sweep_quick.get_config()
     for k, v in OVERRIDES.items():
-        obj = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            obj = obj[p]
-        obj[leaf] = v
+        set_dotted(c, k, v)
     return c
 
 

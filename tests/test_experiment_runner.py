@@ -14,8 +14,9 @@ import pytest
 import samplax as sx
 from samplax import experiment
 from samplax.experiment import devices, nfe, results
-from samplax.experiment.runner import _problem_prior
+from samplax.experiment.runner import _problem_stream
 from samplax.solvers.registry import SOLVERS, solver_options
+from helpers import set_dotted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,11 +30,7 @@ def small_config(**over):
     c.metrics.max_sw_samples = 256
     c.metrics.save_samples = 300
     for k, v in over.items():
-        obj = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            obj = obj[p]
-        obj[leaf] = v
+        set_dotted(c, k, v)
     return c
 
 
@@ -89,7 +86,8 @@ def test_official_number_from_a_config(tmp_path):
 def test_problem_prior_chunks_continue_the_numpy_stream():
     _, _, info = sx.load_problem("gmm64d")
     full = sx.problem_start_points(info, 1000)
-    parts = [_problem_prior(info, a, min(a + 384, 1000)) for a in range(0, 1000, 384)]
+    parts = [_problem_stream(info, a).standard_normal((min(a + 384, 1000) - a, info["dim"]))
+             for a in range(0, 1000, 384)]
     np.testing.assert_array_equal(np.concatenate(parts), full)
 
 

@@ -22,9 +22,6 @@ def probe(apply, name: str = PROBE_NAME):
     return jax.jit(wrapped)
 
 
-def _probe(apply):
-    return probe(apply)
-
 
 def _subjaxprs(eqn):
     for v in eqn.params.values():
@@ -65,7 +62,7 @@ def count_model_evaluations(solver, model, grid, x_shape=(1, 2), dtype=jnp.float
     """Model evaluations of ``sample(solver, model, x, grid)`` for a batch of shape x_shape."""
     from samplax.solvers.base import sample
 
-    probed = model.replace(apply=_probe(model.apply))
+    probed = model.replace(apply=probe(model.apply))
     x = jax.ShapeDtypeStruct(tuple(x_shape), dtype)
     key = jax.random.PRNGKey(0)
     jaxpr = jax.make_jaxpr(lambda x_: sample(solver, probed, x_, grid, key)[0])(x)

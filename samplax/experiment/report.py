@@ -31,11 +31,12 @@ import glob
 import math
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+
+from samplax.experiment.results import atomic_write, atomic_write_text
 
 Row = Mapping[str, Any]
 
@@ -96,45 +97,6 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: Seque
     return "\n".join(lines)
 
 
-def _umask() -> int:
-    """The process umask (read from /proc where possible: setting it to read it is racy)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> str:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def _atomic_write_text(path: str, text: str) -> str:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    return _atomic_write(path, write)
-
-
 def _save_figure(fig: Any, path: str, dpi: int = 110) -> str:
     """Render a ``matplotlib.figure.Figure`` to a PNG at ``path`` (atomically) with the Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -144,7 +106,7 @@ def _save_figure(fig: Any, path: str, dpi: int = 110) -> str:
     def write(tmp: str) -> None:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
-    return _atomic_write(path, write, suffix=".png")
+    return atomic_write(path, write, suffix=".png")
 
 
 def dedupe_rows(rows: Iterable[Row]) -> list[dict]:
@@ -675,7 +637,7 @@ def write_report(workdir: str, rows: Sequence[Row], metric: str = "mean_l2") -> 
     if plots:
         md = md.rstrip("\n") + "\n\n## Plots\n\n" + "\n\n".join(
             f"![{os.path.splitext(os.path.basename(p))[0]}]({PLOTS_DIR}/{os.path.basename(p)})" for p in plots) + "\n"
-    md_path = _atomic_write_text(os.path.join(workdir, RESULTS_MD), md)
+    md_path = atomic_write_text(os.path.join(workdir, RESULTS_MD), md)
     return {"results_md": md_path, "plots": plots, "tensorboard": tb}
 
 

@@ -3,8 +3,8 @@
 Flow: validate and expand the config (nothing touches the workdir before the
 plan is complete) -> check the workdir's saved config -> skip the rows already
 in results.jsonl (by settings hash) -> group the remaining rows into programs
-that share shapes (one solver setting and NFE; the members differ in grid
-spacing and seed and are vmapped) -> per program: compile once, run the
+(one per solver setting; inside it one part per NFE, whose members differ in
+grid spacing and seed and are vmapped) -> per program: compile once, run the
 sample chunks sharded over the batch mesh, compute the metrics, append one row
 per member -> write results.md, plots and TensorBoard scalars.
 
@@ -174,7 +174,6 @@ class _Context:
 def software_versions() -> dict:
     import flax
     import jaxlib
-    import ml_collections  # noqa: F401
     import optax
 
     import samplax
@@ -221,12 +220,6 @@ def _problem_stream(info, start: int = 0) -> np.random.Generator:
     if start:
         rng.standard_normal((start, info["dim"]))  # advance the stream
     return rng
-
-
-def _problem_prior(info, start: int, stop: int) -> np.ndarray:
-    """Rows start:stop of the problem file's start points, drawn from the same numpy
-    stream (identical to problem_start_points(info, n)[start:stop])."""
-    return _problem_stream(info, start).standard_normal((stop - start, info["dim"]))
 
 
 def _probe_name(j: int) -> str:
@@ -439,15 +432,11 @@ def _proj(ctx, dim: int, n_proj: int) -> np.ndarray:
         projections(jax.random.PRNGKey(PROJ_KEY), dim, n_proj, jnp.float32), np.float64))
 
 
-def _sw2_np(x, y, proj) -> float:
-    return sliced_wasserstein2_host(x, y, proj)
-
-
 def _sw2(ctx, loaded, s, x0) -> Optional[float]:
     if not np.all(np.isfinite(x0)):
         return None
     exact = _exact_samples(ctx, loaded, len(x0), EXACT_KEY)
-    return _sw2_np(x0, exact, _proj(ctx, loaded.dim, s["metrics_settings"]["sw_projections"]))
+    return sliced_wasserstein2_host(x0, exact, _proj(ctx, loaded.dim, s["metrics_settings"]["sw_projections"]))
 
 
 def _reference_metrics(ctx, loaded, s, n_sw: int) -> dict:
@@ -458,7 +447,7 @@ def _reference_metrics(ctx, loaded, s, n_sw: int) -> dict:
         b = _exact_samples(ctx, loaded, n_sw, FLOOR_KEY)
         with jax.enable_x64(True):
             lp = float(jnp.mean(loaded.gmm.astype(jnp.float64).log_prob_ve(jnp.asarray(b), 0.0)))
-        return dict(sw2_floor=_sw2_np(a, b, _proj(ctx, loaded.dim, n_proj)), mean_log_density_exact=lp,
+        return dict(sw2_floor=sliced_wasserstein2_host(a, b, _proj(ctx, loaded.dim, n_proj)), mean_log_density_exact=lp,
                     n_exact=n_sw)
     return ctx.memo(("refmetrics", loaded.problem, n_sw, n_proj), compute)
 
