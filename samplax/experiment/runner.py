@@ -138,13 +138,23 @@ def group_rows(specs: list) -> list:
 
 
 def execute(plan: Plan, todo: list, workdir: str, writer: bool = True) -> list:
-    """Run the row specs ``todo``; each finished row is appended at once (by the writer)."""
-    groups = group_rows(todo)
+    """Run the row specs ``todo``; each finished row is appended at once (by the writer).
+
+    Programs are formed from *all* rows of the plan, and a program with any row to do
+    runs whole: a program of fewer members is a different XLA program whose float32
+    results can differ in the last bits, so computing only the missing members would
+    make a resumed run differ from an uninterrupted one.  Only the missing rows are
+    written."""
+    wanted = {s["hash"] for s in todo}
     progress = Progress(len(todo), "rows")
     context = _Context(plan.config, workdir, writer)
     done = []
-    for g in groups:
+    for g in group_rows(plan.rows):
+        if not any(s["hash"] in wanted for s in g):
+            continue
         for row in run_group(context, g):
+            if row["hash"] not in wanted:
+                continue
             if writer:
                 store.append_row(os.path.join(workdir, store.RESULTS_FILE), row)
             done.append(row)
