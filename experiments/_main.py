@@ -7,6 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from samplax.experiment import ConfigError, WorkdirConflict
+from samplax.experiment.checkpoints import CheckpointMismatch
 
 
 def define_flags(default_config: str):
@@ -18,11 +19,11 @@ def define_flags(default_config: str):
 
 
 def run_main(fn, config_flag) -> None:
-    """Call ``fn(config, workdir, restart=...)``; a bad config or a conflicting workdir
-    prints one message and exits with status 2 (nothing written)."""
+    """Call ``fn(config, workdir, restart=...)``; a bad config, a conflicting workdir or a
+    checkpoint of another model prints one message and exits with status 2 (nothing written)."""
     try:
         fn(config_flag.value, flags.FLAGS.workdir, restart=flags.FLAGS.restart)
-    except (ConfigError, WorkdirConflict) as e:
+    except (ConfigError, WorkdirConflict, CheckpointMismatch) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -111,7 +111,7 @@ SAMPLE_CASES = [
     case("unknown-solver", sample_config, setf("solver.name", "dpm_solver_ppp"), "config.solver.name",
          ("'dpm_solver_ppp'", ALL_SOLVERS)),
     case("unknown-model", gmm.get_config, setf("model.name", "gmm3d"), "config.model.name",
-         ("'gmm3d'", "['gmm2d', 'gmm64d']")),
+         ("'gmm3d'", "'gmm2d', 'gmm64d'", "'digits'")),
     case("unknown-grid-spacing", sample_config, setf("grid.spacing", "linear"), "config.grid.spacing",
          ("'linear'", "'logsnr'", "'karras'", "'time_uniform'")),
     case("unknown-grid-end", sample_config, setf("grid.end", "sigma_min"), "config.grid.end",
@@ -169,7 +169,7 @@ SAMPLE_CASES = [
          ("unknown field", "allowed fields of config.grid: ['end', 'rho', 'spacing', 't_max', 't_min']")),
     case("missing-nfe", sample_config, delete("nfe"), "config.nfe", ("missing required field", "an integer")),
     case("missing-model-section", sample_config, delete("model"), "config.model",
-         ("missing required section", "['name']")),
+         ("missing required section", "'name'")),
     case("missing-solver-name", sample_config, delete("solver.name"), "config.solver.name",
          ("missing required field", "a string")),
     # solver options

@@ -370,3 +370,124 @@ def test_gmm_component_helpers_check_shapes():
         gmm_component_chi2(jnp.zeros((5, 2)), gmm, jnp.ones(3) / 3)
     a = gmm_assign_components(gmm.means + 1e-3, gmm)
     np.testing.assert_array_equal(np.asarray(a), np.arange(8))
+
+
+# ---------------------------------------------------------------------------------------
+# Frechet distance between Gaussians (float64, host)
+# ---------------------------------------------------------------------------------------
+import scipy.linalg  # noqa: E402
+
+from samplax.metrics import frechet_distance, frechet_distance_features, gaussian_statistics  # noqa: E402
+
+
+def _random_spd(rng, d, cond=100.0):
+    """A random full covariance Q diag(l) Q^T with eigenvalues log-spaced in [1/cond, 1]."""
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (q * np.geomspace(1.0 / cond, 1.0, d)) @ q.T
+
+
+def _fd_scipy(mu1, c1, mu2, c2):
+    """The textbook formula with scipy's sqrtm of the (non-symmetric) product C1 C2."""
+    covmean = scipy.linalg.sqrtm(c1 @ c2)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean).real)
+
+
+def test_gaussian_statistics_is_the_unbiased_float64_estimate():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 4)).astype(np.float32) * [1.0, 2.0, 0.5, 3.0] + [1.0, -1.0, 0.0, 2.0]
+    mu, cov = gaussian_statistics(x)
+    assert mu.dtype == np.float64 and cov.dtype == np.float64 and mu.shape == (4,) and cov.shape == (4, 4)
+    np.testing.assert_allclose(mu, np.asarray(x, np.float64).mean(0), rtol=1e-14)
+    np.testing.assert_allclose(cov, np.cov(np.asarray(x, np.float64), rowvar=False, ddof=1), rtol=1e-12)
+    np.testing.assert_array_equal(cov, cov.T)
+    for bad in (np.zeros(5), np.zeros((1, 3)), np.zeros((4, 3, 2))):
+        with pytest.raises(ValueError, match="gaussian_statistics"):
+            gaussian_statistics(bad)
+
+
+def test_frechet_distance_of_equal_inputs_is_zero():
+    rng = np.random.default_rng(1)
+    for d in (1, 5, 64):
+        mu, c = rng.standard_normal(d), _random_spd(rng, d, cond=1e4)
+        assert frechet_distance(mu, c, mu, c) <= 1e-10 * np.trace(c)
+    # also for a singular covariance (rank 3 in 10-D), where the square root of the
+    # round-off eigenvalues of C1^{1/2} C2 C1^{1/2} would leave an error ~ 1e-8 tr C
+    a = rng.standard_normal((10, 3))
+    c = a @ a.T
+    assert frechet_distance(np.zeros(10), c, np.zeros(10), c) <= 1e-12 * np.trace(c)
+    x = rng.standard_normal((200, 6))
+    assert frechet_distance_features(x, x) <= 1e-12 * np.trace(np.cov(x, rowvar=False))
+
+
+def test_frechet_distance_of_diagonal_covariances():
+    """Commuting diagonal covariances: FD = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2."""
+    rng = np.random.default_rng(2)
+    d = 7
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    a, b = rng.uniform(0.01, 3.0, d), rng.uniform(0.01, 3.0, d)
+    truth = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(truth, rel=1e-12)
+    # zero variances allowed (a point mass): FD(N(0, 0), N(0, b)) = sum b
+    assert frechet_distance(np.zeros(d), np.zeros((d, d)), np.zeros(d), np.diag(b)) == pytest.approx(b.sum(), rel=1e-12)
+    # 1-D: (mu1 - mu2)^2 + (s1 - s2)^2
+    assert frechet_distance([1.0], [[4.0]], [-2.0], [[0.25]]) == pytest.approx(9.0 + 1.5**2, rel=1e-14)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_for_full_covariances():
+    rng = np.random.default_rng(3)
+    for d in (2, 10, 64):
+        for _ in range(3):
+            mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+            c1, c2 = _random_spd(rng, d), 2.0 * _random_spd(rng, d)
+            got, ref = frechet_distance(mu1, c1, mu2, c2), _fd_scipy(mu1, c1, mu2, c2)
+            assert got == pytest.approx(ref, rel=1e-8)
+            assert frechet_distance(mu2, c2, mu1, c1) == pytest.approx(got, rel=1e-12)
+    # from features: the same as from their statistics
+    x, y = rng.standard_normal((300, 5)), 0.5 + 1.5 * rng.standard_normal((200, 5))
+    assert frechet_distance_features(x, y) == frechet_distance(*gaussian_statistics(x), *gaussian_statistics(y))
+
+
+def test_frechet_distance_is_rotation_invariant():
+    """FD(Q mu1, Q C1 Q^T, Q mu2, Q C2 Q^T) = FD(mu1, C1, mu2, C2) for orthogonal Q."""
+    rng = np.random.default_rng(4)
+    d = 12
+    mu1, mu2, c1, c2 = rng.standard_normal(d), rng.standard_normal(d), _random_spd(rng, d), _random_spd(rng, d)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    fd = frechet_distance(mu1, c1, mu2, c2)
+    assert frechet_distance(q @ mu1, q @ c1 @ q.T, q @ mu2, q @ c2 @ q.T) == pytest.approx(fd, rel=1e-10)
+
+
+def test_frechet_distance_of_commuting_covariances():
+    """C1 = Q diag(a) Q^T, C2 = Q diag(b) Q^T share eigenvectors: the cross term is
+    sum sqrt(a_i b_i), so FD = |dmu|^2 + sum (sqrt(a_i) - sqrt(b_i))^2; in particular
+    FD(N(mu, C), N(mu, s^2 C)) = (1 - s)^2 tr C."""
+    rng = np.random.default_rng(5)
+    d = 9
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    a, b = rng.uniform(0.1, 2.0, d), rng.uniform(0.1, 2.0, d)
+    c1, c2 = (q * a) @ q.T, (q * b) @ q.T
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    truth = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(truth, rel=1e-10)
+    assert frechet_distance(mu1, c1, mu1, 9.0 * c1) == pytest.approx(4.0 * a.sum(), rel=1e-10)
+
+
+def test_frechet_distance_rejects_bad_input():
+    mu, c = np.zeros(3), np.eye(3)
+    with pytest.raises(ValueError, match="mu1 and mu2"):
+        frechet_distance(mu, c, np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="mu1 and mu2"):
+        frechet_distance(np.zeros((3, 1)), c, mu, c)
+    with pytest.raises(ValueError, match=r"cov2 must be \(3, 3\)"):
+        frechet_distance(mu, c, mu, np.eye(4))
+    with pytest.raises(ValueError, match=r"cov1 must be \(3, 3\)"):
+        frechet_distance(mu, np.ones(3), mu, c)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        frechet_distance(mu, np.diag([1.0, -1.0, 1.0]), mu, c)
+    with pytest.raises(ValueError, match="same dimension"):
+        frechet_distance_features(np.zeros((5, 2)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="n >= 2"):
+        frechet_distance_features(np.zeros((1, 2)), np.zeros((5, 2)))
+    # non-finite statistics (a diverged sampler) give NaN, not an exception
+    assert np.isnan(frechet_distance(mu, c, np.array([0.0, np.nan, 0.0]), c))
+    assert np.isnan(frechet_distance_features(np.full((4, 3), np.inf), np.ones((4, 3))))

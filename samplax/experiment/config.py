@@ -17,14 +17,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from samplax.experiment import registry
-
-
-class ConfigError(ValueError):
-    """A config field is missing, unknown, mistyped or has a value that is not allowed."""
-
-    def __init__(self, path: str, message: str):
-        self.path = path
-        super().__init__(f"{path}: {message}")
+from samplax.experiment.errors import ConfigError
 
 
 # ---------------------------------------------------------------------------------------
@@ -33,7 +26,13 @@ class ConfigError(ValueError):
 def sample_config() -> ml_collections.ConfigDict:
     """Defaults of one sampling run on an analytic problem."""
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(dict(name="gmm2d"))
+    c.model = ml_collections.ConfigDict(dict(
+        name="gmm2d",
+        checkpoint=config_dict.placeholder(str),  # a training workdir: sample its trained network
+        step=config_dict.placeholder(int),        # None: the latest checkpoint
+        params="ema",                             # "ema" or "params" (raw parameters)
+        guidance=config_dict.placeholder(float),  # class-conditional nets: None = unconditional, else CFG scale
+    ))
     c.solver = ml_collections.ConfigDict(dict(
         name="dpm_solver_pp",
         order=config_dict.placeholder(int),  # None: the solver's default order
@@ -129,6 +128,11 @@ def _finite_pos(path, v):
         raise ConfigError(path, f"must be a finite positive number, got {v!r}")
 
 
+def _finite(path, v):
+    if not math.isfinite(v):
+        raise ConfigError(path, f"must be a finite number, got {v!r}")
+
+
 _METRICS = {
     "reference_steps": Field("int", check=_positive),
     "max_l2_samples": Field("int", check=_positive),
@@ -138,7 +142,11 @@ _METRICS = {
 }
 
 _COMMON = {
-    "model": {"name": Field("str", check=_choice(registry.MODELS))},
+    "model": {"name": Field("str", check=_choice(registry.MODELS)),
+              "checkpoint": Field("str", required=False, nullable=True),
+              "step": Field("int", required=False, nullable=True, check=_nonneg),
+              "params": Field("str", required=False, check=_choice(registry.PARAMS)),
+              "guidance": Field("float", required=False, nullable=True, check=_finite)},
     "n_samples": Field("int", check=_positive),
     "dtype": Field("str", check=_choice(registry.DTYPES)),
     "prior": Field("str", check=_choice(registry.PRIORS)),
@@ -262,4 +270,169 @@ def validate_fields(cfg, kind: Optional[str] = None) -> dict:
     values = _as_dict(cfg)
     kind = kind or config_kind(values)
     _check_tree(SWEEP_SCHEMA if kind == "sweep" else SAMPLE_SCHEMA, values, "config")
+    return values
+
+
+# ---------------------------------------------------------------------------------------
+# Training configs
+# ---------------------------------------------------------------------------------------
+NETWORKS = ("mlp", "unet")
+OBJECTIVES = ("noise", "data", "velocity", "flow", "edm")
+TIME_INPUTS = ("t", "log_snr")
+TRAIN_SCHEDULES = ("problem", "vp_linear", "vp_cosine", "vp_discrete", "ve", "edm", "flow")
+
+# Training fields that change how often something is logged or saved, not the trained
+# parameters: excluded from the saved-config conflict check.
+TRAIN_NON_IDENTITY_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                             "train.sample_every", "train.sample_count", "train.sample_solver",
+                             "train.sample_nfe", "distributed")
+
+
+def train_config() -> ml_collections.ConfigDict:
+    """Defaults of a training run (configs/train_*.py override a few fields)."""
+    c = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict(dict(
+        name="gmm2d",
+        options=ml_collections.ConfigDict(),  # keyword arguments of samplax.data.make_dataset
+    ))
+    c.schedule = ml_collections.ConfigDict(dict(
+        name="problem",                       # "problem": the gmm problem file's own schedule
+        options=ml_collections.ConfigDict(),  # keyword arguments of samplax.schedules.get_schedule
+    ))
+    c.model = ml_collections.ConfigDict(dict(
+        network="mlp",
+        time_input="t",            # the network sees 1000 t ("t") or the log-SNR ("log_snr")
+        class_conditional=False,   # labels of the data set as input, dropped with label_dropout (CFG)
+        label_dropout=0.1,
+        sigma_data=0.5,            # EDM preconditioning (objective "edm")
+        mlp=ml_collections.ConfigDict(dict(hidden=(256, 256, 256), embed_dim=64)),
+        unet=ml_collections.ConfigDict(dict(channels=(32, 64), num_res_blocks=2, attention=True, embed_dim=128,
+                                            groups=8)),
+    ))
+    c.loss = ml_collections.ConfigDict(dict(
+        objective="noise",   # the prediction the network is trained for; "edm": EDM loss + preconditioning
+        weighting="none",    # "none" or "min_snr" (noise objective)
+        discrete=False,      # uniform over a VPDiscrete schedule's training times
+        p_mean=-1.2,         # EDM: ln sigma ~ N(p_mean, p_std^2)
+        p_std=1.2,
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=1e-3, warmup_steps=100, end_lr_fraction=0.0, weight_decay=0.0, b1=0.9, b2=0.999,
+        grad_clip=1.0, ema_decay=0.999, ema_warmup=True,
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=3000,
+        batch_size=256,
+        seed=0,                # parameters' init and the per-step RNG fold_in(PRNGKey(seed), step)
+        data_seed=0,           # the data order: batch k is a pure function of (data_seed, k)
+        log_every=100,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+        sample_every=1000,     # preview sample grids/scatters (PNG) with the EMA parameters; 0: only at the end
+        sample_count=100,
+        sample_solver="dpm_solver_pp",
+        sample_nfe=20,
+    ))
+    c.distributed = False
+    return c
+
+
+def _unit(path, v):
+    if not 0.0 <= v < 1.0:
+        raise ConfigError(path, f"must be in [0, 1), got {v!r}")
+
+
+def _fraction(path, v):
+    if not 0.0 <= v <= 1.0:
+        raise ConfigError(path, f"must be in [0, 1], got {v!r}")
+
+
+def _nonneg_float(path, v):
+    if not (math.isfinite(v) and v >= 0):
+        raise ConfigError(path, f"must be a finite number >= 0, got {v!r}")
+
+
+def _positive_tuple(path, v):
+    if len(v) == 0:
+        raise ConfigError(path, "must be a non-empty tuple")
+    for i, e in enumerate(v):
+        _positive(f"{path}[{i}]", e)
+
+
+def _data_name(path, v):
+    from samplax.data import DATASETS
+
+    _choice(DATASETS)(path, v)
+
+
+TRAIN_SCHEMA = {
+    "data": {"name": Field("str", check=_data_name), "options": Field("dict", required=False)},
+    "schedule": {"name": Field("str", check=_choice(TRAIN_SCHEDULES)), "options": Field("dict", required=False)},
+    "model": {
+        "network": Field("str", check=_choice(NETWORKS)),
+        "time_input": Field("str", check=_choice(TIME_INPUTS)),
+        "class_conditional": Field("bool"),
+        "label_dropout": Field("float", check=_unit),
+        "sigma_data": Field("float", check=_finite_pos),
+        "mlp": {"hidden": Field("tuple[int]", check=_positive_tuple), "embed_dim": Field("int", check=_positive)},
+        "unet": {"channels": Field("tuple[int]", check=_positive_tuple),
+                 "num_res_blocks": Field("int", check=_positive), "attention": Field("bool"),
+                 "embed_dim": Field("int", check=_positive), "groups": Field("int", check=_positive)},
+    },
+    "loss": {
+        "objective": Field("str", check=_choice(OBJECTIVES)),
+        "weighting": Field("str", check=_choice(("none", "min_snr"))),
+        "discrete": Field("bool"),
+        "p_mean": Field("float", check=_finite),
+        "p_std": Field("float", check=_finite_pos),
+    },
+    "optim": {
+        "learning_rate": Field("float", check=_finite_pos),
+        "warmup_steps": Field("int", check=_nonneg),
+        "end_lr_fraction": Field("float", check=_fraction),
+        "weight_decay": Field("float", check=_nonneg_float),
+        "b1": Field("float", check=_unit),
+        "b2": Field("float", check=_unit),
+        "grad_clip": Field("float", check=_nonneg_float),
+        "ema_decay": Field("float", check=_unit),
+        "ema_warmup": Field("bool"),
+    },
+    "train": {
+        "num_steps": Field("int", check=_positive),
+        "batch_size": Field("int", check=_positive),
+        "seed": Field("int", check=_nonneg),
+        "data_seed": Field("int", check=_nonneg),
+        "log_every": Field("int", check=_positive),
+        "checkpoint_every": Field("int", check=_positive),
+        "keep_checkpoints": Field("int", check=_positive),
+        "sample_every": Field("int", check=_nonneg),
+        "sample_count": Field("int", check=_nonneg),
+        "sample_solver": Field("str", check=_choice(registry.SOLVERS)),
+        "sample_nfe": Field("int", check=_nfe),
+    },
+    "distributed": Field("bool"),
+}
+
+
+def validate_train(cfg) -> dict:
+    """Schema and cross-field checks of a training config; returns it as a plain dict."""
+    values = _as_dict(cfg)
+    _check_tree(TRAIN_SCHEMA, values, "config")
+    o, t = values["optim"], values["train"]
+    if o["warmup_steps"] >= t["num_steps"]:
+        raise ConfigError("config.optim.warmup_steps",
+                          f"must be smaller than config.train.num_steps={t['num_steps']}, got {o['warmup_steps']}")
+    loss, sched, data = values["loss"], values["schedule"]["name"], values["data"]["name"]
+    if sched == "problem" and data not in ("gmm2d", "gmm64d"):
+        raise ConfigError("config.schedule.name", f"'problem' (the problem file's schedule) needs data gmm2d or "
+                          f"gmm64d, got data {data!r}; allowed otherwise: {list(TRAIN_SCHEDULES[1:])}")
+    if loss["objective"] == "edm" and sched != "edm":
+        raise ConfigError("config.loss.objective", f"'edm' (sigma ~ log-normal, alpha = 1) needs "
+                          f"config.schedule.name='edm', got {sched!r}")
+    if loss["weighting"] == "min_snr" and loss["objective"] != "noise":
+        raise ConfigError("config.loss.weighting", f"'min_snr' is implemented for the noise objective, got "
+                          f"objective {loss['objective']!r}")
+    if loss["discrete"] and sched not in ("vp_discrete", "problem"):
+        raise ConfigError("config.loss.discrete", f"discrete training times need a VPDiscrete schedule "
+                          f"('vp_discrete' or 'problem'), got {sched!r}")
     return values

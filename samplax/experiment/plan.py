@@ -152,6 +152,10 @@ def _row(cfg: dict, loaded, name, solver, order, options, afs, spacing, nfe, n_s
                 t_max=g.get("t_max"), t_min=g.get("t_min"), rho=float(g["rho"]), nfe=int(nfe),
                 n_steps=int(n_steps), seed=int(seed), n_samples=int(cfg["n_samples"]), dtype=cfg["dtype"],
                 prior=cfg["prior"], metrics_settings=m)
+    if loaded.trained is not None:  # a trained network: its checkpoint is part of what the row is
+        m = cfg["model"]
+        spec["trained"] = dict(checkpoint=m["checkpoint"], step=m["step"], params=m.get("params") or "ema",
+                               guidance=m.get("guidance"))
     spec["hash"] = settings_hash(spec)
     return spec
 
@@ -160,7 +164,11 @@ def make_plan(config) -> Plan:
     """Validate ``config`` (ConfigDict or dict) and expand it into row specs."""
     kind = config_kind(config)
     cfg = validate_fields(config, kind)
-    loaded = registry.MODELS[cfg["model"]["name"]](registry.DTYPES["float32"])
+    cfg["model"] = registry.resolve_model(cfg["model"])
+    loaded = registry.load_model(cfg["model"], registry.DTYPES["float32"])
+    if cfg["prior"] == "problem" and loaded.gmm is None:
+        raise ConfigError("config.prior", f"'problem' start points exist for gmm2d and gmm64d only, not for "
+                                          f"{cfg['model']['name']!r}; use 'key'")
     dtype = registry.DTYPES["float32"]  # grids are validated in float32; runs rebuild them in cfg dtype
     _check_time_range(cfg, loaded)
     rows, skipped = [], []
@@ -246,10 +254,15 @@ def make_plan(config) -> Plan:
     return Plan(kind, cfg, rows, skipped)
 
 
+def model_section(spec: dict) -> dict:
+    """The (resolved) model section of a row spec."""
+    return dict(name=spec["model"], **spec.get("trained", {}))
+
+
 def rebuild_solver(spec: dict):
     """The solver of a row spec."""
     kw = {"order": spec["order"]} if _has_order_option(spec["solver"]) else {}
     return get_solver(spec["solver"], afs=spec["afs"], **kw, **spec["options"])
 
 
-__all__ = ["Plan", "make_plan", "settings_hash", "identity", "allowed_orders", "rebuild_solver"]
+__all__ = ["Plan", "make_plan", "settings_hash", "identity", "allowed_orders", "rebuild_solver", "model_section"]

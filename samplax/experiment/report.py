@@ -40,8 +40,8 @@ from samplax.experiment.results import atomic_write, atomic_write_text
 
 Row = Mapping[str, Any]
 
-METRICS = ("mean_l2", "sw2", "mean_log_density")
-LOWER_IS_BETTER = frozenset({"mean_l2", "sw2"})
+METRICS = ("mean_l2", "fd", "sw2", "mean_log_density")
+LOWER_IS_BETTER = frozenset({"mean_l2", "fd", "sw2"})
 MISSING = "—"
 
 RESULTS_MD = "results.md"
@@ -217,6 +217,8 @@ METRIC_MEANING = {
                "x_T (float64 reference, at sigma = 0)",
     "sw2": "sliced Wasserstein-2 distance between the samples and as many exact samples of the data distribution",
     "mean_log_density": "exact mean log-density of the samples under the data distribution",
+    "fd": "Frechet distance between features (of a digits classifier trained here) of the samples and of the "
+          "held-out test split; compare with fd_floor, the FD of the training split",
 }
 
 
@@ -315,7 +317,13 @@ def _summary_lines(rows: Sequence[Row]) -> list[str]:
         prows = [r for r in rows if str(r.get("problem")) == problem]
         floors = [v for v in (_ref(r, "sw2_floor") for r in prows) if v is not None]
         exact = [v for v in (_ref(r, "mean_log_density_exact") for r in prows) if v is not None]
+        fd_floors = [v for v in (_ref(r, "fd_floor") for r in prows) if v is not None]
+        acc = [v for v in (_ref(r, "classifier_test_accuracy") for r in prows) if v is not None]
         parts = []
+        if fd_floors:
+            parts.append(f"fd floor (training split vs test split) {_range_text(fd_floors)}")
+        if acc:
+            parts.append(f"feature classifier test accuracy {_range_text(acc)}")
         if floors:
             parts.append(f"sw2 noise floor {_range_text(floors)}")
         if exact:
@@ -604,7 +612,16 @@ def write_tensorboard(rows: Sequence[Row], logdir: str) -> str:
 
 
 # --------------------------------------------------------------------------- all of it
-def write_report(workdir: str, rows: Sequence[Row], metric: str = "mean_l2") -> dict:
+def default_metric(rows: Sequence[Row]) -> str:
+    """The first of mean_l2, fd, sw2 that some row has (mean_l2 for analytic problems,
+    fd for digits, sw2 for other learned data)."""
+    for m in ("mean_l2", "fd", "sw2"):
+        if any((r.get("metrics") or {}).get(m) is not None for r in rows):
+            return m
+    return "mean_l2"
+
+
+def write_report(workdir: str, rows: Sequence[Row], metric: Optional[str] = None) -> dict:
     """Write the whole report of ``rows`` under ``workdir``.
 
     ``results.md`` (with links to the plots), ``plots/error_vs_nfe.png``,
@@ -615,6 +632,7 @@ def write_report(workdir: str, rows: Sequence[Row], metric: str = "mean_l2") -> 
     ``{"results_md": path, "plots": [paths], "tensorboard": logdir or None}``.
     """
     rows = dedupe_rows(rows)
+    metric = metric or default_metric(rows)
     plots_dir = os.path.join(workdir, PLOTS_DIR)
     error_png = os.path.join(plots_dir, ERROR_PLOT)
     samples_png = os.path.join(plots_dir, SAMPLES_PLOT)

@@ -43,7 +43,7 @@ from samplax.experiment import results as store
 from samplax.experiment.config import ConfigError, config_kind, validate_fields
 from samplax.experiment.nfe import count_in_jaxpr
 from samplax.experiment.nfe import probe as nfe_probe
-from samplax.experiment.plan import Plan, identity, make_plan, rebuild_solver, settings_hash
+from samplax.experiment.plan import Plan, identity, make_plan, model_section, rebuild_solver, settings_hash
 from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
 from samplax.solvers.base import sample
@@ -125,7 +125,7 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
 # ---------------------------------------------------------------------------------------
 # Rows that share these settings share one compiled program: within it, one vmapped
 # part per step count (NFE), each part vmapped over its grid spacings and seeds.
-GROUP_KEYS = ("model", "problem", "solver", "order", "options", "afs", "end", "t_max", "t_min", "rho",
+GROUP_KEYS = ("model", "trained", "problem", "solver", "order", "options", "afs", "end", "t_max", "t_min", "rho",
               "n_samples", "dtype", "prior", "metrics_settings")
 
 
@@ -133,7 +133,7 @@ def group_rows(specs: list) -> list:
     """Rows that can share one compiled program (they differ only in NFE, grid spacing and seed)."""
     groups = OrderedDict()
     for s in specs:
-        groups.setdefault(settings_hash({k: s[k] for k in GROUP_KEYS}), []).append(s)
+        groups.setdefault(settings_hash({k: s.get(k) for k in GROUP_KEYS}), []).append(s)
     return list(groups.values())
 
 
@@ -214,13 +214,13 @@ def _precision(dtype_name: str):
         yield
 
 
-def _prior_chunk(seeds, idx, dim, dtype):
-    """x_T of samples ``idx`` for each seed: N(0, I) from fold_in(fold_in(PRNGKey(seed), 0), i),
-    exactly what samplax.generate draws."""
+def _prior_chunk(seeds, idx, shape, dtype):
+    """x_T of samples ``idx`` for each seed: N(0, I) of one sample's ``shape`` from
+    fold_in(fold_in(PRNGKey(seed), 0), i), exactly what samplax.generate draws."""
     def one(seed):
         k_prior = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
         keys = jax.vmap(lambda i: jax.random.fold_in(k_prior, i))(idx)
-        return jax.vmap(lambda k: jax.random.normal(k, (dim,), dtype))(keys)
+        return jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))(keys)
     return jax.vmap(one)(seeds)
 
 
@@ -239,16 +239,23 @@ def _probe_name(j: int) -> str:
 def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh, prior: str):
     """jit(program)(parts, offset, n_valid, x_T or None) for one group; ``parts`` is a
     list of (stacked grids, seeds), one per step count."""
-    gmm, dim = loaded.gmm, loaded.dim
+    gmm, shape = loaded.gmm, loaded.shape
     batch = devices.batch_sharding(mesh, 1)
     # a probe per part makes each part's model evaluations countable in the program's jaxpr
     models = [loaded.model.replace(apply=nfe_probe(loaded.model.apply, _probe_name(j))) for j in range(n_parts)]
+    dtype = jax.tree.leaves(loaded.model.params)[0].dtype if gmm is None else gmm.means.dtype
 
     def member(model, grid, seed, x_T, idx, offset, valid):
         k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+        if loaded.relabel is not None:  # guided class-conditional model: labels of these samples
+            model = loaded.relabel(model, idx)
         x0, info = sample(solver, model, x_T, grid, k_solver, index_offset=offset)
-        finite = jnp.all(jnp.isfinite(x0), axis=-1)
-        logp = gmm.log_prob_ve(jnp.where(finite[:, None], x0, 0.0), 0.0)
+        flat = x0.reshape(x0.shape[0], -1)
+        finite = jnp.all(jnp.isfinite(flat), axis=-1)
+        if gmm is None:
+            logp = jnp.zeros(finite.shape, x0.dtype)
+        else:
+            logp = gmm.log_prob_ve(jnp.where(finite[:, None], flat, 0.0), 0.0)
         ok = finite & valid
         return dict(head=x0[:n_heads], head_x_T=x_T[:n_heads],
                     logp_sum=jnp.sum(jnp.where(ok, logp, 0.0)),
@@ -260,7 +267,7 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
         outs = []
         for model, (grids, seeds) in zip(models, parts):
             if prior == "key":
-                x_T = _prior_chunk(seeds, idx, dim, gmm.means.dtype)
+                x_T = _prior_chunk(seeds, idx, shape, dtype)
             else:
                 x_T = jnp.broadcast_to(x_T_in[None], (seeds.shape[0],) + x_T_in.shape)
             one = functools.partial(member, model)
@@ -280,7 +287,7 @@ def run_group(ctx: _Context, specs: list) -> list:
     order = [k for ks in by_steps.values() for k in ks]  # spec index of each flattened member
     with _precision(s0["dtype"]):
         dtype = registry.DTYPES[s0["dtype"]]
-        loaded = registry.MODELS[s0["model"]](dtype)
+        loaded = registry.load_model(model_section(s0), dtype)
         solver = rebuild_solver(s0)
         n, ms = s0["n_samples"], s0["metrics_settings"]
         n_dev = ctx.devices["n_devices"]
@@ -306,7 +313,8 @@ def run_group(ctx: _Context, specs: list) -> list:
 
         def x_T_in(start):
             if s0["prior"] != "problem":
-                return devices.put_global(np.zeros((chunk, loaded.dim), np.dtype(s0["dtype"])), x_sharding)
+                return devices.put_global(np.zeros((chunk,) + loaded.shape, np.dtype(s0["dtype"])),
+                                          devices.batch_sharding(ctx.mesh, 1 + len(loaded.shape)))
             stop = min(start + chunk, n)
             if stream["rng"] is None or stream["at"] != start:
                 stream["rng"], stream["at"] = _problem_stream(loaded.info, start), start
@@ -342,18 +350,23 @@ def run_group(ctx: _Context, specs: list) -> list:
         for k in ks:
             nfe_of[k] = nfe_parts[j]
 
-    program_id = settings_hash({k: s0[k] for k in GROUP_KEYS})
+    program_id = settings_hash({k: s0.get(k) for k in GROUP_KEYS})
     rows = [None] * m
     for g, k in enumerate(order):
         s = specs[k]
         all_finite = int(n_finite[g]) == n
         x_head = np.asarray(head[g], np.float64)
-        metrics = dict(
-            mean_l2=_mean_l2(ctx, loaded, s, x_head[:n_l2], np.asarray(head_x_T[g][:n_l2], np.float64)),
-            sw2=_sw2(ctx, loaded, s, x_head[:n_sw]),
-            mean_log_density=float(logp_sum[g] / n) if all_finite else None,
-        )
-        reference = _reference_metrics(ctx, loaded, s, n_sw)
+        if loaded.gmm is not None:  # the exact model (or a network trained on its samples)
+            exact_ode = loaded.info.get("exact_schedule", True)  # same schedule: the exact PF-ODE solution
+            metrics = dict(
+                mean_l2=_mean_l2(ctx, loaded, s, x_head[:n_l2], np.asarray(head_x_T[g][:n_l2], np.float64))
+                if exact_ode else None,
+                sw2=_sw2(ctx, loaded, s, x_head[:n_sw]),
+                mean_log_density=float(logp_sum[g] / n) if all_finite else None,
+            )
+            reference = _reference_metrics(ctx, loaded, s, n_sw)
+        else:  # a trained network on data without an analytic model
+            metrics, reference = _data_metrics(ctx, loaded, s, x_head[:n_sw])
         samples_file = None
         if ctx.writer and n_save > 0:
             samples_file = os.path.join("samples", f"{s['hash']}.npy")
@@ -460,6 +473,45 @@ def _reference_metrics(ctx, loaded, s, n_sw: int) -> dict:
         return dict(sw2_floor=sliced_wasserstein2_host(a, b, _proj(ctx, loaded.dim, n_proj)), mean_log_density_exact=lp,
                     n_exact=n_sw)
     return ctx.memo(("refmetrics", loaded.problem, n_sw, n_proj), compute)
+
+
+def _data_metrics(ctx, loaded, s, x0):
+    """Metrics of samples of a trained model whose data have no analytic density.
+
+    digits: the Frechet distance ``fd`` between the features of a small classifier
+    trained here (cached under workdir/cache) of the samples and of the held-out test
+    split, with ``fd_floor`` = the FD of the training split against the test split.
+    Toy 2-D data: sliced W2 against as many fresh data samples, with its noise floor."""
+    if not np.all(np.isfinite(x0)):
+        return dict(fd=None, sw2=None), {}
+    name = loaded.problem
+    if name == "digits":
+        from samplax.metrics import frechet_distance
+        from samplax.models.classifier import digits_features, digits_reference_statistics, \
+            load_or_train_digits_classifier
+
+        def classifier():
+            with _on_cpu():
+                return load_or_train_digits_classifier(os.path.join(ctx.workdir, "cache"))
+        params, info = ctx.memo(("digits_classifier",), classifier)
+        ref = ctx.memo(("digits_stats", "test"), lambda: digits_reference_statistics(params, "test"))
+        floor = ctx.memo(("digits_stats", "train"), lambda: digits_reference_statistics(params, "train"))
+        feats = digits_features(params, x0.reshape((-1,) + loaded.shape).astype(np.float32))
+        mu = feats.mean(axis=0)
+        cov = np.cov(feats, rowvar=False)
+        fd = frechet_distance(mu, cov, *ref)
+        return (dict(fd=float(fd)), dict(fd_floor=float(frechet_distance(*floor, *ref)),
+                                        classifier_test_accuracy=float(info["test_accuracy"]), n_fd=len(x0)))
+    from samplax.data import make_dataset
+
+    data = ctx.memo(("data", name), lambda: make_dataset(name))
+    a = ctx.memo(("data_samples", name, len(x0), EXACT_KEY), lambda: np.asarray(
+        data.batch(EXACT_KEY, 0, len(x0))[0], np.float64).reshape(len(x0), -1))
+    b = ctx.memo(("data_samples", name, len(x0), FLOOR_KEY), lambda: np.asarray(
+        data.batch(FLOOR_KEY, 0, len(x0))[0], np.float64).reshape(len(x0), -1))
+    proj = _proj(ctx, loaded.dim, s["metrics_settings"]["sw_projections"])
+    return (dict(sw2=sliced_wasserstein2_host(x0.reshape(len(x0), -1), a, proj)),
+            dict(sw2_floor=sliced_wasserstein2_host(a, b, proj), n_exact=len(x0)))
 
 
 __all__ = ["run", "run_sample", "run_sweep", "execute", "group_rows", "run_group", "software_versions"]

@@ -1,4 +1,10 @@
-"""Training of score models: losses (and, next, the train step, EMA and checkpoints)."""
-from samplax.training.losses import TARGETS, denoising_loss, diffusion_target, sample_times
+"""Training of score models: losses, the optax train step and the EMA of parameters.
+(Checkpoints and the training loop live in samplax.experiment.trainer.)"""
+from samplax.training.losses import (TARGETS, WEIGHTINGS, denoising_loss, diffusion_target, drop_labels, edm_loss,
+                                     edm_weight, loss_weight, sample_times)
+from samplax.training.train import (TrainState, ema_decay_at, ema_update, init_train_state, learning_rate_schedule,
+                                    make_optimizer, make_train_step, step_key)
 
-__all__ = ["TARGETS", "denoising_loss", "diffusion_target", "sample_times"]
+__all__ = ["TARGETS", "WEIGHTINGS", "denoising_loss", "diffusion_target", "sample_times", "loss_weight",
+           "edm_loss", "edm_weight", "drop_labels", "TrainState", "ema_decay_at", "ema_update", "init_train_state",
+           "learning_rate_schedule", "make_optimizer", "make_train_step", "step_key"]

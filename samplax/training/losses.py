@@ -18,10 +18,30 @@ Weightings (a function of t only, multiplying the per-example squared error):
 al. 2023, "Efficient Diffusion Training via Min-SNR Weighting"), which equals the
 data loss weighted by min(SNR, gamma), because |eps_hat - eps|^2 = SNR |x0_hat - x0|^2
 with SNR = alpha^2 / sigma^2.
+
+Flow matching (Lipman et al. 2023, conditional flow matching with the optimal-transport
+path and sigma_min = 0, time reversed so that the data sit at t = 0) and rectified flow
+(Liu et al. 2023) are this loss with the ``FlowLinear``
+schedule (alpha = 1 - t, sigma = t) and ``target="flow"``: the regression target is the
+interpolant's velocity eps - x0, t is uniform on the schedule's [t_min, t_max], and the
+trained network is a DiffusionModel with ``prediction="flow"``.  No separate loss is needed.
+
+:func:`edm_loss` is the EDM training loss (Karras et al. 2022): log-normal noise
+levels, the EDM schedule (alpha = 1, sigma = t), and the weight that makes the
+preconditioned network's regression unit-weighted.
+
+Labels (class-conditional training, classifier-free guidance; Ho & Salimans 2022):
+both losses take optional ``labels``; with probability ``label_dropout`` each is
+replaced by the null label ``num_classes`` (the network's "unconditional" entry),
+so a single network learns the conditional and the unconditional model.  The
+dropout draws use ``jax.random.fold_in(key, 2)``, leaving the time and noise draws
+(and hence the unconditional path, bitwise) as they are without labels.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
+
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -81,13 +101,42 @@ def loss_weight(schedule, t, weighting: str, target: str, gamma: float = 5.0):
     raise ValueError(f"loss_weight: unknown weighting {weighting!r}; allowed: {list(WEIGHTINGS)}")
 
 
+def drop_labels(key, labels, label_dropout, num_classes: int):
+    """Replace each label by the null label ``num_classes`` with probability
+    ``label_dropout`` (one Bernoulli draw per example from ``key``)."""
+    if isinstance(label_dropout, numbers.Real) and not 0.0 <= float(label_dropout) <= 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout!r}")
+    if isinstance(label_dropout, numbers.Real) and float(label_dropout) == 0.0:
+        return labels
+    if num_classes < 1:
+        raise ValueError(f"label_dropout > 0 needs num_classes >= 1 (the null label is num_classes), "
+                         f"got num_classes={num_classes}")
+    drop = jax.random.bernoulli(key, label_dropout, labels.shape)
+    return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
+
+
+def _prepare_labels(key, labels, batch: int, label_dropout, num_classes: int):
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    labels = jnp.broadcast_to(labels, (batch,))
+    return drop_labels(jax.random.fold_in(key, 2), labels, label_dropout, num_classes)
+
+
 def denoising_loss(predict: Callable, x0, key, schedule, target: str = "noise", weighting: str = "none",
-                   discrete: bool = False, t_min: Optional[float] = None, t_max: Optional[float] = None):
+                   discrete: bool = False, t_min: Optional[float] = None, t_max: Optional[float] = None,
+                   labels=None, label_dropout=0.0, num_classes: int = 0):
     """Monte Carlo denoising loss  mean_b w(t_b) |predict(x_t, t)_b - target_b|^2 / d.
 
     ``predict(x_t, t)`` returns the prediction of ``target`` for a batch x_t (B, ...)
     at per-example times t (B,).  One t and one eps per example, from ``key``.
-    Returns (loss, aux) with aux = dict(t=..., per_example=...)."""
+    With ``labels`` (int, scalar or (B,)) the call is ``predict(x_t, t, labels)``, each
+    label first replaced by the null label ``num_classes`` with probability
+    ``label_dropout`` (a key derived as ``fold_in(key, 2)``: t and eps are the same
+    draws as without labels).  ``target="flow"`` with the FlowLinear schedule is flow
+    matching / rectified flow (module docstring).
+    Returns (loss, aux) with aux = dict(t=..., per_example=...) (and ``labels``, the
+    labels after dropout, when labels are given)."""
     if target not in TARGETS:
         raise ValueError(f"denoising_loss: unknown target {target!r}; allowed: {list(TARGETS)}")
     k_t, k_eps = jax.random.split(key)
@@ -96,6 +145,54 @@ def denoising_loss(predict: Callable, x0, key, schedule, target: str = "noise", 
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = _bcast(schedule.alpha(t), x0) * x0 + _bcast(schedule.sigma(t), x0) * eps
     y = diffusion_target(schedule, x0, eps, t, target)
-    err = (predict(x_t, t) - y).reshape(b, -1)
+    if labels is None:
+        pred = predict(x_t, t)
+    else:
+        labels = _prepare_labels(key, labels, b, label_dropout, num_classes)
+        pred = predict(x_t, t, labels)
+    err = (pred - y).reshape(b, -1)
     per_example = jnp.mean(err * err, axis=-1) * loss_weight(schedule, t, weighting, target)
-    return jnp.mean(per_example), dict(t=t, per_example=per_example)
+    aux = dict(t=t, per_example=per_example)
+    if labels is not None:
+        aux["labels"] = labels
+    return jnp.mean(per_example), aux
+
+
+def edm_weight(sigma, sigma_data: float = 0.5):
+    """EDM's loss weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def edm_loss(denoise: Callable, x0, key, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5,
+             labels=None, label_dropout=0.0, num_classes: int = 0):
+    """EDM's training loss (Karras et al. 2022, Sec. 5 and Table 1) for the EDM schedule
+    (alpha = 1, sigma = t):  ln sigma ~ N(p_mean, p_std^2),  x = x0 + sigma eps,
+
+        loss = mean_b lambda(sigma_b) |denoise(x, sigma)_b - x0_b|^2 / d,
+        lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
+
+    ``denoise(x, sigma)`` (or ``denoise(x, sigma, labels)`` when ``labels`` are given; label
+    dropout as in :func:`denoising_loss`) is the data prediction D, e.g. the ``data`` view of
+    ``network_model(net, params, EDM(), "data", precond="edm", sigma_data=sd)``.  With that
+    preconditioning, D = c_skip x + c_out F and lambda = 1 / c_out^2, so each term equals
+    |F - (x0 - c_skip x) / c_out|^2 / d: unit-weighted regression of the raw network F on
+    its effective target.  For x0 ~ N(0, sd^2 I) the optimal D has per-example loss exactly
+    1 at every sigma (lambda times the Gaussian MMSE sd^2 sigma^2 / (sd^2 + sigma^2)).
+    One sigma and one eps per example, from ``key``.
+    Returns (loss, aux) with aux = dict(t=sigma, per_example=...) (and ``labels``)."""
+    k_sigma, k_eps = jax.random.split(key)
+    b = x0.shape[0]
+    sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (b,), x0.dtype))
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    x = x0 + _bcast(sigma, x0) * eps
+    if labels is None:
+        pred = denoise(x, sigma)
+    else:
+        labels = _prepare_labels(key, labels, b, label_dropout, num_classes)
+        pred = denoise(x, sigma, labels)
+    err = (pred - x0).reshape(b, -1)
+    per_example = jnp.mean(err * err, axis=-1) * edm_weight(sigma, sigma_data)
+    aux = dict(t=sigma, per_example=per_example)
+    if labels is not None:
+        aux["labels"] = labels
+    return jnp.mean(per_example), aux

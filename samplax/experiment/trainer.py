@@ -1,0 +1,443 @@
+"""Training runs: a train config -> data, schedule, Flax network, loss, optax train step,
+Orbax checkpoints, logs, TensorBoard scalars and preview PNGs; and loading a trained
+model back as a DiffusionModel for sampling.
+
+A training workdir holds::
+
+    config.json            the config and its identity (a rerun of another config is refused)
+    checkpoints/<step>/    Orbax: TrainState (params, EMA, optimiser state, step) + meta JSON
+    train_log.jsonl        one row per log interval (loss, grad norm, learning rate, steps/s)
+    train_summary.json     written at the end
+    tb/                    TensorBoard scalars (tensorboardX)
+    samples/step_<k>.png   preview samples drawn with the EMA parameters
+
+The run is a pure function of its config: the batch of step k is
+``dataset.batch(data_seed, k)``, the RNG of step k is ``fold_in(PRNGKey(seed), k)``.
+So a run killed at any moment and restarted with the same command resumes from its
+last complete checkpoint and ends with the parameters of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from samplax.data import make_dataset
+from samplax.experiment import devices
+from samplax.experiment import results as store
+from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints
+from samplax.experiment.config import TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
+from samplax.experiment.progress import Progress
+from samplax.models.analytic import load_problem
+from samplax.models.networks import MLPScoreNet, network_apply, network_model
+from samplax.schedules import get_schedule
+from samplax.training.losses import denoising_loss, edm_loss
+from samplax.training.train import (init_train_state, learning_rate_schedule, make_optimizer, make_train_step,
+                                    step_key)
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "train_summary.json"
+TRAIN_DERIVED = (store.CONFIG_FILE, CHECKPOINT_DIR, LOG_FILE, SUMMARY_FILE, "tb", "samples")
+EVAL_SEED_OFFSET = 1_000_003  # the fixed evaluation batch: data seed + this, step 0
+
+
+# ---------------------------------------------------------------------------------------
+# Config -> objects
+# ---------------------------------------------------------------------------------------
+def build_schedule(cfg: dict):
+    name, options = cfg["schedule"]["name"], dict(cfg["schedule"].get("options") or {})
+    if name == "problem":
+        if options:
+            raise ConfigError("config.schedule.options", "the problem file's schedule takes no options")
+        return load_problem(cfg["data"]["name"])[1]
+    try:
+        return get_schedule(name, **options)
+    except TypeError as e:
+        raise ConfigError("config.schedule.options", f"not accepted by schedule {name!r}: {e}") from None
+
+
+def build_dataset(cfg: dict):
+    try:
+        return make_dataset(cfg["data"]["name"], **dict(cfg["data"].get("options") or {}))
+    except ValueError as e:
+        raise ConfigError("config.data.options", str(e)) from None
+
+
+def num_classes(cfg: dict, dataset) -> int:
+    return int(dataset.num_classes) if cfg["model"]["class_conditional"] else 0
+
+
+def build_network(cfg: dict, dataset):
+    m = cfg["model"]
+    k = num_classes(cfg, dataset)
+    if m["class_conditional"] and dataset.num_classes == 0:
+        raise ConfigError("config.model.class_conditional", f"data {dataset.name!r} has no labels")
+    if m["network"] == "mlp":
+        if len(dataset.shape) != 1:
+            raise ConfigError("config.model.network", f"'mlp' takes vectors; data {dataset.name!r} has shape "
+                              f"{dataset.shape}: use 'unet'")
+        return MLPScoreNet(hidden=tuple(m["mlp"]["hidden"]), embed_dim=m["mlp"]["embed_dim"], num_classes=k)
+    from samplax.models.unet import UNet
+
+    if len(dataset.shape) != 3:
+        raise ConfigError("config.model.network", f"'unet' takes images (H, W, C); data {dataset.name!r} has "
+                          f"shape {dataset.shape}: use 'mlp'")
+    u = m["unet"]
+    levels = len(u["channels"])
+    h, w = dataset.shape[:2]
+    if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
+        raise ConfigError("config.model.unet.channels", f"{levels} levels halve the image {levels - 1} times; "
+                          f"{h}x{w} is not divisible by {2 ** (levels - 1)}")
+    bad = [c for c in u["channels"] if c % u["groups"]]
+    if bad:
+        raise ConfigError("config.model.unet.groups", f"must divide every channel count {tuple(u['channels'])}, "
+                          f"got {u['groups']}")
+    return UNet(channels=tuple(u["channels"]), num_res_blocks=u["num_res_blocks"], attention=u["attention"],
+                embed_dim=u["embed_dim"], groups=u["groups"], num_classes=k)
+
+
+def precond(cfg: dict) -> str:
+    return "edm" if cfg["loss"]["objective"] == "edm" else "none"
+
+
+def prediction(cfg: dict) -> str:
+    return "data" if cfg["loss"]["objective"] == "edm" else cfg["loss"]["objective"]
+
+
+def model_identity(cfg: dict, dataset) -> dict:
+    """Every field that shapes the parameters or the meaning of the network's output."""
+    return dict(data=cfg["data"]["name"], data_shape=list(dataset.shape), schedule=cfg["schedule"],
+                model=cfg["model"], objective=cfg["loss"]["objective"], num_classes=num_classes(cfg, dataset))
+
+
+def build_loss(cfg: dict, net, schedule, dataset):
+    """``loss_fn(params, batch, key) -> (loss, aux)`` with batch = (x, labels or None)."""
+    apply = network_apply(net, schedule, cfg["model"]["time_input"], precond=precond(cfg),
+                          sigma_data=cfg["model"]["sigma_data"])
+    loss = cfg["loss"]
+    k = num_classes(cfg, dataset)
+    drop = cfg["model"]["label_dropout"]
+
+    def loss_fn(params, batch, key):
+        x, y = batch
+        labels = y if k else None
+        if loss["objective"] == "edm":
+            return edm_loss(lambda xt, s, *lab: apply(params, xt, s, *lab), x, key, p_mean=loss["p_mean"],
+                            p_std=loss["p_std"], sigma_data=cfg["model"]["sigma_data"], labels=labels,
+                            label_dropout=drop, num_classes=k)
+        return denoising_loss(lambda xt, t, *lab: apply(params, xt, t, *lab), x, key, schedule,
+                              target=loss["objective"], weighting=loss["weighting"], discrete=loss["discrete"],
+                              labels=labels, label_dropout=drop, num_classes=k)
+    return loss_fn
+
+
+def init_params(cfg: dict, net, dataset):
+    x = jnp.zeros((1,) + tuple(dataset.shape), jnp.float32)
+    s = jnp.zeros((1,), jnp.float32)
+    return net.init(jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1), x, s)
+
+
+def build_optimizer(cfg: dict):
+    o, n = cfg["optim"], cfg["train"]["num_steps"]
+    return make_optimizer(o["learning_rate"], n, o["warmup_steps"], o["weight_decay"], o["b1"], o["b2"],
+                          o["grad_clip"] or None, o["end_lr_fraction"])
+
+
+def train_identity(cfg: dict) -> dict:
+    out = json.loads(json.dumps(cfg, default=str))
+    for dotted in TRAIN_NON_IDENTITY_FIELDS:
+        *parents, leaf = dotted.split(".")
+        d = out
+        for p in parents:
+            d = d.get(p, {})
+        d.pop(leaf, None)
+    return out
+
+
+class Setup(NamedTuple):
+    cfg: dict
+    dataset: object
+    schedule: object
+    net: object
+    optimizer: object
+    identity: dict
+
+
+def setup(config) -> Setup:
+    """Validate a training config and build its objects (no files touched)."""
+    cfg = validate_train(config)
+    dataset = build_dataset(cfg)
+    schedule = build_schedule(cfg)
+    net = build_network(cfg, dataset)
+    return Setup(cfg, dataset, schedule, net, build_optimizer(cfg), model_identity(cfg, dataset))
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------
+def _rewrite_log(path: str, last_step: int) -> None:
+    """Keep the log rows up to the restored checkpoint (later ones are recomputed)."""
+    if not os.path.exists(path):
+        return
+    store.repair(path)
+    rows = [r for r in store.read_rows(path) if r.get("step", 0) <= last_step]
+    store.atomic_write_text(path, "".join(json.dumps(store.json_clean(r), sort_keys=True) + "\n" for r in rows))
+
+
+def run_train(config, workdir: str, restart: bool = False) -> dict:
+    """Train (or resume) the model of ``config`` in ``workdir``; returns the summary.
+
+    Raises ConfigError (bad config), WorkdirConflict (workdir of another config) or
+    CheckpointMismatch (a checkpoint of another model) before training anything."""
+    s = setup(config)
+    cfg, t = s.cfg, s.cfg["train"]
+    devices.maybe_initialize_distributed(cfg["distributed"])
+    workdir = os.path.abspath(workdir)
+    writer = devices.is_writer()
+    mesh = devices.batch_mesh()
+    n_dev = mesh.devices.size
+    if t["batch_size"] % n_dev:
+        raise ConfigError("config.train.batch_size", f"must be divisible by the number of devices ({n_dev}), "
+                          f"got {t['batch_size']}")
+    ident = train_identity(cfg)
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if not restart:
+        store.check_saved_config(workdir, ident)
+        if os.path.isdir(ckpt_dir):  # refuse another model's checkpoints before writing anything
+            with Checkpoints(ckpt_dir, s.identity, writer=False) as ckpt:
+                if ckpt.latest_step() is not None:
+                    ckpt.check(ckpt.latest_step())
+    if writer:
+        if restart:
+            store.clear_workdir(workdir, TRAIN_DERIVED)
+        os.makedirs(workdir, exist_ok=True)
+        store.save_config(workdir, "train", cfg, ident)
+
+    loss_fn = build_loss(cfg, s.net, s.schedule, s.dataset)
+    step_fn = make_train_step(loss_fn, s.optimizer, cfg["optim"]["ema_decay"], cfg["optim"]["ema_warmup"])
+    rep = devices.replicated(mesh)
+    k = num_classes(cfg, s.dataset)
+    x_sh = devices.batch_sharding(mesh, 1 + len(s.dataset.shape))
+    y_sh = devices.batch_sharding(mesh, 1)
+    batch_sh = (x_sh, y_sh if k else None)
+    jit_step = jax.jit(step_fn, in_shardings=(rep, batch_sh, rep), out_shardings=(rep, rep), donate_argnums=0)
+    lr_at = learning_rate_schedule(cfg["optim"]["learning_rate"], t["num_steps"], cfg["optim"]["warmup_steps"],
+                                   cfg["optim"]["end_lr_fraction"])
+
+    def batch_at(step: int):
+        x, y = s.dataset.batch(t["data_seed"], step, t["batch_size"])
+        x = devices.put_global(np.asarray(x, np.float32), x_sh)
+        return (x, devices.put_global(np.asarray(y, np.int32), y_sh) if k else None)
+
+    eval_batch = s.dataset.batch(t["data_seed"] + EVAL_SEED_OFFSET, 0, t["batch_size"])
+    eval_batch = (jnp.asarray(eval_batch[0]), eval_batch[1] if k else None)
+    eval_loss = jax.jit(lambda p: loss_fn(p, eval_batch, jax.random.PRNGKey(EVAL_SEED_OFFSET))[0])
+
+    fresh = init_train_state(init_params(cfg, s.net, s.dataset), s.optimizer)
+    fresh = jax.device_put(fresh, rep)
+    tb = None
+    log_path = os.path.join(workdir, LOG_FILE)
+    with Checkpoints(ckpt_dir, s.identity, keep=t["keep_checkpoints"],
+                     writer=writer) as ckpt:
+        restored = ckpt.restore(fresh)
+        if restored is None:
+            state, start = fresh, 0
+            logging.info("train: starting at step 0 in %s", workdir)
+        else:
+            state, meta = restored
+            state = jax.device_put(state, rep)
+            start = int(meta["step"])
+            if meta.get("data_seed") != t["data_seed"] or meta.get("seed") != t["seed"]:
+                raise CheckpointMismatch(f"checkpoint step {start} has seeds {meta.get('seed')}/"
+                                         f"{meta.get('data_seed')}, config has {t['seed']}/{t['data_seed']}")
+            logging.info("train: resuming from the checkpoint of step %d in %s", start, ckpt.directory)
+        if writer:
+            _rewrite_log(log_path, start)
+            from tensorboardX import SummaryWriter
+
+            tb = SummaryWriter(os.path.join(workdir, "tb"))
+        try:
+            t0 = time.perf_counter()
+            compiled = jit_step.lower(state, batch_at(start), step_key(t["seed"], start)).compile()
+            compile_s = time.perf_counter() - t0
+            logging.info("train: compiled the train step in %.1fs (%d device(s))", compile_s, n_dev)
+            progress = Progress(t["num_steps"] - start, "steps", every_s=0.0)
+            window, w_t0, w_start = [], time.perf_counter(), start
+            last = dict(loss=None)
+            for step in range(start, t["num_steps"]):
+                state, metrics = compiled(state, batch_at(step), step_key(t["seed"], step))
+                window.append(metrics)
+                done = step + 1
+                if done % t["log_every"] == 0 or done == t["num_steps"]:
+                    m = jax.device_get(window)
+                    rate = (done - w_start) / max(time.perf_counter() - w_t0, 1e-9)
+                    row = dict(step=done, loss=float(np.mean([w["loss"] for w in m])),
+                               grad_norm=float(np.mean([w["grad_norm"] for w in m])),
+                               learning_rate=float(lr_at(step)), ema_decay=float(m[-1]["ema_decay"]),
+                               eval_loss_ema=float(eval_loss(state.ema_params)), steps_per_s=rate)
+                    if not math.isfinite(row["loss"]):
+                        raise FloatingPointError(f"train: loss became non-finite between steps {w_start} and {done}"
+                                                 f" (last checkpoint kept in {ckpt.directory})")
+                    last = row
+                    if writer:
+                        store.append_row(log_path, row)
+                        for name, v in row.items():
+                            if name != "step":
+                                tb.add_scalar(f"train/{name}", v, done)
+                        tb.flush()
+                    progress.update(done - w_start, f"loss {row['loss']:.4f} eval(EMA) {row['eval_loss_ema']:.4f}")
+                    window, w_t0, w_start = [], time.perf_counter(), done
+                if done % t["checkpoint_every"] == 0 or done == t["num_steps"]:
+                    ckpt.save(done, state, dict(seed=t["seed"], data_seed=t["data_seed"],
+                                                num_steps=t["num_steps"]))
+                if writer and t["sample_count"] and ((t["sample_every"] and done % t["sample_every"] == 0)
+                                                     or done == t["num_steps"]):
+                    write_preview(s, state.ema_params, os.path.join(workdir, "samples", f"step_{done:07d}.png"),
+                                  done)
+            if start == t["num_steps"]:
+                compile_s = 0.0
+        finally:
+            if tb is not None:
+                tb.close()
+    summary = dict(workdir=workdir, steps=t["num_steps"], resumed_from=start, compile_s=compile_s,
+                   final=last, checkpoint=os.path.join(workdir, CHECKPOINT_DIR, str(t["num_steps"])),
+                   n_devices=n_dev, device_kind=jax.devices()[0].device_kind)
+    if writer:
+        store.atomic_write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Previews and loading trained models
+# ---------------------------------------------------------------------------------------
+def trained_model(s: Setup, params, labels=None):
+    """The DiffusionModel of a network's parameters (labels: per-sample class, or None)."""
+    return network_model(s.net, params, s.schedule, prediction(s.cfg), time_input=s.cfg["model"]["time_input"],
+                         precond=precond(s.cfg), sigma_data=s.cfg["model"]["sigma_data"], labels=labels)
+
+
+def draw_samples(s: Setup, params, n: int, solver_name: str = "dpm_solver_pp", nfe: int = 20, seed: int = 0,
+                 labels=None) -> np.ndarray:
+    """n samples of the trained model with a solver (logSNR grid ending at sigma = 0)."""
+    from samplax.solvers import generate, get_solver, steps_for_nfe
+    from samplax.timesteps import time_grid
+
+    solver = get_solver(solver_name)
+    grid = time_grid(s.schedule, steps_for_nfe(solver, nfe), "logsnr")
+    model = trained_model(s, params, labels)
+    x = jax.jit(lambda m: generate(solver, m, grid, jax.random.PRNGKey(seed), n, s.dataset.shape))(model)
+    return np.asarray(x[0] if isinstance(x, tuple) else x)
+
+
+def image_grid(images: np.ndarray, cols: int = 10, pad: int = 1) -> np.ndarray:
+    """(N, H, W, C) in [-1, 1] -> one (rows*(H+pad), cols*(W+pad)) array in [0, 1]."""
+    n, h, w = images.shape[:3]
+    rows = -(-n // cols)
+    out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = \
+            np.clip((images[i, ..., 0] + 1.0) / 2.0, 0.0, 1.0)
+    return out
+
+
+def write_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
+    """A PNG of samples: an image grid (one row per class when conditional) or a 2-D scatter."""
+    t = s.cfg["train"]
+    k = num_classes(s.cfg, s.dataset)
+    n = t["sample_count"]
+    labels = jnp.arange(n, dtype=jnp.int32) % k if k else None
+    x = draw_samples(s, params, n, t["sample_solver"], t["sample_nfe"], labels=labels)
+    if len(s.dataset.shape) == 3:
+        if k:  # order by class: column j of row r is sample r + k j
+            x = x[np.argsort(np.arange(n) % k, kind="stable")]
+        pic = image_grid(x, cols=10 if not k else -(-n // k))
+        kind = "image"
+    elif s.dataset.shape == (2,):
+        pic = x
+        kind = "scatter"
+    else:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if kind == "image":
+        ax.imshow(pic, cmap="gray_r" if False else "gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.axis("off")
+    else:
+        ref = np.asarray(s.dataset.batch(t["data_seed"] + EVAL_SEED_OFFSET, 1, max(n, 1000))[0])
+        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.7", label="data")
+        ax.scatter(pic[:, 0], pic[:, 1], s=3, c="C3", label="model")
+        ax.legend(loc="upper right", fontsize=8)
+        ax.set_aspect("equal")
+    ax.set_title(f"{s.cfg['data']['name']} step {step}: {t['sample_solver']}, NFE {t['sample_nfe']}", fontsize=9)
+    fig.tight_layout()
+    store.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
+    plt.close(fig)
+    return path
+
+
+class Trained(NamedTuple):
+    """A trained model loaded from a training workdir."""
+
+    setup: Setup
+    params: object
+    step: int
+    checkpoint: str
+
+
+def _saved_train_config(workdir: str) -> dict:
+    path = os.path.join(workdir, store.CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} is not a training workdir: no {store.CONFIG_FILE}")
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("kind") != "train":
+        raise ValueError(f"{workdir} holds a {saved.get('kind')!r} run, not a training run")
+    return saved
+
+
+def latest_checkpoint_step(workdir: str) -> int:
+    """The step of the latest complete checkpoint of a training workdir."""
+    workdir = os.path.abspath(workdir)
+    _saved_train_config(workdir)
+    d = os.path.join(workdir, CHECKPOINT_DIR)
+    steps = [int(n) for n in (os.listdir(d) if os.path.isdir(d) else []) if n.isdigit()
+             and os.path.exists(os.path.join(d, n, "_CHECKPOINT_METADATA"))]
+    if not steps:
+        raise FileNotFoundError(f"{workdir}: no complete checkpoint under {d}")
+    return max(steps)
+
+
+def load_trained(workdir: str, step: Optional[int] = None, which: str = "ema") -> Trained:
+    """The parameters (``which`` = "ema" or "params") of a training workdir's checkpoint
+    ``step`` (default: the latest), restored into a freshly initialised structure."""
+    workdir = os.path.abspath(workdir)
+    saved = _saved_train_config(workdir)
+    if which not in ("ema", "params"):
+        raise ValueError(f"load_trained: which must be 'ema' or 'params', got {which!r}")
+    s = setup(saved["config"])
+    fresh = init_train_state(init_params(s.cfg, s.net, s.dataset), s.optimizer)
+    with Checkpoints(os.path.join(workdir, CHECKPOINT_DIR), s.identity, writer=False) as ckpt:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt.directory}")
+        if step is not None and step not in ckpt.steps():
+            raise FileNotFoundError(f"{workdir}: no checkpoint of step {step}; have {ckpt.steps()}")
+        state, meta = ckpt.restore(fresh, step)
+    params = state.ema_params if which == "ema" else state.params
+    return Trained(s, params, int(meta["step"]), os.path.join(workdir, CHECKPOINT_DIR, str(meta["step"])))
+
+
+__all__ = ["run_train", "setup", "load_trained", "Trained", "draw_samples", "image_grid", "write_preview",
+           "trained_model", "model_identity", "CheckpointMismatch"]
