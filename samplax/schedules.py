@@ -288,6 +288,17 @@ class FlowLinear(NoiseSchedule):
         return 1.0 / (1.0 + jnp.exp(_float(lam)))
 
 
+def prior_std(schedule: NoiseSchedule, t_max: float | None = None) -> float:
+    """The standard deviation of the Gaussian prior x_T ~ N(0, s^2 I) at ``t_max``
+    (default: the schedule's): s = sqrt(alpha^2 + sigma^2), the std of x_T for data of
+    unit variance.  Exactly 1 for VP schedules (returned as 1.0 when within 1e-6, so
+    VP runs are unchanged), ~sigma_max for VE / EDM, ~t_max for the flow schedule."""
+    t = float(schedule.t_max if t_max is None else t_max)
+    a, s = float(schedule.alpha(t)), float(schedule.sigma(t))
+    out = math.sqrt(a * a + s * s)
+    return 1.0 if abs(out - 1.0) < 1e-6 else out
+
+
 SCHEDULES = {
     "vp_linear": VPLinear,
     "vp_cosine": VPCosine,

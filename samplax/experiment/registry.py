@@ -151,7 +151,8 @@ def np_prod(shape) -> int:
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
-# x_T: "key" draws N(0, I) per sample from fold_in(fold_in(PRNGKey(seed), 0), global_index)
+# x_T: "key" draws N(0, s^2 I) per sample from fold_in(fold_in(PRNGKey(seed), 0), global_index), with
+# s = samplax.schedules.prior_std(schedule, t_max) (1 for VP schedules, ~sigma_max for VE/EDM)
 # (samplax.generate's convention); "problem" uses the problem file's numpy start points
 # (numpy.random.default_rng(dim)), the ones the published reference numbers were computed on.
 PRIORS = ("key", "problem")

@@ -47,6 +47,7 @@ from samplax.experiment.plan import Plan, identity, make_plan, model_section, re
 from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
 from samplax.solvers.base import sample
+from samplax.schedules import prior_std
 from samplax.timesteps import time_grid
 
 EXACT_KEY = 20240101      # PRNG seed of the exact reference samples for sw2
@@ -236,7 +237,7 @@ def _probe_name(j: int) -> str:
     return f"_samplax_model_evaluation_part{j}"
 
 
-def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh, prior: str):
+def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh, prior: str, scale: float = 1.0):
     """jit(program)(parts, offset, n_valid, x_T or None) for one group; ``parts`` is a
     list of (stacked grids, seeds), one per step count."""
     gmm, shape = loaded.gmm, loaded.shape
@@ -268,6 +269,8 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
         for model, (grids, seeds) in zip(models, parts):
             if prior == "key":
                 x_T = _prior_chunk(seeds, idx, shape, dtype)
+                if scale != 1.0:  # VE / EDM / flow schedules: x_T ~ N(0, prior_std^2 I)
+                    x_T = x_T * jnp.asarray(scale, dtype)
             else:
                 x_T = jnp.broadcast_to(x_T_in[None], (seeds.shape[0],) + x_T_in.shape)
             one = functools.partial(member, model)
@@ -304,7 +307,8 @@ def run_group(ctx: _Context, specs: list) -> list:
                                t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"], dtype=dtype) for k in ks]
             parts.append((jax.tree.map(lambda *a: jnp.stack(a), *grids),
                           jnp.asarray([specs[k]["seed"] for k in ks], jnp.uint32)))
-        program = _build_program(solver, loaded, len(parts), n_heads, chunk, ctx.mesh, s0["prior"])
+        program = _build_program(solver, loaded, len(parts), n_heads, chunk, ctx.mesh, s0["prior"],
+                                 prior_std(loaded.schedule, s0["t_max"]))
         rep = devices.replicated(ctx.mesh)
         x_sharding = devices.batch_sharding(ctx.mesh, 2)
         parts = jax.device_put(parts, rep)

@@ -37,7 +37,7 @@ from samplax.experiment.config import TRAIN_NON_IDENTITY_FIELDS, ConfigError, va
 from samplax.experiment.progress import Progress
 from samplax.models.analytic import load_problem
 from samplax.models.networks import MLPScoreNet, network_apply, network_model
-from samplax.schedules import get_schedule
+from samplax.schedules import get_schedule, prior_std
 from samplax.training.losses import denoising_loss, edm_loss
 from samplax.training.train import (init_train_state, learning_rate_schedule, make_optimizer, make_train_step,
                                     step_key)
@@ -333,7 +333,8 @@ def draw_samples(s: Setup, params, n: int, solver_name: str = "dpm_solver_pp", n
     solver = get_solver(solver_name)
     grid = time_grid(s.schedule, steps_for_nfe(solver, nfe), "logsnr")
     model = trained_model(s, params, labels)
-    x = jax.jit(lambda m: generate(solver, m, grid, jax.random.PRNGKey(seed), n, s.dataset.shape))(model)
+    x = jax.jit(lambda m: generate(solver, m, grid, jax.random.PRNGKey(seed), n, s.dataset.shape,
+                                   prior_std=prior_std(s.schedule)))(model)
     return np.asarray(x[0] if isinstance(x, tuple) else x)
 
 

@@ -12,7 +12,8 @@
   function: jit it, and shard the batch over a mesh to train data-parallel (the
   gradient of the mean loss over a sharded batch is reduced across devices by XLA,
   so the update equals the single-device one to float tolerance).
-* :func:`step_key` -- the RNG of step k is ``fold_in(PRNGKey(seed), k)``: with a data
+* :func:`step_key` -- the RNG of step k is ``fold_in(fold_in(PRNGKey(seed), TRAIN_STREAM), k)``
+  (a stream apart from the data generators' ``fold_in(PRNGKey(data_seed), k)``): with a data
   order that is a pure function of (data seed, k) the whole run is a pure function of
   its config and a resumed run repeats an uninterrupted one exactly.
 """
@@ -102,6 +103,14 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     return step
 
 
+# The training RNG is its own stream: data generators draw batch k from
+# fold_in(PRNGKey(data_seed), k), and with seed == data_seed a step key equal to that
+# would correlate the diffusion noise with the data (the network then learns the
+# correlation, not the score).  A test checks the streams differ.
+TRAIN_STREAM = 0x7472  # "tr"
+
+
 def step_key(seed: int, step):
-    """The PRNG key of training step ``step`` (times, noise, label dropout)."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), step)
+    """The PRNG key of training step ``step`` (times, noise, label dropout):
+    fold_in(fold_in(PRNGKey(seed), TRAIN_STREAM), step)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), TRAIN_STREAM), step)
