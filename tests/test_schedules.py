@@ -290,3 +290,15 @@ def test_ve_lambda_log_sigma_relation():
             np.testing.assert_allclose(np.asarray(sch.lambda_(t)), -np.log(np.asarray(sch.sigma(t))), rtol=1e-14,
                                        atol=1e-15)
     assert math.isinf(VE.t_zero)
+
+
+def test_prior_std_is_one_for_vp_and_sigma_max_scale_for_ve_edm_flow():
+    from samplax.schedules import EDM, VE, FlowLinear, VPCosine, VPDiscrete, VPLinear, prior_std
+
+    for sch in (VPLinear(), VPCosine(), VPDiscrete.linear()):
+        assert prior_std(sch) == 1.0  # exactly: VP runs draw x_T unchanged
+    assert prior_std(EDM()) == pytest.approx((1 + 80.0**2) ** 0.5, rel=1e-6)
+    assert prior_std(EDM(), 10.0) == pytest.approx((1 + 100.0) ** 0.5, rel=1e-6)
+    ve = VE()
+    assert prior_std(ve) == pytest.approx((1 + float(ve.sigma(ve.t_max)) ** 2) ** 0.5, rel=1e-6)
+    assert prior_std(FlowLinear()) == pytest.approx((0.001**2 + 0.999**2) ** 0.5, rel=1e-6)
