@@ -19,6 +19,7 @@ import math
 from typing import ClassVar
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -294,7 +295,8 @@ def prior_std(schedule: NoiseSchedule, t_max: float | None = None) -> float:
     unit variance.  Exactly 1 for VP schedules (returned as 1.0 when within 1e-6, so
     VP runs are unchanged), ~sigma_max for VE / EDM, ~t_max for the flow schedule."""
     t = float(schedule.t_max if t_max is None else t_max)
-    a, s = float(schedule.alpha(t)), float(schedule.sigma(t))
+    with jax.ensure_compile_time_eval():  # a Python float even when called under jit
+        a, s = float(schedule.alpha(t)), float(schedule.sigma(t))
     out = math.sqrt(a * a + s * s)
     return 1.0 if abs(out - 1.0) < 1e-6 else out
 

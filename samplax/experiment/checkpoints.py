@@ -64,7 +64,7 @@ class Checkpoints:
     ``model_identity`` is a JSON-able dict (see module docstring); ``keep`` the number
     of most recent checkpoints kept."""
 
-    def __init__(self, directory: str, model_identity: dict, keep: int = 3, writer: bool = True):
+    def __init__(self, directory: str, model_identity: dict, keep: int = 3):
         self.directory = os.path.abspath(directory)
         self.model_identity = json.loads(json.dumps(model_identity, default=str))
         self.model_hash = settings_hash(self.model_identity)
@@ -72,7 +72,6 @@ class Checkpoints:
                                                cleanup_tmp_directories=True)
         with _quiet():
             self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, META))
-        self.writer = writer
 
     # -- context manager: always closed -------------------------------------------------
     def __enter__(self) -> "Checkpoints":

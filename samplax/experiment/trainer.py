@@ -212,7 +212,7 @@ def run_train(config, workdir: str, restart: bool = False) -> dict:
     if not restart:
         store.check_saved_config(workdir, ident)
         if os.path.isdir(ckpt_dir):  # refuse another model's checkpoints before writing anything
-            with Checkpoints(ckpt_dir, s.identity, writer=False) as ckpt:
+            with Checkpoints(ckpt_dir, s.identity) as ckpt:
                 if ckpt.latest_step() is not None:
                     ckpt.check(ckpt.latest_step())
     if writer:
@@ -245,8 +245,7 @@ def run_train(config, workdir: str, restart: bool = False) -> dict:
     fresh = jax.device_put(fresh, rep)
     tb = None
     log_path = os.path.join(workdir, LOG_FILE)
-    with Checkpoints(ckpt_dir, s.identity, keep=t["keep_checkpoints"],
-                     writer=writer) as ckpt:
+    with Checkpoints(ckpt_dir, s.identity, keep=t["keep_checkpoints"]) as ckpt:
         restored = ckpt.restore(fresh)
         if restored is None:
             state, start = fresh, 0
@@ -333,8 +332,9 @@ def draw_samples(s: Setup, params, n: int, solver_name: str = "dpm_solver_pp", n
     solver = get_solver(solver_name)
     grid = time_grid(s.schedule, steps_for_nfe(solver, nfe), "logsnr")
     model = trained_model(s, params, labels)
+    std = prior_std(s.schedule)
     x = jax.jit(lambda m: generate(solver, m, grid, jax.random.PRNGKey(seed), n, s.dataset.shape,
-                                   prior_std=prior_std(s.schedule)))(model)
+                                   prior_std=std))(model)
     return np.asarray(x[0] if isinstance(x, tuple) else x)
 
 
@@ -374,7 +374,7 @@ def write_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     if kind == "image":
-        ax.imshow(pic, cmap="gray_r" if False else "gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(pic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.axis("off")
     else:
         ref = np.asarray(s.dataset.batch(t["data_seed"] + EVAL_SEED_OFFSET, 1, max(n, 1000))[0])
@@ -430,7 +430,7 @@ def load_trained(workdir: str, step: Optional[int] = None, which: str = "ema") -
         raise ValueError(f"load_trained: which must be 'ema' or 'params', got {which!r}")
     s = setup(saved["config"])
     fresh = init_train_state(init_params(s.cfg, s.net, s.dataset), s.optimizer)
-    with Checkpoints(os.path.join(workdir, CHECKPOINT_DIR), s.identity, writer=False) as ckpt:
+    with Checkpoints(os.path.join(workdir, CHECKPOINT_DIR), s.identity) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt.directory}")
         if step is not None and step not in ckpt.steps():
