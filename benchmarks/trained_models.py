@@ -44,8 +44,9 @@ def _train_info(workdir: str) -> dict:
 
 def _table(rows, metric, solvers_order=None):
     """solver label x NFE table of rows[...]['metrics'][metric]."""
-    labels = sorted({r["label"] for r in rows}, key=lambda s: (solvers_order or []).index(s.split()[0])
-                    if solvers_order and s.split()[0] in solvers_order else 99)
+    order = list(solvers_order or [])
+    labels = sorted({r["label"] for r in rows}, key=lambda s: (order.index(s.split()[0]) if s.split()[0] in order
+                                                              else len(order), s))
     nfes = sorted({r["nfe"] for r in rows})
     by = {(r["label"], r["nfe"]): r for r in rows}
     out = []

@@ -382,7 +382,8 @@ def write_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
         ax.scatter(pic[:, 0], pic[:, 1], s=3, c="C3", label="model")
         ax.legend(loc="upper right", fontsize=8)
         ax.set_aspect("equal")
-    ax.set_title(f"{s.cfg['data']['name']} step {step}: {t['sample_solver']}, NFE {t['sample_nfe']}", fontsize=9)
+    cond = ", row r: class r" if (k and kind == "image") else ""
+    ax.set_title(f"{s.cfg['data']['name']} step {step}: {t['sample_solver']}, NFE {t['sample_nfe']}{cond}", fontsize=9)
     fig.tight_layout()
     store.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
     plt.close(fig)
