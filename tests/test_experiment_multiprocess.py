@@ -16,14 +16,14 @@ ARGS = ["-m", "experiments.sweep", "--config=configs/sweep_quick.py", "--config.
         "--config.sweep.nfes=(5,)", "--config.n_samples=1001", "--config.metrics.reference_steps=100"]
 
 
-def _launch(workdirs, job_id, distributed=True, n_dev=4, timeout=240):
+def _launch(workdirs, job_id, distributed=True, n_dev=4, timeout=240, args=ARGS):
     env0 = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev}",
                 JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", SLURM_JOB_ID=str(job_id),
                 SLURM_STEP_NODELIST="localhost", SLURM_NTASKS=str(len(workdirs)))
     procs = []
     for pid, wd in enumerate(workdirs):
         env = dict(env0, SLURM_PROCID=str(pid), SLURM_LOCALID=str(pid))
-        cmd = [sys.executable, *ARGS, f"--workdir={wd}", f"--config.distributed={distributed}"]
+        cmd = [sys.executable, *args, f"--workdir={wd}", f"--config.distributed={distributed}"]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     outs = []
@@ -36,6 +36,7 @@ def _launch(workdirs, job_id, distributed=True, n_dev=4, timeout=240):
                 p.kill()
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
+    return outs
 
 
 @pytest.mark.slow
@@ -57,3 +58,34 @@ def test_two_processes_match_one_and_follow_process_zero(tmp_path):
     _launch([two, other], job + 2)
     assert (two / "results.jsonl").read_bytes() == before
     assert not other.exists()
+
+
+TRAIN_ARGS = ["-m", "experiments.train", "--config=configs/train_gmm2d.py", "--config.model.mlp.hidden=32,32",
+              "--config.optim.warmup_steps=20", "--config.train.num_steps=60", "--config.train.batch_size=64",
+              "--config.train.log_every=20", "--config.train.checkpoint_every=30", "--config.train.sample_count=0"]
+
+
+@pytest.mark.slow
+def test_two_process_training_matches_one_process(tmp_path):
+    """Data-parallel training over 2 processes x 2 CPU devices (gloo collectives):
+    the parameters equal a 1-process, 1-device run to float tolerance; a rerun resumes
+    from the shared checkpoint and trains nothing."""
+    import json
+
+    import jax
+    import numpy as np
+
+    from samplax.experiment.trainer import load_trained
+
+    job = random.randint(1000, 60000)
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch([one], job, distributed=False, n_dev=1, args=TRAIN_ARGS)
+    _launch([two, two], job + 1, n_dev=2, args=TRAIN_ARGS)
+    a, b = load_trained(str(one), which="params"), load_trained(str(two), which="params")
+    assert a.step == b.step == 60
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-5)
+    summary = json.loads((two / "train_summary.json").read_text())
+    assert summary["n_devices"] == 4
+    outs = _launch([two, two], job + 2, n_dev=2, args=TRAIN_ARGS)
+    assert all("resuming from the checkpoint of step 60" in o for o in outs)

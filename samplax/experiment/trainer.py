@@ -197,9 +197,10 @@ def run_train(config, workdir: str, restart: bool = False) -> dict:
 
     Raises ConfigError (bad config), WorkdirConflict (workdir of another config) or
     CheckpointMismatch (a checkpoint of another model) before training anything."""
+    # jax.distributed must start before anything touches a backend (setup() builds the data set)
+    devices.maybe_initialize_distributed(validate_train(config)["distributed"])
     s = setup(config)
     cfg, t = s.cfg, s.cfg["train"]
-    devices.maybe_initialize_distributed(cfg["distributed"])
     workdir = os.path.abspath(workdir)
     writer = devices.is_writer()
     mesh = devices.batch_mesh()
