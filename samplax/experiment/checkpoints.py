@@ -23,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
 from samplax.experiment.plan import settings_hash
+from samplax.experiment.results import config_diff
 
 STATE, META = "state", "meta"
 
@@ -47,15 +48,6 @@ def _quiet():
 
 class CheckpointMismatch(ValueError):
     """A checkpoint was written by a different model config."""
-
-
-def _diff(a: Any, b: Any, prefix: str) -> list:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}.{k}")
-        return out
-    return [] if a == b else [f"{prefix}: checkpoint has {a!r}, this config has {b!r}"]
 
 
 class Checkpoints:
@@ -102,11 +94,11 @@ class Checkpoints:
         """The meta of ``step``; CheckpointMismatch if its model identity differs."""
         meta = self.read_meta(step)
         if meta.get("model_hash") != self.model_hash:
-            diffs = _diff(meta.get("model_identity"), self.model_identity, "config")
+            diffs = config_diff(meta.get("model_identity"), self.model_identity)
             shown = "; ".join(diffs[:6]) or "model identity digests differ"
             raise CheckpointMismatch(
                 f"checkpoint {os.path.join(self.directory, str(step))} was written by a different model config "
-                f"({shown}); refusing to load it. Use another workdir, or --restart to start over.")
+                f"({shown}; saved = the checkpoint's); refusing to load it. Use another workdir, or --restart to start over.")
         return meta
 
     # -- save / restore -------------------------------------------------------------------

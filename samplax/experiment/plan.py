@@ -38,10 +38,11 @@ def settings_hash(spec: dict) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def identity(config: dict) -> dict:
-    """The config without the fields that do not change results (NON_IDENTITY_FIELDS)."""
+def identity(config: dict, drop=NON_IDENTITY_FIELDS) -> dict:
+    """The config without the fields that do not change results (``drop``: dotted paths,
+    NON_IDENTITY_FIELDS for sample/sweep configs)."""
     out = json.loads(json.dumps(config, default=str))
-    for dotted in NON_IDENTITY_FIELDS:
+    for dotted in drop:
         *parents, leaf = dotted.split(".")
         d = out
         for p in parents:

@@ -5,6 +5,7 @@ The experiment layer resolves every string of a config here and nowhere else.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Callable, NamedTuple, Optional, Tuple
 
@@ -102,7 +103,7 @@ def load_model(model_cfg: dict, dtype) -> LoadedModel:
     name = model_cfg["name"]
     if not model_cfg.get("checkpoint"):
         return MODELS[name](dtype)
-    from samplax.experiment.trainer import num_classes, trained_model
+    from samplax.experiment.trainer import num_classes, precond, prediction, trained_model
     from samplax.models.networks import conditional_apply
     from samplax.models.wrappers import classifier_free_guidance
 
@@ -122,12 +123,10 @@ def load_model(model_cfg: dict, dtype) -> LoadedModel:
     elif w is None:  # unconditional: the null label
         model = trained_model(s, params, labels=jnp.int32(k))
     else:  # classifier-free guidance with scale w, sample i of class i mod k
-        cond = conditional_apply(s.net, s.schedule, s.cfg["model"]["time_input"],
-                                 precond="edm" if s.cfg["loss"]["objective"] == "edm" else "none",
+        cond = conditional_apply(s.net, s.schedule, s.cfg["model"]["time_input"], precond=precond(s.cfg),
                                  sigma_data=s.cfg["model"]["sigma_data"])
-        pred = "data" if s.cfg["loss"]["objective"] == "edm" else s.cfg["loss"]["objective"]
-        model = classifier_free_guidance(cond, params, s.schedule, pred, jnp.zeros((), jnp.int32), jnp.int32(k),
-                                         jnp.asarray(w, dtype))
+        model = classifier_free_guidance(cond, params, s.schedule, prediction(s.cfg), jnp.zeros((), jnp.int32),
+                                         jnp.int32(k), jnp.asarray(w, dtype))
 
         def relabel(m, idx):
             inner, _, null, scale = m.params
@@ -135,19 +134,12 @@ def load_model(model_cfg: dict, dtype) -> LoadedModel:
     trained = dict(checkpoint=tr.checkpoint, step=tr.step, params=model_cfg.get("params") or "ema",
                    guidance=w, data=name, train_config=s.cfg)
     shape = tuple(int(v) for v in s.dataset.shape)
-    dim = int(np_prod(shape))
+    dim = math.prod(shape)
     if name in ("gmm2d", "gmm64d"):
         gmm, schedule, info = load_problem(name, dtype=dtype)
         info = dict(info, exact_schedule=s.cfg["schedule"]["name"] == "problem")
         return LoadedModel(model, s.schedule, gmm, name, dim, info, shape, relabel, trained)
     return LoadedModel(model, s.schedule, None, name, dim, dict(dim=dim), shape, relabel, trained)
-
-
-def np_prod(shape) -> int:
-    out = 1
-    for v in shape:
-        out *= int(v)
-    return out
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 

@@ -191,7 +191,8 @@ def load_results(workdir: str, as_dataframe: Optional[bool] = None):
 # ---------------------------------------------------------------------------------------
 # saved config
 # ---------------------------------------------------------------------------------------
-def _diff(a, b, prefix="config") -> list:
+def config_diff(a, b, prefix="config") -> list:
+    """Lines naming each dotted field where the saved ``a`` and the current ``b`` differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
@@ -200,7 +201,7 @@ def _diff(a, b, prefix="config") -> list:
             elif k not in b:
                 out.append(f"{prefix}.{k} (saved {a[k]!r}, now absent)")
             else:
-                out += _diff(a[k], b[k], f"{prefix}.{k}")
+                out += config_diff(a[k], b[k], f"{prefix}.{k}")
         return out
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         a, b = list(a), list(b)
@@ -218,7 +219,7 @@ def check_saved_config(workdir: str, identity: dict) -> bool:
         return False
     with open(path) as f:
         saved = json.load(f)
-    diffs = _diff(saved.get("identity"), json.loads(json.dumps(json_clean(identity))))
+    diffs = config_diff(saved.get("identity"), json.loads(json.dumps(json_clean(identity))))
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise WorkdirConflict(f"{workdir} holds results of a different config ({shown}). Use another workdir, "

@@ -237,14 +237,14 @@ def _probe_name(j: int) -> str:
     return f"_samplax_model_evaluation_part{j}"
 
 
-def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh, prior: str, scale: float = 1.0):
+def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh, prior: str, dtype,
+                   scale: float = 1.0):
     """jit(program)(parts, offset, n_valid, x_T or None) for one group; ``parts`` is a
     list of (stacked grids, seeds), one per step count."""
     gmm, shape = loaded.gmm, loaded.shape
     batch = devices.batch_sharding(mesh, 1)
     # a probe per part makes each part's model evaluations countable in the program's jaxpr
     models = [loaded.model.replace(apply=nfe_probe(loaded.model.apply, _probe_name(j))) for j in range(n_parts)]
-    dtype = jax.tree.leaves(loaded.model.params)[0].dtype if gmm is None else gmm.means.dtype
 
     def member(model, grid, seed, x_T, idx, offset, valid):
         k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
@@ -307,7 +307,7 @@ def run_group(ctx: _Context, specs: list) -> list:
                                t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"], dtype=dtype) for k in ks]
             parts.append((jax.tree.map(lambda *a: jnp.stack(a), *grids),
                           jnp.asarray([specs[k]["seed"] for k in ks], jnp.uint32)))
-        program = _build_program(solver, loaded, len(parts), n_heads, chunk, ctx.mesh, s0["prior"],
+        program = _build_program(solver, loaded, len(parts), n_heads, chunk, ctx.mesh, s0["prior"], dtype,
                                  prior_std(loaded.schedule, s0["t_max"]))
         rep = devices.replicated(ctx.mesh)
         x_sharding = devices.batch_sharding(ctx.mesh, 2)
@@ -491,8 +491,7 @@ def _data_metrics(ctx, loaded, s, x0):
     name = loaded.problem
     if name == "digits":
         from samplax.metrics import frechet_distance
-        from samplax.models.classifier import digits_features, digits_reference_statistics, \
-            load_or_train_digits_classifier
+        from samplax.models.classifier import digits_fd, digits_reference_statistics, load_or_train_digits_classifier
 
         def classifier():
             with _on_cpu():
@@ -500,10 +499,7 @@ def _data_metrics(ctx, loaded, s, x0):
         params, info = ctx.memo(("digits_classifier",), classifier)
         ref = ctx.memo(("digits_stats", "test"), lambda: digits_reference_statistics(params, "test"))
         floor = ctx.memo(("digits_stats", "train"), lambda: digits_reference_statistics(params, "train"))
-        feats = digits_features(params, x0.reshape((-1,) + loaded.shape).astype(np.float32))
-        mu = feats.mean(axis=0)
-        cov = np.cov(feats, rowvar=False)
-        fd = frechet_distance(mu, cov, *ref)
+        fd = digits_fd(params, x0.reshape((-1,) + loaded.shape).astype(np.float32), reference=ref)
         return (dict(fd=float(fd)), dict(fd_floor=float(frechet_distance(*floor, *ref)),
                                         classifier_test_accuracy=float(info["test_accuracy"]), n_fd=len(x0)))
     from samplax.data import make_dataset

@@ -34,6 +34,7 @@ from samplax.experiment import devices
 from samplax.experiment import results as store
 from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints
 from samplax.experiment.config import TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
+from samplax.experiment.plan import identity
 from samplax.experiment.progress import Progress
 from samplax.models.analytic import load_problem
 from samplax.models.networks import MLPScoreNet, network_apply, network_model
@@ -152,14 +153,7 @@ def build_optimizer(cfg: dict):
 
 
 def train_identity(cfg: dict) -> dict:
-    out = json.loads(json.dumps(cfg, default=str))
-    for dotted in TRAIN_NON_IDENTITY_FIELDS:
-        *parents, leaf = dotted.split(".")
-        d = out
-        for p in parents:
-            d = d.get(p, {})
-        d.pop(leaf, None)
-    return out
+    return identity(cfg, TRAIN_NON_IDENTITY_FIELDS)
 
 
 class Setup(NamedTuple):

@@ -145,13 +145,22 @@ def denoising_loss(predict: Callable, x0, key, schedule, target: str = "noise", 
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x_t = _bcast(schedule.alpha(t), x0) * x0 + _bcast(schedule.sigma(t), x0) * eps
     y = diffusion_target(schedule, x0, eps, t, target)
+    return _weighted_regression(predict, x_t, t, y, loss_weight(schedule, t, weighting, target), key, labels,
+                                label_dropout, num_classes)
+
+
+def _weighted_regression(predict: Callable, x, t, target, weight, key, labels, label_dropout, num_classes: int):
+    """(mean_b weight_b |predict(x, t[, labels])_b - target_b|^2 / d, aux) -- the part that
+    :func:`denoising_loss` and :func:`edm_loss` share; labels dropped as in
+    :func:`drop_labels` with a key derived from ``key``."""
+    b = x.shape[0]
     if labels is None:
-        pred = predict(x_t, t)
+        pred = predict(x, t)
     else:
         labels = _prepare_labels(key, labels, b, label_dropout, num_classes)
-        pred = predict(x_t, t, labels)
-    err = (pred - y).reshape(b, -1)
-    per_example = jnp.mean(err * err, axis=-1) * loss_weight(schedule, t, weighting, target)
+        pred = predict(x, t, labels)
+    err = (pred - target).reshape(b, -1)
+    per_example = jnp.mean(err * err, axis=-1) * weight
     aux = dict(t=t, per_example=per_example)
     if labels is not None:
         aux["labels"] = labels
@@ -185,14 +194,5 @@ def edm_loss(denoise: Callable, x0, key, p_mean: float = -1.2, p_std: float = 1.
     sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_sigma, (b,), x0.dtype))
     eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
     x = x0 + _bcast(sigma, x0) * eps
-    if labels is None:
-        pred = denoise(x, sigma)
-    else:
-        labels = _prepare_labels(key, labels, b, label_dropout, num_classes)
-        pred = denoise(x, sigma, labels)
-    err = (pred - x0).reshape(b, -1)
-    per_example = jnp.mean(err * err, axis=-1) * edm_weight(sigma, sigma_data)
-    aux = dict(t=sigma, per_example=per_example)
-    if labels is not None:
-        aux["labels"] = labels
-    return jnp.mean(per_example), aux
+    return _weighted_regression(denoise, x, sigma, x0, edm_weight(sigma, sigma_data), key, labels, label_dropout,
+                                num_classes)
