@@ -30,82 +30,10 @@ class WorkdirConflict(ValueError):
     """The workdir holds results of a different config."""
 
 
-def json_clean(obj):
-    """NaN/inf -> None (strict JSON); numpy scalars and arrays -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_clean(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    return obj
-
-
-def _umask() -> int:
-    """The process umask (read from /proc where possible: setting it to read it is racy)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> str:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, give it
-    the usual permissions and move it into place with os.replace; on any error the
-    temporary file is removed and ``path`` is untouched.  The temporary name ends with
-    ``".tmp" + suffix``, so writers that append their own extension unless it is
-    already there (np.savez with suffix=".npz") write to the file we move."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str, data: bytes) -> str:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return atomic_write(path, write)
-
-
-def atomic_write_text(path: str, text: str) -> str:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_text(path, json.dumps(json_clean(obj), indent=1, sort_keys=True, allow_nan=False) + "\n")
-
-
-def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array))
-    atomic_write_bytes(path, buf.getvalue())
+# The durable writers live in the lowest layer (samplax.io); re-exported here for the
+# experiment layer's callers.
+from samplax.io import (atomic_save_npy, atomic_write, atomic_write_bytes, atomic_write_json,  # noqa: E402,F401
+                        atomic_write_text, json_clean)
 
 
 # ---------------------------------------------------------------------------------------

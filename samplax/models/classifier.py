@@ -260,7 +260,7 @@ def load_or_train_digits_classifier(cache_dir: str, seed: int = 0, steps: int = 
     structure (no training); otherwise the classifier is trained and both files are
     written atomically (params first, so a present JSON implies complete params).
     """
-    from samplax.experiment.results import atomic_write_bytes, atomic_write_json
+    from samplax.io import atomic_write_bytes, atomic_write_json
 
     defaults = dict(features=64, weight_decay=1e-4, noise_std=0.1, max_shift=0, holdout_fraction=0.2, split_seed=0)
     unknown = set(kwargs) - set(defaults)
