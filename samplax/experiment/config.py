@@ -32,6 +32,14 @@ def sample_config() -> ml_collections.ConfigDict:
         step=config_dict.placeholder(int),        # None: the latest checkpoint
         params="ema",                             # "ema" or "params" (raw parameters)
         guidance=config_dict.placeholder(float),  # class-conditional nets: None = unconditional, else CFG scale
+        # bring your own (docs/experiments.md): "pkg.module:callable" or "file.py:callable"
+        factory=config_dict.placeholder(str),     # -> a DiffusionModel; model.name then names its data
+        args=ml_collections.ConfigDict(),         # keyword arguments of the factory
+        shape=config_dict.placeholder(tuple),     # one sample's shape, when no reference data gives it
+        data=config_dict.placeholder(str),        # reference data of a user model: a data set name or a factory
+        data_args=ml_collections.ConfigDict(),
+        schedule=config_dict.placeholder(str),    # a NoiseSchedule factory: replaces an analytic model's schedule
+        schedule_args=ml_collections.ConfigDict(),
     ))
     c.solver = ml_collections.ConfigDict(dict(
         name="dpm_solver_pp",
@@ -133,6 +141,16 @@ def _finite(path, v):
         raise ConfigError(path, f"must be a finite number, got {v!r}")
 
 
+def _nonempty_str(path, v):
+    if not v.strip():
+        raise ConfigError(path, "must be a non-empty string")
+
+
+def _shape(path, v):
+    if len(v) == 0 or any(e < 1 for e in v):
+        raise ConfigError(path, f"must be a non-empty tuple of positive integers (one sample's shape), got {tuple(v)!r}")
+
+
 _METRICS = {
     "reference_steps": Field("int", check=_positive),
     "max_l2_samples": Field("int", check=_positive),
@@ -142,8 +160,15 @@ _METRICS = {
 }
 
 _COMMON = {
-    "model": {"name": Field("str", check=_choice(registry.MODELS)),
+    "model": {"name": Field("str", check=_nonempty_str),
               "checkpoint": Field("str", required=False, nullable=True),
+              "factory": Field("str", required=False, nullable=True, check=_nonempty_str),
+              "args": Field("dict", required=False),
+              "shape": Field("tuple[int]", required=False, nullable=True, check=_shape),
+              "data": Field("str", required=False, nullable=True, check=_nonempty_str),
+              "data_args": Field("dict", required=False),
+              "schedule": Field("str", required=False, nullable=True, check=_nonempty_str),
+              "schedule_args": Field("dict", required=False),
               "step": Field("int", required=False, nullable=True, check=_nonneg),
               "params": Field("str", required=False, check=_choice(registry.PARAMS)),
               "guidance": Field("float", required=False, nullable=True, check=_finite)},

@@ -18,7 +18,7 @@ import json
 import math
 from typing import NamedTuple, Optional
 
-from samplax.experiment import registry
+from samplax.experiment import loading, registry
 from samplax.experiment.config import NON_IDENTITY_FIELDS, ConfigError, config_kind, validate_fields
 from samplax.solvers.registry import get_solver, solver_options, steps_for_nfe
 from samplax.timesteps import time_grid
@@ -157,6 +157,9 @@ def _row(cfg: dict, loaded, name, solver, order, options, afs, spacing, nfe, n_s
         m = cfg["model"]
         spec["trained"] = dict(checkpoint=m["checkpoint"], step=m["step"], params=m.get("params") or "ema",
                                guidance=m.get("guidance"))
+    um = user_model_fields(cfg["model"])
+    if um:  # a user factory / schedule: its spec and arguments are part of what the row is
+        spec["user_model"] = um
     spec["hash"] = settings_hash(spec)
     return spec
 
@@ -165,8 +168,8 @@ def make_plan(config) -> Plan:
     """Validate ``config`` (ConfigDict or dict) and expand it into row specs."""
     kind = config_kind(config)
     cfg = validate_fields(config, kind)
-    cfg["model"] = registry.resolve_model(cfg["model"])
-    loaded = registry.load_model(cfg["model"], registry.DTYPES["float32"])
+    cfg["model"] = loading.resolve_model(cfg["model"])
+    loaded = loading.load_model(cfg["model"], registry.DTYPES["float32"])
     if cfg["prior"] == "problem" and loaded.gmm is None:
         raise ConfigError("config.prior", f"'problem' start points exist for gmm2d and gmm64d only, not for "
                                           f"{cfg['model']['name']!r}; use 'key'")
@@ -255,9 +258,20 @@ def make_plan(config) -> Plan:
     return Plan(kind, cfg, rows, skipped)
 
 
+def user_model_fields(model_cfg: dict) -> dict:
+    """The bring-your-own fields of a (resolved) model section that are set (with the
+    checkpoint and step of a user factory's plain parameters)."""
+    out = {f: model_cfg.get(f) for f in loading.USER_FIELDS if model_cfg.get(f) not in (None, {}, (), [])}
+    if out.get("shape") is not None:
+        out["shape"] = [int(v) for v in out["shape"]]
+    if model_cfg.get("factory") and model_cfg.get("checkpoint"):
+        out.update(checkpoint=model_cfg["checkpoint"], step=model_cfg.get("step"))
+    return out
+
+
 def model_section(spec: dict) -> dict:
     """The (resolved) model section of a row spec."""
-    return dict(name=spec["model"], **spec.get("trained", {}))
+    return dict(name=spec["model"], **spec.get("trained", {}), **spec.get("user_model", {}))
 
 
 def rebuild_solver(spec: dict):

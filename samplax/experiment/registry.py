@@ -4,12 +4,8 @@ The experiment layer resolves every string of a config here and nowhere else.
 """
 from __future__ import annotations
 
-import functools
-import math
-import os
 from typing import Callable, NamedTuple, Optional, Tuple
 
-import jax
 import jax.numpy as jnp
 
 from samplax.experiment.errors import ConfigError
@@ -37,6 +33,8 @@ class LoadedModel(NamedTuple):
     shape: Tuple[int, ...] = ()
     relabel: Optional[Callable] = None
     trained: Optional[dict] = None
+    dataset: object = None          # reference data of the metrics when there is no exact mixture
+    user: Optional[dict] = None     # a user factory: its spec and source digest
 
 
 def _analytic(problem: str):
@@ -67,79 +65,6 @@ MODELS = {
 }
 PARAMS = ("ema", "params")
 
-
-def resolve_model(model_cfg: dict) -> dict:
-    """The model section with the checkpoint made absolute and its step fixed (latest
-    when unset), so a row names exactly the parameters it used."""
-    m = dict(model_cfg)
-    if not m.get("checkpoint"):
-        for f in ("step", "guidance"):
-            if m.get(f) is not None:
-                raise ConfigError(f"config.model.{f}", "only applies to a trained model (config.model.checkpoint)")
-        return m
-    from samplax.experiment.trainer import latest_checkpoint_step
-
-    path = os.path.abspath(m["checkpoint"])
-    try:
-        step = latest_checkpoint_step(path) if m.get("step") is None else m["step"]
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError("config.model.checkpoint", str(e)) from None
-    m.update(checkpoint=path, step=int(step))
-    return m
-
-
-@functools.lru_cache(maxsize=8)
-def _trained(path: str, step: int, which: str):
-    from samplax.experiment.trainer import load_trained
-
-    try:
-        return load_trained(path, step, which)
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError("config.model.checkpoint", str(e)) from None
-
-
-def load_model(model_cfg: dict, dtype) -> LoadedModel:
-    """The LoadedModel of a (resolved) model section: analytic, or trained from a checkpoint."""
-    name = model_cfg["name"]
-    if not model_cfg.get("checkpoint"):
-        return MODELS[name](dtype)
-    from samplax.experiment.trainer import num_classes, precond, prediction, trained_model
-    from samplax.models.networks import conditional_apply
-    from samplax.models.wrappers import classifier_free_guidance
-
-    tr = _trained(model_cfg["checkpoint"], int(model_cfg["step"]), model_cfg.get("params") or "ema")
-    s = tr.setup
-    if s.cfg["data"]["name"] != name:
-        raise ConfigError("config.model.name", f"the checkpoint {tr.checkpoint} was trained on data "
-                          f"{s.cfg['data']['name']!r}, not {name!r}")
-    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), tr.params)
-    k = num_classes(s.cfg, s.dataset)
-    w = model_cfg.get("guidance")
-    relabel = None
-    if k == 0:
-        if w is not None:
-            raise ConfigError("config.model.guidance", "the checkpoint's model is not class-conditional")
-        model = trained_model(s, params)
-    elif w is None:  # unconditional: the null label
-        model = trained_model(s, params, labels=jnp.int32(k))
-    else:  # classifier-free guidance with scale w, sample i of class i mod k
-        cond = conditional_apply(s.net, s.schedule, s.cfg["model"]["time_input"], precond=precond(s.cfg),
-                                 sigma_data=s.cfg["model"]["sigma_data"])
-        model = classifier_free_guidance(cond, params, s.schedule, prediction(s.cfg), jnp.zeros((), jnp.int32),
-                                         jnp.int32(k), jnp.asarray(w, dtype))
-
-        def relabel(m, idx):
-            inner, _, null, scale = m.params
-            return m.replace(params=(inner, (idx % k).astype(jnp.int32), null, scale))
-    trained = dict(checkpoint=tr.checkpoint, step=tr.step, params=model_cfg.get("params") or "ema",
-                   guidance=w, data=name, train_config=s.cfg)
-    shape = tuple(int(v) for v in s.dataset.shape)
-    dim = math.prod(shape)
-    if name in ("gmm2d", "gmm64d"):
-        gmm, schedule, info = load_problem(name, dtype=dtype)
-        info = dict(info, exact_schedule=s.cfg["schedule"]["name"] == "problem")
-        return LoadedModel(model, s.schedule, gmm, name, dim, info, shape, relabel, trained)
-    return LoadedModel(model, s.schedule, None, name, dim, dict(dim=dim), shape, relabel, trained)
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 

@@ -119,11 +119,17 @@ def load_results(workdir: str, as_dataframe: Optional[bool] = None):
 # ---------------------------------------------------------------------------------------
 # saved config
 # ---------------------------------------------------------------------------------------
+def _unset(v) -> bool:
+    return v is None or (isinstance(v, dict) and all(_unset(x) for x in v.values()))
+
+
 def config_diff(a, b, prefix="config") -> list:
     """Lines naming each dotted field where the saved ``a`` and the current ``b`` differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
+            if _unset(a.get(k)) and _unset(b.get(k)):  # an unset optional field equals an absent one
+                continue
             if k not in a:
                 out.append(f"{prefix}.{k} (new field, = {b[k]!r})")
             elif k not in b:

@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from samplax.experiment import devices, registry
+from samplax import io as sio
+from samplax.experiment import cache as refcache
+from samplax.experiment import devices, loading, registry
 from samplax.experiment import results as store
 from samplax.experiment.config import ConfigError, config_kind, validate_fields
 from samplax.experiment.nfe import count_in_jaxpr
@@ -74,6 +76,7 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
     Raises ConfigError (bad config) or WorkdirConflict (workdir of another config)
     before creating or changing anything.  ``restart`` deletes the workdir's
     results first.  Returns all rows of the config (done before or now)."""
+    refcache.enable_compilation_cache()
     kind = config_kind(config)
     if expect is not None and kind != expect:
         want = "a 'sweep' section" if expect == "sweep" else "no 'sweep' section"
@@ -126,7 +129,7 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
 # ---------------------------------------------------------------------------------------
 # Rows that share these settings share one compiled program: within it, one vmapped
 # part per step count (NFE), each part vmapped over its grid spacings and seeds.
-GROUP_KEYS = ("model", "trained", "problem", "solver", "order", "options", "afs", "end", "t_max", "t_min", "rho",
+GROUP_KEYS = ("model", "trained", "user_model", "problem", "solver", "order", "options", "afs", "end", "t_max", "t_min", "rho",
               "n_samples", "dtype", "prior", "metrics_settings")
 
 
@@ -290,7 +293,7 @@ def run_group(ctx: _Context, specs: list) -> list:
     order = [k for ks in by_steps.values() for k in ks]  # spec index of each flattened member
     with _precision(s0["dtype"]):
         dtype = registry.DTYPES[s0["dtype"]]
-        loaded = registry.load_model(model_section(s0), dtype)
+        loaded = loading.load_model(model_section(s0), dtype)
         solver = rebuild_solver(s0)
         n, ms = s0["n_samples"], s0["metrics_settings"]
         n_dev = ctx.devices["n_devices"]
@@ -371,10 +374,11 @@ def run_group(ctx: _Context, specs: list) -> list:
             reference = _reference_metrics(ctx, loaded, s, n_sw)
         else:  # a trained network on data without an analytic model
             metrics, reference = _data_metrics(ctx, loaded, s, x_head[:n_sw])
+        warnings = _warnings(ctx, loaded, s, x_head[:n_sw], n - int(n_finite[g]), n, first_bad[g])
         samples_file = None
         if ctx.writer and n_save > 0:
-            samples_file = os.path.join("samples", f"{s['hash']}.npy")
-            store.atomic_save_npy(os.path.join(ctx.workdir, samples_file), np.asarray(head[g][:n_save], np.float32))
+            samples_file = f"samples/{s['hash']}.npy"
+            sio.atomic_save_npy(sio.as_path(ctx.workdir) / samples_file, np.asarray(head[g][:n_save], np.float32))
         rows[k] = dict(
             s, run="sweep" if "sweep" in ctx.cfg else "sample", metrics=metrics, reference=reference,
             nfe_actual=int(nfe_of[k]),
@@ -382,7 +386,7 @@ def run_group(ctx: _Context, specs: list) -> list:
             n_nonfinite=int(n - n_finite[g]), wall_s=wall_s, compile_s=compile_s, program=program_id,
             rows_in_program=m, chunk=chunk, n_chunks=-(-n // chunk), samples_file=samples_file,
             versions=ctx.versions, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            **ctx.devices)
+            warning="; ".join(warnings) or None, model_source=loaded.user, **ctx.devices)
         if not all_finite:
             logging.warning("%s %s nfe=%d seed=%d: %d of %d samples non-finite, first at step %s", s["label"],
                             s["grid"], s["nfe"], s["seed"], n - n_finite[g], n, rows[k]["first_nonfinite_step"])
@@ -392,22 +396,45 @@ def run_group(ctx: _Context, specs: list) -> list:
 # ---------------------------------------------------------------------------------------
 # Metrics and their cached references
 # ---------------------------------------------------------------------------------------
-def _cache_path(ctx, name: str, key: dict) -> str:
-    return os.path.join(ctx.workdir, "cache", f"{name}_{settings_hash(key)}.npy")
-
-
 def _cached(ctx, name: str, key: dict, compute):
-    """``compute()`` once per key: in memory, then on disk under workdir/cache (process 0 writes)."""
-    path = _cache_path(ctx, name, key)
+    """``compute()`` once per key: in memory, then in the shared reference cache
+    (:func:`samplax.experiment.cache.cached_array`, content-addressed and checksummed;
+    process 0 writes)."""
+    return ctx.memo((name, settings_hash(key)), lambda: refcache.cached_array(name, key, compute, write=ctx.writer))
 
-    def load_or_compute():
-        if os.path.exists(path):
-            return np.load(path)
-        value = np.asarray(compute())
-        if ctx.writer:
-            store.atomic_save_npy(path, value)
-        return value
-    return ctx.memo((name, settings_hash(key)), load_or_compute)
+
+# a-posteriori stability check: samples whose RMS is this far from the data's are garbage
+SCALE_RATIO_LIMIT = 3.0
+
+
+def _reference_rms(ctx, loaded, s, n: int) -> Optional[float]:
+    if loaded.gmm is not None:
+        ref = _exact_samples(ctx, loaded, n, EXACT_KEY)
+    elif loaded.dataset is not None:
+        ref = ctx.memo(("data_samples", loaded.dataset.name, n, EXACT_KEY), lambda: np.asarray(
+            loaded.dataset.batch(EXACT_KEY, 0, n)[0], np.float64).reshape(n, -1))
+    else:
+        return None
+    return float(np.sqrt(np.mean(np.sum(np.reshape(ref, (len(ref), -1)) ** 2, axis=-1))))
+
+
+def _warnings(ctx, loaded, s, x0, n_bad: int, n: int, first_bad) -> list:
+    """What a reader must know about a row: non-finite samples, and samples far outside
+    the data's scale (finite garbage: e.g. Heun at NFE 11 on gmm2d gave sliced W2 199
+    against a floor of 0.03)."""
+    out = []
+    if n_bad:
+        at = f" from solver step {int(first_bad)}" if first_bad >= 0 else ""
+        out.append(f"{n_bad} of {n} samples non-finite{at}")
+    finite = x0[np.all(np.isfinite(x0.reshape(len(x0), -1)), axis=-1)] if len(x0) else x0
+    if len(finite):
+        ref = _reference_rms(ctx, loaded, s, len(x0))
+        if ref:
+            ratio = float(np.sqrt(np.mean(np.sum(finite.reshape(len(finite), -1) ** 2, axis=-1)))) / ref
+            if not (1.0 / SCALE_RATIO_LIMIT <= ratio <= SCALE_RATIO_LIMIT):
+                out.append(f"sample RMS is {ratio:.3g}x the data's (allowed {1 / SCALE_RATIO_LIMIT:.2g}-"
+                           f"{SCALE_RATIO_LIMIT:g}x): the solver is outside its stable regime at this setting")
+    return out
 
 
 def _t_max(loaded, s) -> float:
@@ -421,10 +448,12 @@ def _mean_l2(ctx, loaded, s, x0, x_T) -> Optional[float]:
     steps = s["metrics_settings"]["reference_steps"]
     key = dict(problem=loaded.problem, prior=s["prior"], seed=s["seed"] if s["prior"] == "key" else None,
                n=len(x0), dtype=s["dtype"], t_max=t_max, steps=steps)
+    if loaded.user is not None:  # a user's model or schedule: the reference follows its schedule
+        key["user_model"] = dict(s.get("user_model", {}), source_sha1=loaded.user.get("source_sha1"))
 
     def compute():
         with jax.enable_x64(True), _on_cpu():
-            gmm, schedule = loaded.gmm.astype(jnp.float64), _schedule64(loaded)
+            gmm, schedule = loaded.gmm.astype(jnp.float64), _schedule64(loaded, s)
             return np.asarray(gmm.ode_solution(jnp.asarray(x_T, jnp.float64), t_max, None, schedule, n_steps=steps))
     ref = _cached(ctx, "ode_ref", key, compute)
     return float(np.mean(np.linalg.norm(x0 - ref, axis=-1)))
@@ -440,8 +469,11 @@ def _on_cpu():
         return contextlib.nullcontext()
 
 
-def _schedule64(loaded):
-    return registry.MODELS[loaded.problem](jnp.float64).schedule
+def _schedule64(loaded, spec):
+    """The run's schedule in float64: the problem file's, or a user's rebuilt under x64."""
+    if loaded.user is None:
+        return registry.MODELS[loaded.problem](jnp.float64).schedule
+    return loading.load_model(model_section(spec), jnp.float64).schedule
 
 
 def _exact_samples(ctx, loaded, n: int, seed: int) -> np.ndarray:
@@ -488,23 +520,23 @@ def _data_metrics(ctx, loaded, s, x0):
     Toy 2-D data: sliced W2 against as many fresh data samples, with its noise floor."""
     if not np.all(np.isfinite(x0)):
         return dict(fd=None, sw2=None), {}
-    name = loaded.problem
+    data = loaded.dataset
+    if data is None:  # a user's model with no reference data: only finiteness and timings
+        return {}, {}
+    name = data.name
     if name == "digits":
         from samplax.metrics import frechet_distance
         from samplax.models.classifier import digits_fd, digits_reference_statistics, load_or_train_digits_classifier
 
         def classifier():
             with _on_cpu():
-                return load_or_train_digits_classifier(os.path.join(ctx.workdir, "cache"))
+                return load_or_train_digits_classifier(refcache.cache_dir())
         params, info = ctx.memo(("digits_classifier",), classifier)
         ref = ctx.memo(("digits_stats", "test"), lambda: digits_reference_statistics(params, "test"))
         floor = ctx.memo(("digits_stats", "train"), lambda: digits_reference_statistics(params, "train"))
         fd = digits_fd(params, x0.reshape((-1,) + loaded.shape).astype(np.float32), reference=ref)
         return (dict(fd=float(fd)), dict(fd_floor=float(frechet_distance(*floor, *ref)),
                                         classifier_test_accuracy=float(info["test_accuracy"]), n_fd=len(x0)))
-    from samplax.data import make_dataset
-
-    data = ctx.memo(("data", name), lambda: make_dataset(name))
     a = ctx.memo(("data_samples", name, len(x0), EXACT_KEY), lambda: np.asarray(
         data.batch(EXACT_KEY, 0, len(x0))[0], np.float64).reshape(len(x0), -1))
     b = ctx.memo(("data_samples", name, len(x0), FLOOR_KEY), lambda: np.asarray(
