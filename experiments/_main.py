@@ -6,6 +6,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import _overrides
 from samplax.experiment import ConfigError, WorkdirConflict
 from samplax.experiment.checkpoints import CheckpointMismatch
 
@@ -15,14 +16,21 @@ def define_flags(default_config: str):
                                              lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for results, plots and caches.", required=True)
     flags.DEFINE_bool("restart", False, "Delete the workdir's results and start over.")
+    flags.DEFINE_multi_string("unset", [], "Remove a key of an open mapping of the config, e.g. "
+                              "config.sweep.solver_options.unipc.variant (see experiments/_overrides.py).")
     return config
+
+
+_OPEN_OVERRIDES: list = []
 
 
 def run_main(fn, config_flag) -> None:
     """Call ``fn(config, workdir, restart=...)``; a bad config, a conflicting workdir or a
     checkpoint of another model prints one message and exits with status 2 (nothing written)."""
     try:
-        fn(config_flag.value, flags.FLAGS.workdir, restart=flags.FLAGS.restart)
+        config = config_flag.value
+        _overrides.apply(config, _OPEN_OVERRIDES, flags.FLAGS.unset)
+        fn(config, flags.FLAGS.workdir, restart=flags.FLAGS.restart)
     except (ConfigError, WorkdirConflict, CheckpointMismatch) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
@@ -55,6 +63,9 @@ def _unknown_override(argv) -> str:
 
 
 def _parse(argv):
+    argv, found = _overrides.split(argv)
+    _OPEN_OVERRIDES[:] = found
+    sys.argv[:] = argv  # config_flags reads its overrides from sys.argv
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:

@@ -87,6 +87,9 @@ def sweep_config() -> ml_collections.ConfigDict:
         seeds=(0,),
         # per-solver extra factory options, e.g. {"unipc": {"variant": "bh1"}}
         solver_options=ml_collections.ConfigDict(),
+        # solver options as sweep axes: option -> tuple of values, e.g. {"afs": (False, True),
+        # "variant": ("bh1", "bh2")}; each solver runs the values of the options it has
+        option_axes=ml_collections.ConfigDict(),
     ))
     return c
 
@@ -225,6 +228,7 @@ SWEEP_SCHEMA = dict(_COMMON, **{
         "nfes": Field("tuple[int]", check=_each(_nfe)),
         "seeds": Field("tuple[int]", check=_each(_nonneg)),
         "solver_options": Field("dict", required=False),
+        "option_axes": Field("dict", required=False),
     },
 })
 
@@ -317,15 +321,19 @@ def train_config() -> ml_collections.ConfigDict:
     """Defaults of a training run (configs/train_*.py override a few fields)."""
     c = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict(dict(
-        name="gmm2d",
-        options=ml_collections.ConfigDict(),  # keyword arguments of samplax.data.make_dataset
+        name="gmm2d",                         # a samplax.data name; with factory, your data set's label
+        options=ml_collections.ConfigDict(),  # keyword arguments of samplax.data.make_dataset (or of the factory)
+        factory=config_dict.placeholder(str),  # "pkg.module:callable" -> a samplax.data.Dataset
     ))
     c.schedule = ml_collections.ConfigDict(dict(
         name="problem",                       # "problem": the gmm problem file's own schedule
-        options=ml_collections.ConfigDict(),  # keyword arguments of samplax.schedules.get_schedule
+        options=ml_collections.ConfigDict(),  # keyword arguments of samplax.schedules.get_schedule (or the factory)
+        factory=config_dict.placeholder(str),  # "pkg.module:callable" -> a NoiseSchedule (then name is a label)
     ))
     c.model = ml_collections.ConfigDict(dict(
         network="mlp",
+        factory=config_dict.placeholder(str),  # "pkg.module:callable" -> a flax.linen.Module (network then ignored)
+        options=ml_collections.ConfigDict(),   # keyword arguments of the model factory
         time_input="t",            # the network sees 1000 t ("t") or the log-SNR ("log_snr")
         class_conditional=False,   # labels of the data set as input, dropped with label_dropout (CFG)
         label_dropout=0.1,
@@ -391,10 +399,14 @@ def _data_name(path, v):
 
 
 TRAIN_SCHEMA = {
-    "data": {"name": Field("str", check=_data_name), "options": Field("dict", required=False)},
-    "schedule": {"name": Field("str", check=_choice(TRAIN_SCHEDULES)), "options": Field("dict", required=False)},
+    "data": {"name": Field("str", check=_nonempty_str), "options": Field("dict", required=False),
+             "factory": Field("str", required=False, nullable=True, check=_nonempty_str)},
+    "schedule": {"name": Field("str", check=_nonempty_str), "options": Field("dict", required=False),
+                 "factory": Field("str", required=False, nullable=True, check=_nonempty_str)},
     "model": {
         "network": Field("str", check=_choice(NETWORKS)),
+        "factory": Field("str", required=False, nullable=True, check=_nonempty_str),
+        "options": Field("dict", required=False),
         "time_input": Field("str", check=_choice(TIME_INPUTS)),
         "class_conditional": Field("bool"),
         "label_dropout": Field("float", check=_unit),
@@ -448,6 +460,14 @@ def validate_train(cfg) -> dict:
         raise ConfigError("config.optim.warmup_steps",
                           f"must be smaller than config.train.num_steps={t['num_steps']}, got {o['warmup_steps']}")
     loss, sched, data = values["loss"], values["schedule"]["name"], values["data"]["name"]
+    if not values["data"].get("factory"):
+        _data_name("config.data.name", data)
+    if values["schedule"].get("factory"):
+        sched = "factory"
+    else:
+        _choice(TRAIN_SCHEDULES)("config.schedule.name", sched)
+    if values["model"].get("options") and not values["model"].get("factory"):
+        raise ConfigError("config.model.options", "only applies to a user network (config.model.factory)")
     if sched == "problem" and data not in ("gmm2d", "gmm64d"):
         raise ConfigError("config.schedule.name", f"'problem' (the problem file's schedule) needs data gmm2d or "
                           f"gmm64d, got data {data!r}; allowed otherwise: {list(TRAIN_SCHEDULES[1:])}")

@@ -198,25 +198,28 @@ def make_plan(config) -> Plan:
         if not isinstance(per_solver[name], dict):
             raise ConfigError(f"config.sweep.solver_options.{name}", f"must be a mapping of options, got "
                                                                      f"{per_solver[name]!r}")
-    entries = []  # (name, solver, order option or None, options)
+    axes = _option_axes(sw, per_solver, cfg["afs"])
+    entries = []  # (name, solver, order option or None, options, afs)
     used_orders = set()
     for i, name in enumerate(sw["solvers"]):
-        options = _check_options(name, per_solver.get(name, {}), f"config.sweep.solver_options.{name}")
-        if not _has_order_option(name):
-            solver = _solver(name, None, cfg["afs"], options, f"config.sweep.solvers[{i}]")
-            entries.append((name, solver, None, options))
-            continue
-        allowed = allowed_orders(name, cfg["afs"], options)
-        mine = [o for o in sw["orders"] if o in allowed]
-        if not mine:
-            raise ConfigError("config.sweep.orders", f"solver {name!r} has none of the orders {tuple(sw['orders'])}; "
-                                                     f"allowed orders for it: {allowed}")
-        for o in sw["orders"]:
-            if o in allowed:
-                used_orders.add(o)
-                entries.append((name, _solver(name, o, cfg["afs"], options, "config.sweep.orders"), o, options))
-            else:
-                skipped.append(dict(solver=name, order=o, nfe=None, reason=f"{name} has no order {o}"))
+        base = _check_options(name, per_solver.get(name, {}), f"config.sweep.solver_options.{name}")
+        for options, afs in _axis_settings(name, base, axes, cfg["afs"]):
+            if not _has_order_option(name):
+                solver = _solver(name, None, afs, options, f"config.sweep.solvers[{i}]")
+                entries.append((name, solver, None, options, afs))
+                continue
+            allowed = allowed_orders(name, afs, options)
+            mine = [o for o in sw["orders"] if o in allowed]
+            if not mine:
+                raise ConfigError("config.sweep.orders", f"solver {name!r} has none of the orders "
+                                                         f"{tuple(sw['orders'])}; allowed orders for it: {allowed}")
+            for o in sw["orders"]:
+                if o in allowed:
+                    used_orders.add(o)
+                    entries.append((name, _solver(name, o, afs, options, "config.sweep.orders"), o, options, afs))
+                else:
+                    skipped.append(dict(solver=name, order=o, nfe=None, options=options,
+                                        reason=f"{name} has no order {o}"))
     if any(_has_order_option(n) for n in sw["solvers"]):
         for j, o in enumerate(sw["orders"]):
             if o not in used_orders:
@@ -226,7 +229,7 @@ def make_plan(config) -> Plan:
                                                                f"their orders: {have}")
     steps = {}
     nfe_used = set()
-    for name, solver, order, options in entries:
+    for name, solver, order, options, _ in entries:
         order = _order_option(name, solver, order)
         ok, last = False, ""
         for nfe in sw["nfes"]:
@@ -245,8 +248,8 @@ def make_plan(config) -> Plan:
         if nfe not in nfe_used:
             raise ConfigError(f"config.sweep.nfes[{j}]", f"NFE {nfe} is impossible for every solver of the sweep")
     checked = set()
-    for (name, solver, order, options), nfe, spacing, seed in itertools.product(entries, sw["nfes"], sw["grids"],
-                                                                         sw["seeds"]):
+    for (name, solver, order, options, afs), nfe, spacing, seed in itertools.product(entries, sw["nfes"],
+                                                                                   sw["grids"], sw["seeds"]):
         n_steps = steps.get((id(solver), nfe))
         if n_steps is None:
             continue
@@ -254,7 +257,7 @@ def make_plan(config) -> Plan:
             _check_grid(loaded, spacing, cfg["grid"]["end"], cfg["grid"], n_steps, dtype,
                         f"config.sweep.grids[{sw['grids'].index(spacing)}]")
             checked.add((spacing, n_steps))
-        rows.append(_row(cfg, loaded, name, solver, order, options, cfg["afs"], spacing, nfe, n_steps, seed))
+        rows.append(_row(cfg, loaded, name, solver, order, options, afs, spacing, nfe, n_steps, seed))
     return Plan(kind, cfg, rows, skipped)
 
 
@@ -266,6 +269,47 @@ def user_model_fields(model_cfg: dict) -> dict:
         out["shape"] = [int(v) for v in out["shape"]]
     if model_cfg.get("factory") and model_cfg.get("checkpoint"):
         out.update(checkpoint=model_cfg["checkpoint"], step=model_cfg.get("step"))
+    return out
+
+
+def _option_axes(sw: dict, per_solver: dict, afs_default: bool) -> dict:
+    """``sweep.option_axes``: option name -> tuple of values, checked against the sweep's
+    solvers (``afs`` applies to every solver and replaces ``config.afs``)."""
+    axes = dict(sw.get("option_axes") or {})
+    for k, values in axes.items():
+        path = f"config.sweep.option_axes.{k}"
+        if not isinstance(values, (tuple, list)) or len(values) == 0:
+            raise ConfigError(path, f"must be a non-empty tuple of option values, got {values!r}")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(path, f"has duplicate entries: {tuple(values)!r}")
+        if k == "order":
+            raise ConfigError(path, "orders are the axis config.sweep.orders")
+        if k == "afs":
+            if not all(isinstance(v, bool) for v in values):
+                raise ConfigError(path, f"must be a tuple of true/false, got {tuple(values)!r}")
+            continue
+        have = [n for n in sw["solvers"] if k in solver_options(n)]
+        if not have:
+            every = sorted({o for n in sw["solvers"] for o in solver_options(n)} - {"order", "afs"})
+            raise ConfigError(path, f"no solver in sweep.solvers {tuple(sw['solvers'])} has option {k!r}; "
+                                    f"their options: {every}")
+        for n in have:
+            if k in (per_solver.get(n) or {}):
+                raise ConfigError(f"config.sweep.solver_options.{n}.{k}", f"is also the sweep axis {path}: "
+                                                                          f"set it in one place")
+    return axes
+
+
+def _axis_settings(name: str, base: dict, axes: dict, afs_default: bool) -> list:
+    """The (options, afs) settings solver ``name`` runs: the cross product of the option
+    axes it has (a solver without an axis' option runs once without it)."""
+    keys = [k for k in axes if k != "afs" and k in solver_options(name)]
+    out = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        options = dict(base, **dict(zip(keys, combo)))
+        checked = _check_options(name, options, f"config.sweep.option_axes") if keys else base
+        for afs in axes.get("afs", (afs_default,)):
+            out.append((checked, afs))
     return out
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from samplax.data import make_dataset
-from samplax.experiment import devices
+from samplax.experiment import devices, user
 from samplax.experiment import results as store
 from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints
 from samplax.experiment.config import TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
@@ -54,7 +54,11 @@ EVAL_SEED_OFFSET = 1_000_003  # the fixed evaluation batch: data seed + this, st
 # Config -> objects
 # ---------------------------------------------------------------------------------------
 def build_schedule(cfg: dict):
-    name, options = cfg["schedule"]["name"], dict(cfg["schedule"].get("options") or {})
+    sc = cfg["schedule"]
+    name, options = sc["name"], dict(sc.get("options") or {})
+    if sc.get("factory"):  # a user's schedule: "pkg.module:callable"(**options)
+        return user.call_factory(sc["factory"], options, "config.schedule.factory", "config.schedule.options",
+                                 user.is_schedule, "a samplax.schedules.NoiseSchedule")
     if name == "problem":
         if options:
             raise ConfigError("config.schedule.options", "the problem file's schedule takes no options")
@@ -66,8 +70,13 @@ def build_schedule(cfg: dict):
 
 
 def build_dataset(cfg: dict):
+    d = cfg["data"]
+    if d.get("factory"):  # a user's data set: "pkg.module:callable"(**options) -> samplax.data.Dataset
+        return user.call_factory(d["factory"], dict(d.get("options") or {}), "config.data.factory",
+                                 "config.data.options", user.is_dataset,
+                                 "a samplax.data.Dataset (name, shape, num_classes, batch(seed, step, batch_size))")
     try:
-        return make_dataset(cfg["data"]["name"], **dict(cfg["data"].get("options") or {}))
+        return make_dataset(d["name"], **dict(d.get("options") or {}))
     except ValueError as e:
         raise ConfigError("config.data.options", str(e)) from None
 
@@ -81,6 +90,10 @@ def build_network(cfg: dict, dataset):
     k = num_classes(cfg, dataset)
     if m["class_conditional"] and dataset.num_classes == 0:
         raise ConfigError("config.model.class_conditional", f"data {dataset.name!r} has no labels")
+    if m.get("factory"):  # a user's Flax module, called as module(x, s) or module(x, s, labels)
+        extra = {"num_classes": k} if m["class_conditional"] else {}
+        return user.call_factory(m["factory"], dict(m.get("options") or {}), "config.model.factory",
+                                 "config.model.options", user.is_flax_module, "a flax.linen.Module", extra=extra)
     if m["network"] == "mlp":
         if len(dataset.shape) != 1:
             raise ConfigError("config.model.network", f"'mlp' takes vectors; data {dataset.name!r} has shape "
