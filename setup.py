@@ -8,7 +8,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["samplax", "samplax.*"]),
+    # experiments/ and configs/ are installed too, so `python -m experiments.sweep` and the
+    # samplax-* commands work from any directory after `pip install`.
+    packages=find_packages(include=["samplax", "samplax.*", "experiments", "configs"]),
     package_data={"samplax": ["problems/*.json"]},
     include_package_data=True,
     # Lower bounds are the versions CI tests (constraints.txt pins them exactly);
@@ -25,10 +27,19 @@ setup(
         "matplotlib>=3.8",
         "tensorboardX>=2.6",
         "scikit-learn>=1.9",  # its bundled 8x8 digits (samplax.data); nothing is downloaded
+        "etils[epath]>=1.15",  # samplax.io: one path type for local and gs:// workdirs (Orbax's own)
+        "fsspec>=2024.6",      # etils.epath's backend for gs://, s3:// (with gcsfs / s3fs, see [cloud])
+        "tqdm>=4.66",          # progress bars in notebooks
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13", "pandas>=2.2"],
         "bench": ["scipy>=1.13"],
-        "notebook": ["pandas>=2.2", "ipykernel>=6"],
+        "notebook": ["pandas>=2.2", "ipykernel>=6", "ipywidgets>=8"],
+        "cloud": ["gcsfs>=2024.6"],  # gs:// workdirs through etils.epath's fsspec backend
     },
+    entry_points={"console_scripts": [
+        "samplax-sample=experiments.sample:cli",
+        "samplax-sweep=experiments.sweep:cli",
+        "samplax-train=experiments.train:cli",
+    ]},
 )

@@ -1,6 +1,7 @@
 """What every entrypoint shares: the flags and the error handling around one library call."""
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -11,9 +12,17 @@ from samplax.experiment import ConfigError, WorkdirConflict
 from samplax.experiment.checkpoints import CheckpointMismatch
 
 
+def default_config_path(name: str) -> str:
+    """A config file of the installed ``configs`` package (works from any directory)."""
+    import configs
+
+    return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), os.path.basename(name))
+
+
 def define_flags(default_config: str):
-    config = config_flags.DEFINE_config_file("config", default_config, "Path to an ml-collections config file.",
-                                             lock_config=True)
+    config = config_flags.DEFINE_config_file("config", default_config_path(default_config),
+                                             "Path to an ml-collections config file (default: the installed "
+                                             f"configs/{os.path.basename(default_config)}).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for results, plots and caches.", required=True)
     flags.DEFINE_bool("restart", False, "Delete the workdir's results and start over.")
     flags.DEFINE_multi_string("unset", [], "Remove a key of an open mapping of the config, e.g. "

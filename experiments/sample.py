@@ -10,5 +10,10 @@ def main(argv):
     _main.run_main(run_sample, _CONFIG)
 
 
-if __name__ == "__main__":
+def cli():
+    """The ``samplax-sample`` command."""
     _main.start(main)
+
+
+if __name__ == "__main__":
+    cli()

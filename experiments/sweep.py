@@ -10,5 +10,10 @@ def main(argv):
     _main.run_main(run_sweep, _CONFIG)
 
 
-if __name__ == "__main__":
+def cli():
+    """The ``samplax-sweep`` command."""
     _main.start(main)
+
+
+if __name__ == "__main__":
+    cli()

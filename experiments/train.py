@@ -12,5 +12,10 @@ def main(argv):
     _main.run_main(run_train, _CONFIG)
 
 
-if __name__ == "__main__":
+def cli():
+    """The ``samplax-train`` command."""
     _main.start(main)
+
+
+if __name__ == "__main__":
+    cli()
