@@ -386,7 +386,10 @@ def run_group(ctx: _Context, specs: list) -> list:
             n_nonfinite=int(n - n_finite[g]), wall_s=wall_s, compile_s=compile_s, program=program_id,
             rows_in_program=m, chunk=chunk, n_chunks=-(-n // chunk), samples_file=samples_file,
             versions=ctx.versions, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            warning="; ".join(warnings) or None, model_source=loaded.user, **ctx.devices)
+            warning="; ".join(warnings) or None, model_source=loaded.user,
+            model_kind="trained" if loaded.trained is not None else ("user" if s.get("user_model", {}).get("factory")
+                                                                     else "analytic"),
+            **ctx.devices)
         if not all_finite:
             logging.warning("%s %s nfe=%d seed=%d: %d of %d samples non-finite, first at step %s", s["label"],
                             s["grid"], s["nfe"], s["seed"], n - n_finite[g], n, rows[k]["first_nonfinite_step"])
