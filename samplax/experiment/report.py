@@ -568,6 +568,8 @@ def summary_text(rows: Sequence[Row], metric: Optional[str] = None, max_rows: in
     metric = metric or default_metric(rows)
     out: list[str] = []
     for key, srows in _sections(rows).items():
+        srows = sorted(srows, key=lambda r: (str(r.get("label")), _grid_rank(str(r.get("grid"))), int(r.get("nfe")),
+                                             str(r.get("seed"))))
         shown = _summary_pick(srows, metric, max_rows)
         metrics = [m for m in METRICS if any(_has_metric(r, m) for r in srows)]
         metrics += sorted({m for r in srows for m in (r.get("metrics") or {})} - set(metrics))
@@ -628,19 +630,6 @@ def print_summary(rows: Sequence[Row], metric: Optional[str] = None, file=None) 
 
 
 # --------------------------------------------------------------------------- plots
-def _series(rows: Sequence[Row], metric: str) -> "OrderedDict[tuple, OrderedDict[tuple, list[tuple[int, float]]]]":
-    """Per section, per (label, grid): the finite (nfe, mean over seeds) points, NFE ascending."""
-    out: "OrderedDict[tuple, OrderedDict[tuple, list[tuple[int, float]]]]" = OrderedDict()
-    for key, srows in _sections(rows).items():
-        settings, nfes, cells = _table_cells(srows, metric)
-        lines: "OrderedDict[tuple, list[tuple[int, float]]]" = OrderedDict()
-        for label, grid in settings:
-            lines[(label, grid)] = [(n, cells[(label, grid, n)].value) for n in nfes
-                                    if (label, grid, n) in cells and cells[(label, grid, n)].value is not None]
-        out[key] = lines
-    return out
-
-
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 FACETS = ("grid", "best_grid")
 
@@ -672,8 +661,8 @@ def best_grids(rows: Sequence[Row], metric: str) -> dict[str, str]:
     return out
 
 
-def plot_error_vs_nfe(rows: Sequence[Row], path, metric: str = "mean_l2", facet: str = "grid") -> str:
-    """Plot ``metric`` against NFE (log-log) and write a PNG at ``path``; returns ``path``.
+def error_vs_nfe_figure(rows: Sequence[Row], metric: str = "mean_l2", facet: str = "grid"):
+    """The ``matplotlib.figure.Figure`` of ``metric`` against NFE (log-log).
 
     ``facet="grid"``: one panel per grid spacing (panels of one problem share their y
     axis), one line per solver setting; ``facet="best_grid"``: one panel per problem
@@ -739,8 +728,9 @@ def plot_error_vs_nfe(rows: Sequence[Row], path, metric: str = "mean_l2", facet:
             pts = [(n, cells[(label, g, n)]) for n in nfes if (label, g, n) in cells]
             fin = [(n, c.value) for n, c in pts if c.value is not None]
             name = label if facet == "grid" else f"{label} ({g})"
-            if fin:
-                (h,) = ax.plot([p[0] for p in fin], [p[1] for p in fin], color=colors[label],
+            if fin:  # a non-finite point breaks the line (nan), so no segment bridges it
+                (h,) = ax.plot([n for n, _ in pts], [math.nan if c.value is None else c.value for _, c in pts],
+                               color=colors[label],
                                marker=markers[label], markersize=4, linewidth=1.3)
                 handles.setdefault(name, h)
                 ys += [v for _, v in fin]
@@ -815,7 +805,12 @@ def plot_error_vs_nfe(rows: Sequence[Row], path, metric: str = "mean_l2", facet:
     if handles:
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
                    ncol=min(4, len(handles)), fontsize=8, frameon=False)
-    return _save_figure(fig, path)
+    return fig
+
+
+def plot_error_vs_nfe(rows: Sequence[Row], path, metric: str = "mean_l2", facet: str = "grid") -> str:
+    """Write :func:`error_vs_nfe_figure` as a PNG at ``path`` (atomically); returns ``path``."""
+    return _save_figure(error_vs_nfe_figure(rows, metric, facet), path)
 
 
 def _problem_cache() -> Callable[[str], Optional[tuple]]:
@@ -914,8 +909,8 @@ def _image_tile(x: np.ndarray, n_max: int = 36) -> np.ndarray:
     return out
 
 
-def plot_samples(rows: Sequence[Row], workdir, path, max_panels: int = 4, metric: str = "mean_l2") -> Optional[str]:
-    """Draw the saved samples of some rows: 2-D points or image grids.
+def samples_figure(rows: Sequence[Row], workdir, max_panels: int = 4, metric: str = "mean_l2"):
+    """The figure of the saved samples of some rows (2-D points or image grids), or None.
 
     For every section (problem, model, ...) whose rows have readable ``samples_file``\\ s
     (relative to ``workdir``) of 2-D points or images, one row of panels: reference
@@ -928,8 +923,8 @@ def plot_samples(rows: Sequence[Row], workdir, path, max_panels: int = 4, metric
     highest-density regions) when the problem has one (gmm2d, also for a network
     trained on it); all point panels of a section share their axes limits, and a panel
     notes how many of its samples fall outside them.  Images are tiled (up to 36 per
-    panel).  Writes a PNG at ``path`` and returns it, or returns None, writes nothing and
-    logs why (no sample files, only vectors of another dimension) when nothing can be drawn.
+    panel).  Returns None, and logs why (no sample files, only vectors of another
+    dimension), when nothing can be drawn.
     """
     import jax
     import jax.numpy as jnp
@@ -1063,7 +1058,14 @@ def plot_samples(rows: Sequence[Row], workdir, path, max_panels: int = 4, metric
             panel(axes[i, j], x, (head + "\n" if j0 == 0 and j == 0 else "") + title_of(r), "C0")
         for j in range(j0 + len(chosen), ncols):
             axes[i, j].set_axis_off()
-    return _save_figure(fig, path)
+    return fig
+
+
+def plot_samples(rows: Sequence[Row], workdir, path, max_panels: int = 4, metric: str = "mean_l2") -> Optional[str]:
+    """Write :func:`samples_figure` as a PNG at ``path`` and return ``path``; None (and
+    nothing written) when there is nothing to draw."""
+    fig = samples_figure(rows, workdir, max_panels=max_panels, metric=metric)
+    return None if fig is None else _save_figure(fig, path)
 
 
 def plot_samples_2d(rows: Sequence[Row], workdir, path, max_panels: int = 4, metric: str = "mean_l2"):
@@ -1082,21 +1084,31 @@ def run_name(label: str, grid: str) -> str:
     return f"{_tag_part(label)}/{_tag_part(grid)}"
 
 
+def _files_under(root) -> list:
+    """Every file under the directory ``root`` (an epath.Path; no recursive glob, which
+    object stores refuse)."""
+    out, todo = [], [root]
+    while todo:
+        d = todo.pop()
+        for p in d.iterdir():
+            (todo if p.is_dir() else out).append(p)
+    return sorted(out, key=os.fspath)
+
+
 def clear_tensorboard(logdir) -> int:
-    """Delete every ``events.out.tfevents.*`` file under ``logdir`` (and the directories
-    left empty); returns how many files."""
+    """Delete every ``events.out.tfevents.*`` file under ``logdir`` (and, locally, the
+    directories left empty); returns how many files."""
     root = sio.as_path(logdir)
-    if not root.exists():
+    if not root.is_dir():
         return 0
-    n = 0
-    for p in sorted(root.rglob("events.out.tfevents.*")):
+    files = [p for p in _files_under(root) if p.name.startswith("events.out.tfevents.")]
+    for p in files:
         p.unlink()
-        n += 1
     if sio.is_local(root):
         for d, _, _ in sorted(os.walk(os.fspath(root)), key=lambda t: -len(t[0])):
             if d != os.fspath(root) and not os.listdir(d):
                 os.rmdir(d)
-    return n
+    return len(files)
 
 
 def _hparam_value(v: Any) -> Any:
@@ -1358,7 +1370,7 @@ def write_report(workdir, rows: Sequence[Row], metric: Optional[str] = None) -> 
 
 __all__ = [
     "METRICS", "LOWER_IS_BETTER", "METRIC_AXIS", "FLOORS", "results_markdown", "summary_text", "print_summary",
-    "plot_error_vs_nfe", "plot_samples", "plot_samples_2d", "write_tensorboard", "write_report", "program_totals",
+    "plot_error_vs_nfe", "error_vs_nfe_figure", "plot_samples", "samples_figure", "plot_samples_2d", "write_tensorboard", "write_report", "program_totals",
     "dedupe_rows", "fmt_value", "clear_tensorboard", "model_text", "setting_text", "step_orders", "orders_short",
     "best_grids", "run_name", "sample_kind", "default_metric",
 ]
