@@ -218,8 +218,8 @@ class Progress:
     def update(self, k: int = 1, what: str = "") -> None:
         self.done += k
         if self.bar is not None:
+            self.bar.set_postfix_str(self._postfix(what), refresh=False)  # shown by the update's refresh
             self.bar.update(k)
-            self.bar.set_postfix_str(self._postfix(what), refresh=False)
             return
         self._emit(self.line(what), force=self.done >= self.total)
 
