@@ -698,7 +698,8 @@ def error_vs_nfe_figure(rows: Sequence[Row], metric: str = "mean_l2", facet: str
     per_section = OrderedDict()
     for p in panels:
         per_section.setdefault(p[0], []).append(p)
-    ncols = max(1, min(4, max((len(v) for v in per_section.values()), default=1)))
+    most = max((len(v) for v in per_section.values()), default=1)
+    ncols = max(1, most if most <= 3 else (2 if most == 4 else 3))  # 4 grids: 2 x 2, readable in a README
     layout = []  # (figure row, col, panel)
     row_i = 0
     for ps in per_section.values():
@@ -709,7 +710,9 @@ def error_vs_nfe_figure(rows: Sequence[Row], metric: str = "mean_l2", facet: str
     labels = sorted({str(r.get("label")) for r in rows})
     colors = {l: f"C{i % 10}" for i, l in enumerate(labels)}
     markers = {l: _MARKERS[i % len(_MARKERS)] for i, l in enumerate(labels)}
-    fig = Figure(figsize=(3.7 * ncols + 0.4, 3.1 * nrows + 0.9 + 0.22 * math.ceil((len(labels) + 3) / 4)),
+    pw, ph = (5.2, 3.9) if ncols == 1 and nrows == 1 else (3.9, 3.1)
+    legend_cols = 2 if ncols == 1 else 4
+    fig = Figure(figsize=(pw * ncols + 0.4, ph * nrows + 0.9 + 0.22 * math.ceil((len(labels) + 3) / legend_cols)),
                  layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     used = set()
@@ -804,7 +807,7 @@ def error_vs_nfe_figure(rows: Sequence[Row], metric: str = "mean_l2", facet: str
         fig.suptitle("; ".join(models), fontsize=10)
     if handles:
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                   ncol=min(4, len(handles)), fontsize=8, frameon=False)
+                   ncol=min(legend_cols, len(handles)), fontsize=8, frameon=False)
     return fig
 
 
