@@ -44,6 +44,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -608,7 +609,8 @@ def summary_text(rows: Sequence[Row], metric: Optional[str] = None, max_rows: in
         meaning = [f"{m}: {METRIC_AXIS[m]}" + (" (lower is better)" if m in LOWER_IS_BETTER else "")
                    for m in metrics if m in METRIC_AXIS]
         if meaning:
-            out.append("  " + "; ".join(meaning) + ". run/compile: the row's compiled program.")
+            out += textwrap.wrap("; ".join(meaning) + ". run/compile: the row's compiled program.", width=100,
+                                 initial_indent="  ", subsequent_indent="  ")
         for r in shown:
             if _warning(r):
                 out.append(f"  {WARN} {_where(r)}: {_warning(r)}")
