@@ -45,12 +45,20 @@ def in_ipython() -> bool:
 
 
 def tqdm_auto() -> Optional[Callable]:
-    """``tqdm.auto.tqdm``, or None when tqdm is not installed."""
+    """``tqdm.auto.tqdm`` (a widget in a notebook with ipywidgets), the text bar
+    ``tqdm.std.tqdm`` when ipywidgets is missing (what tqdm.auto falls back to, after a
+    warning), or None when tqdm is not installed."""
     try:
-        from tqdm.auto import tqdm
+        import tqdm  # noqa: F401
     except ImportError:
         return None
-    return tqdm
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        from tqdm.std import tqdm as text_bar
+        return text_bar
+    from tqdm.auto import tqdm as auto_bar
+    return auto_bar
 
 
 def resolve_mode(mode: str = "auto") -> str:
