@@ -345,7 +345,7 @@ def test_error_figure_faceted_by_grid_with_floor_and_legend_below():
     assert [ax.get_title() for ax in axes] == ["grid: time_uniform", "grid: logsnr"]  # GRID_ORDER
     assert all(ax.get_xlabel() == "model evaluations (NFE)" for ax in axes)
     assert axes[0].get_ylabel() == "sliced Wasserstein-2 distance to the data"
-    assert "gmm2d" in fig._suptitle.get_text()
+    assert "gmm2d" in fig.get_suptitle()
     for ax in axes:  # the noise floor: a dashed line at sw2_floor in every panel
         dashed = [l for l in ax.get_lines() if l.get_linestyle() == "--"]
         assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [2.5e-4, 2.5e-4]
@@ -491,7 +491,7 @@ def test_trained_rows_say_so_in_tables_plots_and_tags(tmp_path):
     assert "12 rows; trained network (checkpoint step 4000); n_samples 256; float64." in md
     fig = report.error_vs_nfe_figure(rows, "mean_l2")
     assert fig.axes[0].get_title() == "gmm2d, trained network (checkpoint step 4000)\ngrid: time_uniform"
-    assert "trained network (checkpoint step 4000)" in fig._suptitle.get_text()
+    assert "trained network (checkpoint step 4000)" in fig.get_suptitle()
     sc = scalars_of(read_events(report.write_tensorboard(rows, str(tmp_path / "tb"))))
     assert sc[("ddim/logsnr", "gmm2d/trained_step4000/mean_l2")][5] == pytest.approx(
         known_value("ddim", "logsnr", 5), rel=1e-6)
