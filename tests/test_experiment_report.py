@@ -317,7 +317,9 @@ def test_write_tensorboard_idempotent(tmp_path):
     rows = make_rows()
     logdir = str(tmp_path / "tb")
     report.write_tensorboard(rows, logdir)
+    os.makedirs(tmp_path / ".tb.abc.tmp" / "ddim")  # left by a report killed while writing
     report.write_tensorboard(rows, logdir)
+    assert os.listdir(tmp_path) == ["tb"]
     events = read_events(logdir)
     assert all(e["files"] == 1 for e in events.values())
     sc = scalars_of(events)

@@ -1298,6 +1298,9 @@ def write_tensorboard(rows: Sequence[Row], logdir) -> str:
     parent = os.path.dirname(os.fspath(target)) if local else None
     if local:
         os.makedirs(parent, exist_ok=True)
+        for name in os.listdir(parent):  # what a killed earlier report left behind
+            if name.startswith(".tb.") and name.endswith((".tmp", ".old")):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     tmp = tempfile.mkdtemp(prefix=".tb.", suffix=".tmp", dir=parent)
     try:
         _write_events(rows, tmp)
