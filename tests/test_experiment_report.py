@@ -464,6 +464,12 @@ def test_warning_and_short_orders_are_marked():
     assert "- ⚠ rows with a warning: 1" in md
     assert report.setting_text(short) == "unipc o3 (ran 1,1,1,1,1)"
     assert report.setting_text(full) == "unipc o3"
+    # the plot rings the warned point in red and says so in the legend
+    fig = report.error_vs_nfe_figure(rows, "mean_l2")
+    logsnr = next(ax for ax in fig.axes if ax.get_title() == "grid: logsnr")
+    (ring,) = [l for l in logsnr.get_lines() if l.get_markeredgecolor() == "red"]
+    assert list(ring.get_xdata()) == [5] and list(ring.get_ydata()) == [pytest.approx(known_value("ddim", "logsnr", 5))]
+    assert "⚠ warning (see results.md)" in _legend_texts(fig)
     text = report.summary_text([short, warned])
     assert "unipc o3 (ran 1,1,1,1,1)" in text
     assert "⚠ ddim" in text and "⚠ ddim · logsnr · NFE 5 (seed 0): sample RMS is 23.4x" in text
@@ -590,3 +596,11 @@ def test_write_report_to_an_object_store(tmp_path, monkeypatch, fake_gcs):
     # a second report replaces the event files instead of adding to them
     report.write_report("gs://bucket/run", rows)
     assert all(e["files"] == 1 for e in read_events(out["tensorboard"]).values())
+
+
+def test_summary_text_shows_seeds_when_there_are_several():
+    rows = [make_row("ddim", "logsnr", 10, seed=0, value=0.2), make_row("ddim", "logsnr", 10, seed=1, value=0.4)]
+    lines = report.summary_text(rows).splitlines()
+    assert lines[1].split()[:4] == ["setting", "grid", "NFE", "seed"]
+    assert [l.split()[:5] for l in lines[2:4]] == [["ddim", "logsnr", "10", "0", "0.2000"],
+                                                   ["ddim", "logsnr", "10", "1", "0.4000"]]
