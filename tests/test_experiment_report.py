@@ -470,8 +470,11 @@ def test_warning_and_short_orders_are_marked():
     (ring,) = [l for l in logsnr.get_lines() if l.get_markeredgecolor() == "red"]
     assert list(ring.get_xdata()) == [5] and list(ring.get_ydata()) == [pytest.approx(known_value("ddim", "logsnr", 5))]
     assert "⚠ warning (see results.md)" in _legend_texts(fig)
-    text = report.summary_text([short, warned])
+    text = report.summary_text([short, warned, full])
     assert "unipc o3 (ran 1,1,1,1,1)" in text
+    # the warm-up reaches the nominal order: a note, not a mark
+    assert ("  unipc o3 · time_uniform · NFE 20 (seed 0): solver steps ran orders 1,2," + "3," * 17 + "3 (nominal 3)"
+            ) in text.splitlines()
     assert "⚠ ddim" in text and "⚠ ddim · logsnr · NFE 5 (seed 0): sample RMS is 23.4x" in text
 
 

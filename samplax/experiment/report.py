@@ -556,7 +556,8 @@ def summary_text(rows: Sequence[Row], metric: Optional[str] = None, max_rows: in
 
     Per section (problem, model, end, dtype; see :func:`results_markdown`) a header line,
     then one line per row: the setting (⚠ when the row has a warning, and the orders
-    actually run when they never reach the nominal order), grid, NFE, each metric with
+    actually run when they never reach the nominal order; other differences from the
+    nominal order, e.g. warm-up steps, are a note under the table), grid, NFE, each metric with
     its noise floor next to it (``sw2 floor``, ``fd floor``, the exact samples' mean
     log-density), run and compile time of the row's program; then the warnings and the
     first non-finite solver step of each row that has one.  More than ``max_rows`` rows
@@ -612,6 +613,10 @@ def summary_text(rows: Sequence[Row], metric: Optional[str] = None, max_rows: in
             out += textwrap.wrap("; ".join(meaning) + ". run/compile: the row's compiled program.", width=100,
                                  initial_indent="  ", subsequent_indent="  ")
         for r in shown:
+            so = step_orders(r)
+            if so is not None and not orders_short(r) and any(v != r.get("order") for v in so):
+                out.append(f"  {_where(r)}: solver steps ran orders {','.join(str(v) for v in so)} "
+                           f"(nominal {r.get('order')})")
             if _warning(r):
                 out.append(f"  {WARN} {_where(r)}: {_warning(r)}")
             elif r.get("first_nonfinite_step") is not None:
