@@ -130,8 +130,13 @@ def test_auto_mode(monkeypatch, capsys):
     assert progress.resolve_mode("off") == "off"
     with pytest.raises(ValueError, match="^mode: 'loud' is not a progress mode; allowed: auto, bar, log, print, off"):
         Progress(3, mode="loud")
-    with pytest.raises(ValueError, match="^total: must be an integer >= 0"):
+    with pytest.raises(ValueError, match="^total: must be an integer >= 0, got -1"):
         Progress(-1)
+    with pytest.raises(ValueError, match="^programs: must be an integer >= 0, got 2.5"):
+        Progress(3, programs=2.5)
+    import numpy as np
+
+    assert Progress(np.int64(3), mode="off").total == 3
 
 
 def test_real_tqdm_bar(capsys):

@@ -19,6 +19,7 @@ done the ETA is shown as ``?``.  Without the hooks it is the plain elapsed-time 
 """
 from __future__ import annotations
 
+import operator
 import sys
 import time
 from typing import Callable, Optional
@@ -75,6 +76,18 @@ def resolve_mode(mode: str = "auto") -> str:
     return "bar" if tqdm_auto() is not None else "print"
 
 
+def _count(name: str, v) -> int:
+    """``v`` as an int >= 0 (numpy integers too), else ValueError naming ``name``."""
+    if not isinstance(v, bool):
+        try:
+            n = operator.index(v)
+        except TypeError:
+            n = None
+        if n is not None and n >= 0:
+            return n
+    raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+
+
 class Progress:
     """Progress of ``total`` units of work.
 
@@ -99,10 +112,8 @@ class Progress:
 
     def __init__(self, total: int, unit: str = "rows", every_s: float = 5.0, clock=time.monotonic,
                  mode: str = "auto", programs: Optional[int] = None, desc: str = ""):
-        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-            raise ValueError(f"total: must be an integer >= 0, got {total!r}")
-        if programs is not None and (isinstance(programs, bool) or not isinstance(programs, int) or programs < 0):
-            raise ValueError(f"programs: must be None or an integer >= 0, got {programs!r}")
+        total = _count("total", total)
+        programs = None if programs is None else _count("programs", programs)
         self.total, self.unit, self.every_s, self.clock = total, unit, every_s, clock
         self.programs, self.desc = programs, desc
         self.mode = resolve_mode(mode)
