@@ -70,7 +70,8 @@ def run_sweep(config, workdir: str, restart: bool = False) -> list:
     return run(config, workdir, restart=restart, expect="sweep")
 
 
-def run(config, workdir: str, restart: bool = False, expect: Optional[str] = None, report: bool = True) -> list:
+def run(config, workdir: str, restart: bool = False, expect: Optional[str] = None, report: bool = True,
+        summary: bool = True) -> list:
     """Run the rows of ``config`` that ``workdir`` does not hold yet, then write the report.
 
     Raises ConfigError (bad config) or WorkdirConflict (workdir of another config)
@@ -121,6 +122,10 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
         from samplax.experiment.report import write_report
 
         write_report(workdir, rows)
+    if writer and summary:
+        from samplax.experiment.report import print_summary
+
+        print_summary(rows)
     return rows
 
 
@@ -150,13 +155,12 @@ def execute(plan: Plan, todo: list, workdir: str, writer: bool = True) -> list:
     make a resumed run differ from an uninterrupted one.  Only the missing rows are
     written."""
     wanted = {s["hash"] for s in todo}
-    progress = Progress(len(todo), "rows")
+    groups = [g for g in group_rows(plan.rows) if any(s["hash"] in wanted for s in g)]
+    progress = Progress(len(todo), "rows", programs=len(groups), desc=plan.kind)
     context = _Context(plan.config, workdir, writer)
     done = []
-    for g in group_rows(plan.rows):
-        if not any(s["hash"] in wanted for s in g):
-            continue
-        for row in run_group(context, g):
+    for g in groups:
+        for row in run_group(context, g, progress):
             if row["hash"] not in wanted:
                 continue
             if writer:
@@ -283,7 +287,7 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
     return jax.jit(program, out_shardings=devices.replicated(mesh))
 
 
-def run_group(ctx: _Context, specs: list) -> list:
+def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -> list:
     """Compile and run one group of rows (one program); returns the finished rows (not yet
     written, in the order of ``specs``)."""
     s0 = specs[0]
@@ -333,12 +337,16 @@ def run_group(ctx: _Context, specs: list) -> list:
         def args(start):
             return parts, jnp.int32(start), jnp.int32(n), x_T_in(start)
 
+        if progress is not None:
+            progress.compiling(s0["label"])
         t0 = time.perf_counter()
         traced = program.trace(*args(0))
         # model evaluations per member, counted in the program that runs
         nfe_parts = [count_in_jaxpr(traced.jaxpr, _probe_name(j)) for j in range(len(parts))]
         compiled = traced.lower().compile()
         compile_s = time.perf_counter() - t0
+        if progress is not None:
+            progress.compiled()
         t0 = time.perf_counter()
         m = len(specs)
         logp_sum, n_finite, first_bad = np.zeros(m), np.zeros(m, np.int64), np.full(m, -1)
