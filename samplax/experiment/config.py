@@ -298,6 +298,8 @@ def _check_tree(schema: dict, values: dict, prefix: str) -> None:
                 # in code a sweep axis is a tuple; the command line's --config.sweep.nfes=5 is already (5,)
                 hint = f"; write ({v!r},) for one value"
             raise ConfigError(path, f"must be {_KIND_WORDS[spec.kind]}, got {_short(v)} ({type(v).__name__}){hint}")
+        if spec.kind == "float" and isinstance(v, int) and not _isfinite(v):
+            raise ConfigError(path, f"must be a finite number, got an integer too large for a float ({_short(v)})")
         if spec.check is not None:
             spec.check(path, v)
 
