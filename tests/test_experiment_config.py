@@ -428,6 +428,11 @@ CLI_CASES = [
     pytest.param("sweep", ["--config.sweep.nfes=4", "--config.sweep.solvers=heun"], 2,
                  ["error: config.sweep.nfes: ", "none of the NFEs (4,)"], id="sweep-scalar-is-a-1-tuple"),
     pytest.param("sample", ["--nosuchflag=1"], 2, ["error: command line: ", "nosuchflag"], id="unknown-flag"),
+    # the training entrypoint shares the override checks (experiments/_main.py)
+    pytest.param("train", ["--config.train.num_steps=abc"], 2,
+                 ["error: config.train.num_steps: cannot parse 'abc'", "an integer"], id="train-num_steps-abc"),
+    pytest.param("train", ["--config.optim.learning_rate=fast"], 2,
+                 ["error: config.optim.learning_rate: cannot parse 'fast'", "a number"], id="train-lr-fast"),
     pytest.param("sample", ["--config.foo=1"], 2, ["error: config.foo: unknown field", "'nfe'"],
                  id="unknown-override"),
     pytest.param("sample", ["--config.grid.foo=1"], 2, ["error: config.grid.foo: unknown field", "'spacing'"],
@@ -438,7 +443,7 @@ CLI_CASES = [
 @pytest.mark.parametrize("module,overrides,code,expected", CLI_CASES)
 def test_cli_refuses_bad_config(module, overrides, code, expected, tmp_path):
     workdir = tmp_path / "w"
-    config = "configs/gmm.py" if module == "sample" else "configs/sweep_quick.py"
+    config = {"sample": "configs/gmm.py", "sweep": "configs/sweep_quick.py", "train": "configs/train_gmm2d.py"}[module]
     r = cli(module, f"--config={config}", f"--workdir={workdir}", *overrides)
     assert r.returncode != 0
     if code is not None:
