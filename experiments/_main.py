@@ -45,7 +45,10 @@ def run_main(fn, config_flag) -> None:
     or locked workdir or a checkpoint of another model prints one line and exits with
     status 2 (nothing written)."""
     try:
-        check_workdir(flags.FLAGS.workdir)  # every entrypoint; the library functions check it again
+        # every entrypoint, before the library call (which checks it again); in a multi-process
+        # run only the name here: process 0 alone checks the filesystem, and the others follow it
+        distributed = bool(config_flag.value.get("distributed", False))
+        check_workdir(flags.FLAGS.workdir, filesystem=not distributed)
         fn(config_flag.value, flags.FLAGS.workdir, restart=flags.FLAGS.restart)
     except (ConfigError, WorkdirConflict, CheckpointMismatch) as e:
         fail(str(e))

@@ -510,6 +510,9 @@ def test_library_refuses_a_bad_workdir(kind, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
     with pytest.raises(ConfigError, match="^workdir: must be a path"):
         run_sample(tiny_config(5), None)
+    # a process that writes nothing (not process 0) checks only the name
+    if kind in ("file", "under-file", "not-writable"):
+        assert store.check_workdir(value, filesystem=False) is not None
 
 
 CONFIG_FILES = {

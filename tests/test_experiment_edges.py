@@ -260,7 +260,8 @@ def test_lock_refuses_a_second_run_in_process(tmp_path):
         assert "(command: the first run)" in msg and str(w / ".lock") in msg
         assert _tree(w) == before  # nothing written
     assert not lock.held
-    # released: the lock file stays (removing a flock'ed file races), the next holder rewrites it
+    # released: the lock file stays (removing a flock'ed file races), emptied of the holder's info
+    assert (w / ".lock").read_text() == ""
     with store.WorkdirLock(w, command="the second run"):
         assert json.loads((w / ".lock").read_text())["command"] == "the second run"
 

@@ -262,10 +262,12 @@ def clear_workdir(workdir, names: Iterable[str] = DERIVED) -> None:
 # ---------------------------------------------------------------------------------------
 # The workdir: checks before anything is written, and its lock
 # ---------------------------------------------------------------------------------------
-def check_workdir(workdir, field: str = "workdir"):
+def check_workdir(workdir, field: str = "workdir", filesystem: bool = True):
     """The workdir as an ``epath.Path``, or a ConfigError at ``field`` (before anything is
-    written) when it cannot be one: not a path, empty, an unsupported URI scheme, an
-    existing file, under a file, or (local) in a directory this process cannot write."""
+    written) when it cannot be one: not a path, empty, an unsupported URI scheme, and
+    with ``filesystem`` (reads only): an existing file, under a file, or (local) in a
+    directory this process cannot write.  Processes that write nothing (not process 0 of
+    a multi-process run) check the name only."""
     if isinstance(workdir, bytes) or not isinstance(workdir, (str, os.PathLike)):
         raise ConfigError(field, f"must be a path (a string), got {workdir!r} ({type(workdir).__name__}); "
                                  f"allowed: a local directory or gs://bucket/dir")
@@ -279,6 +281,8 @@ def check_workdir(workdir, field: str = "workdir"):
     if problem:
         raise ConfigError(field, f"{s!r}: {problem}")
     p = sio.as_path(s)
+    if not filesystem:
+        return p
     if not sio.is_local(p):
         try:
             if p.exists() and not p.is_dir():
@@ -402,6 +406,7 @@ class WorkdirLock:
         if self._fd is None:
             return
         if self.mode == "flock":
+            os.ftruncate(self._fd, 0)  # a process refused later never reads a finished holder's info
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
         else:

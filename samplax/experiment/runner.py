@@ -84,9 +84,17 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
     cfg = validate_fields(config, kind)
     devices.maybe_initialize_distributed(cfg["distributed"])
     plan = make_plan(config)
-    wd = store.check_workdir(workdir)
-    ident = identity(plan.config)
     writer = devices.is_writer()
+    wd = bad_workdir = None
+    try:  # process 0 checks the filesystem (it alone writes); the others the name only
+        wd = store.check_workdir(workdir, filesystem=writer)
+    except ConfigError as e:
+        bad_workdir = e
+    if devices.agree_flag(bad_workdir is not None):
+        raise bad_workdir or ConfigError("workdir", f"{workdir} cannot be used (seen by process 0)")
+    if wd is None:  # only this process was given a bad name
+        raise bad_workdir
+    ident = identity(plan.config)
 
     def saved_config_conflict():
         # Process 0 decides (conflict, what is done); the others follow its decision, so a
