@@ -154,7 +154,23 @@ SAMPLE_CASES = [
     case("metrics-reference_steps-0", sample_config, setf("metrics.reference_steps", 0),
          "config.metrics.reference_steps", ("positive integer", "got 0")),
     case("metrics-save_samples-negative", sample_config, setf("metrics.save_samples", -1),
-         "config.metrics.save_samples", ("[0, 2^31)", "got -1")),
+         "config.metrics.save_samples", ("[0, 65536]", "got -1")),
+    # sizes: validated before anything is written (int32 sample indices, memory, time)
+    case("n_samples-10**12", sample_config, setf("n_samples", 10**12), "config.n_samples",
+         ("at most 1073741824", "int32", "got 1000000000000")),
+    case("chunk_size-huge", sample_config, setf("chunk_size", 2**31), "config.chunk_size",
+         ("at most 1073741824", "got 2147483648")),
+    case("chunk-elements-over-int32", sample_config,
+         both(setf("model.name", "gmm64d"), setf("n_samples", 2**30), setf("chunk_size", 2**30)),
+         "config.chunk_size", ("68719476736 elements", "int32", "min(chunk_size, n_samples) <= 33554431")),
+    case("reference_steps-huge", sample_config, setf("metrics.reference_steps", 10**9),
+         "config.metrics.reference_steps", ("at most 100000", "got 1000000000")),
+    case("sw_projections-huge", sample_config, setf("metrics.sw_projections", 10**6),
+         "config.metrics.sw_projections", ("at most 4096", "got 1000000")),
+    case("save_samples-huge", sample_config, setf("metrics.save_samples", 10**7),
+         "config.metrics.save_samples", ("[0, 65536]", "got 10000000")),
+    case("max_sw_samples-huge", sample_config, setf("metrics.max_sw_samples", 2**40),
+         "config.metrics.max_sw_samples", ("at most 1073741824",)),
     # types, missing and unknown fields
     case("afs-string", sample_config, set_raw("solver.afs", "yes"), "config.solver.afs",
          ("true or false", "'yes' (str)")),
@@ -184,6 +200,25 @@ SAMPLE_CASES = [
          "config.solver.options", ("'heun'", "'dpmsolver'", "'taylor'")),
     case("options-None", sample_config, set_raw("solver.options", None), "config.solver.options",
          ("mapping", "got None")),
+    # solver options are typed like the factory's defaults (a string is not a number or a boolean)
+    case("options-bool-as-string-no", sample_config,
+         both(setf("solver.name", "unipc"), add_field("solver.options.corrector", "no")),
+         "config.solver.options.corrector", ("true or false", "'no' (str)", "default True")),
+    case("options-float-as-string", sample_config, add_field("solver.options.max_step_ratio", "2.0"),
+         "config.solver.options.max_step_ratio", ("a number or None", "'2.0' (str)")),
+    case("options-float-nan", sample_config,
+         both(setf("solver.name", "ddim_eta"), add_field("solver.options.eta", float("nan"))),
+         "config.solver.options.eta", ("finite number", "nan")),
+    case("options-int-as-float", sample_config,
+         both(setf("solver.name", "pc_langevin"), add_field("solver.options.n_corrector", 1.5)),
+         "config.solver.options.n_corrector", ("an integer", "1.5 (float)")),
+    case("options-str-as-int", sample_config, add_field("solver.options.solver_type", 3),
+         "config.solver.options.solver_type", ("a string", "3 (int)")),
+    # not a config at all
+    case("config-None", sample_config, lambda c: _Replace(None), "config",
+         ("must be an ml_collections.ConfigDict", "got None")),
+    case("config-list", sample_config, lambda c: _Replace([1, 2]), "config",
+         ("must be an ml_collections.ConfigDict", "[1, 2] (list)")),
     # grid range
     case("rho-negative", sample_config, setf("grid.rho", -1.0), "config.grid.rho",
          ("finite positive number", "got -1.0")),
@@ -245,7 +280,14 @@ SWEEP_CASES = [
     case("sweep-nfes-with-a-string", sweep_config, set_raw("sweep.nfes", (5, "10")), "config.sweep.nfes",
          ("a tuple of integers", "(5, '10')")),
     case("sweep-solvers-a-string", sweep_config, set_raw("sweep.solvers", "ddim"), "config.sweep.solvers",
-         ("a tuple of strings", "'ddim' (str)")),
+         ("a tuple of strings", "'ddim' (str)", "write ('ddim',) for one value")),
+    # in code an axis is a tuple (ConfigDict refuses `cfg.sweep.nfes = 5` itself; a plain dict gets our error)
+    case("sweep-nfes-a-scalar", sweep_config, set_raw("sweep.nfes", 5), "config.sweep.nfes",
+         ("a tuple of integers", "5 (int)", "write (5,) for one value")),
+    case("sweep-options-bool-as-string", sweep_config, solver_options(unipc={"corrector": "false"}),
+         "config.sweep.solver_options.unipc.corrector", ("true or false", "'false' (str)")),
+    case("sweep-options-float-as-string", sweep_config, solver_options(dpm_solver_pp={"max_step": "2.0"}),
+         "config.sweep.solver_options.dpm_solver_pp.max_step", ("a number or None", "'2.0' (str)")),
     case("sweep-missing-nfes", sweep_config, delete("sweep.nfes"), "config.sweep.nfes",
          ("missing required field", "a tuple of integers")),
     case("sweep-with-solver-section", sweep_config,
@@ -261,14 +303,21 @@ SWEEP_CASES = [
 ]
 
 
+class _Replace(NamedTuple):
+    """A mutator's result that replaces the config whatever it is (None, a list ...)."""
+    value: object
+
+
 def _build(c: Case):
     cfg = c.base()
     out = c.mutate(cfg)
+    if isinstance(out, _Replace):
+        return out.value
     return cfg if out is None else out
 
 
 def _kind(cfg) -> str:
-    return "sweep" if "sweep" in cfg else "sample"
+    return "sweep" if isinstance(cfg, (dict, ml_collections.ConfigDict)) and "sweep" in cfg else "sample"
 
 
 @pytest.mark.parametrize("base", [sample_config, sweep_config, gmm.get_config, sweep_quick.get_config,
@@ -365,8 +414,25 @@ CLI_CASES = [
                  id="n_samples-negative"),
     pytest.param("sweep", ["--config.sweep.nfes=(0,)"], 2, ["error: config.sweep.nfes[0]: ", "got 0"],
                  id="sweep-nfes-0"),
-    # rejected by ml_collections' config_flags while parsing flags (its own message, exit 1)
-    pytest.param("sample", ["--config.nfe=abc"], None, ["config.nfe", "abc"], id="nfe-wrong-type"),
+    # overrides that do not parse as the field's type: our line, before absl's parser sees them
+    pytest.param("sample", ["--config.nfe=abc"], 2,
+                 ["error: config.nfe: cannot parse 'abc'", "as an integer; allowed: an integer"], id="nfe-wrong-type"),
+    pytest.param("sample", ["--config.n_samples=1.5"], 2,
+                 ["error: config.n_samples: cannot parse '1.5'", "an integer"], id="n_samples-float"),
+    pytest.param("sample", ["--config.solver.afs=maybe"], 2,
+                 ["error: config.solver.afs: cannot parse 'maybe'", "true or false"], id="afs-maybe"),
+    pytest.param("sample", ["--config.grid=5"], 2, ["error: config.grid: is a section"], id="section-as-value"),
+    pytest.param("sample", ["--config.n_samples=10000000000000"], 2,
+                 ["error: config.n_samples: ", "at most 1073741824"], id="n_samples-10**13"),
+    # on the command line a scalar is a 1-tuple (config_flags): nfes=4 is (4,), impossible for heun
+    pytest.param("sweep", ["--config.sweep.nfes=4", "--config.sweep.solvers=heun"], 2,
+                 ["error: config.sweep.nfes: ", "none of the NFEs (4,)"], id="sweep-scalar-is-a-1-tuple"),
+    pytest.param("sample", ["--nosuchflag=1"], 2, ["error: command line: ", "nosuchflag"], id="unknown-flag"),
+    # the training entrypoint shares the override checks (experiments/_main.py)
+    pytest.param("train", ["--config.train.num_steps=abc"], 2,
+                 ["error: config.train.num_steps: cannot parse 'abc'", "an integer"], id="train-num_steps-abc"),
+    pytest.param("train", ["--config.optim.learning_rate=fast"], 2,
+                 ["error: config.optim.learning_rate: cannot parse 'fast'", "a number"], id="train-lr-fast"),
     pytest.param("sample", ["--config.foo=1"], 2, ["error: config.foo: unknown field", "'nfe'"],
                  id="unknown-override"),
     pytest.param("sample", ["--config.grid.foo=1"], 2, ["error: config.grid.foo: unknown field", "'spacing'"],
@@ -377,7 +443,7 @@ CLI_CASES = [
 @pytest.mark.parametrize("module,overrides,code,expected", CLI_CASES)
 def test_cli_refuses_bad_config(module, overrides, code, expected, tmp_path):
     workdir = tmp_path / "w"
-    config = "configs/gmm.py" if module == "sample" else "configs/sweep_quick.py"
+    config = {"sample": "configs/gmm.py", "sweep": "configs/sweep_quick.py", "train": "configs/train_gmm2d.py"}[module]
     r = cli(module, f"--config={config}", f"--workdir={workdir}", *overrides)
     assert r.returncode != 0
     if code is not None:
@@ -391,9 +457,91 @@ def test_cli_refuses_bad_config(module, overrides, code, expected, tmp_path):
 
 def test_cli_requires_workdir():
     r = cli("sample", "--config=configs/gmm.py", "--config.nfe=5")
-    assert r.returncode != 0
-    assert "--workdir must have a value" in r.stderr, r.stderr[-2000:]
-    assert _error_lines(r.stderr) == []  # refused at flag parsing, before the library is called
+    assert r.returncode == 2
+    assert _error_lines(r.stderr) == ["error: workdir: missing: --workdir must have a value; allowed: --workdir=DIR "
+                                      "(a local directory or gs://bucket/dir)"], r.stderr[-2000:]
+
+
+def _workdir_case(kind: str, tmp_path):
+    """(the --workdir value, the path that must stay as it is or absent, expected message parts)."""
+    f = tmp_path / "a_file"
+    f.write_text("not a directory\n")
+    if kind == "empty":
+        return "", None, ["is empty", "current directory"]
+    if kind == "file":
+        return str(f), f, ["is a file, not a directory"]
+    if kind == "under-file":
+        return str(f / "run"), f, [f"is under {f}, which is a file"]
+    if kind == "not-writable":  # /proc/self refuses new entries, also to root
+        return "/proc/self/samplax_run", None, ["/proc/self", "not writable"]
+    if kind == "scheme":
+        return "hf://user/repo/run", None, ["'hf://' is not supported", "gs://"]
+    raise AssertionError(kind)
+
+
+# every kind through the sample entrypoint; two through the sweep entrypoint (the same check)
+@pytest.mark.parametrize("module,kind", [("sample", k) for k in ("empty", "file", "under-file", "not-writable",
+                                                                 "scheme")] + [("sweep", "empty"),
+                                                                               ("sweep", "under-file")])
+def test_cli_refuses_a_bad_workdir(module, kind, tmp_path):
+    value, keep, parts = _workdir_case(kind, tmp_path)
+    before = keep.read_bytes() if keep else None
+    config = "configs/gmm.py" if module == "sample" else "configs/sweep_quick.py"
+    r = cli(module, f"--config={config}", f"--workdir={value}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith("error: workdir: "), line
+    for s in parts:
+        assert s in line, (s, line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    if keep:
+        assert keep.read_bytes() == before
+    assert not os.path.exists(os.path.join(REPO, "results.jsonl")), "an empty workdir must not mean the cwd"
+
+
+@pytest.mark.parametrize("kind", ["empty", "file", "under-file", "not-writable", "scheme"])
+def test_library_refuses_a_bad_workdir(kind, tmp_path):
+    value, keep, parts = _workdir_case(kind, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        run_sample(tiny_config(5), value)
+    assert err.value.path == "workdir" and str(err.value).startswith("workdir: ")
+    for s in parts:
+        assert s in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    with pytest.raises(ConfigError, match="^workdir: must be a path"):
+        run_sample(tiny_config(5), None)
+    # a process that writes nothing (not process 0) checks only the name
+    if kind in ("file", "under-file", "not-writable"):
+        assert store.check_workdir(value, filesystem=False) is not None
+
+
+CONFIG_FILES = {
+    "returns-dict": ("def get_config():\n    return {'nfe': 5}\n", "get_config() returned dict"),
+    "returns-None": ("def get_config():\n    return None\n", "get_config() returned NoneType"),
+    "raises": ("def get_config():\n    raise RuntimeError('boom')\n", "get_config() raised RuntimeError: boom"),
+    "does-not-parse": ("def get_config(:\n", "does not parse (line 1"),
+    "no-get_config": ("x = 1\n", "has no get_config() function"),
+    "raises-at-import": ("import no_such_module_samplax\n", "raised ModuleNotFoundError when loaded"),
+    "missing": (None, "no such file"),
+}
+
+
+# one shared loader (experiments/_main.py): every case through sample, two through sweep and train
+@pytest.mark.parametrize("module,name", [("sample", n) for n in sorted(CONFIG_FILES)]
+                         + [(m, n) for m in ("sweep", "train") for n in ("returns-dict", "raises")])
+def test_cli_refuses_a_bad_config_file(module, name, tmp_path):
+    text, part = CONFIG_FILES[name]
+    path = tmp_path / "my_config.py"
+    if text is not None:
+        path.write_text(text)
+    workdir = tmp_path / "w"
+    r = cli(module, f"--config={path}", f"--workdir={workdir}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith(f"error: --config: {path}"), line
+    assert part in line, line
+    assert "Traceback" not in r.stderr
+    assert not workdir.exists()
 
 
 # ---------------------------------------------------------------------------------------
@@ -443,28 +591,31 @@ def test_rerun_conflict_same_config_and_restart(tmp_path):
     assert len(_rows(w)) == 1
     first = _results_bytes(w)
 
-    # 2. a different NFE: refused, naming the field and both values; nothing changes
-    before = _snapshot(w)
-    with pytest.raises(WorkdirConflict) as err:
-        run_sample(tiny_config(6), w)
-    msg = str(err.value)
-    assert "config.nfe: saved 5, now 6" in msg
-    assert "--restart" in msg and w in msg
-    assert "config.n_samples" not in msg  # only the differing field is named
-    assert _snapshot(w) == before
-    assert _results_bytes(w) == first
+    # 2. a different NFE: a sample workdir accumulates runs (each row's hash names all its
+    #    settings); config.json is the latest config, config_history.jsonl has both
+    other = run_sample(tiny_config(6), w)
+    assert len(other) == 1 and other[0]["nfe"] == 6 and other[0]["hash"] != rows[0]["hash"]
+    assert sorted(x["nfe"] for x in _rows(w)) == [5, 6]
+    with open(os.path.join(w, store.CONFIG_HISTORY_FILE)) as f:
+        assert [json.loads(line)["identity"]["nfe"] for line in f] == [5, 6]
+    with open(os.path.join(w, "results.md")) as f:
+        report = f.read()
+    assert "| 5 |" in report.replace("NFE 5", "| 5 |") and ("NFE 6" in report or "| 6 |" in report)
+    first = _results_bytes(w)
 
-    # 3. the same through the command line: exit 2, one message, nothing changes
-    r = cli("sample", "--config=configs/gmm.py", f"--workdir={w}", *tiny_cli_overrides(6))
-    assert r.returncode == 2, r.stderr[-2000:]
-    lines = _error_lines(r.stderr)
-    assert len(lines) == 1 and "config.nfe: saved 5, now 6" in lines[0] and "--restart" in lines[0], r.stderr
+    # 3. a sweep in a sample workdir: refused, nothing changes
+    before = _snapshot(w)
+    sw = sweep_config()
+    sw.sweep.solvers, sw.sweep.grids, sw.sweep.nfes, sw.n_samples = ("ddim",), ("logsnr",), (5,), 64
+    with pytest.raises(WorkdirConflict) as err:
+        run_sweep(sw, w)
+    assert "--restart" in str(err.value) and w in str(err.value)
     assert _snapshot(w) == before
 
     # 4. the same config again: no conflict, the row is skipped by its hash (not recomputed)
     again = run_sample(tiny_config(5), w)
     assert len(again) == 1 and again[0]["hash"] == rows[0]["hash"] and again[0]["time"] == rows[0]["time"]
-    assert len(_rows(w)) == 1
+    assert len(_rows(w)) == 2
     assert _results_bytes(w) == first
 
     # 5. a field that does not change results (chunk_size): no conflict, no new row
@@ -480,6 +631,39 @@ def test_rerun_conflict_same_config_and_restart(tmp_path):
     with open(os.path.join(w, store.CONFIG_FILE)) as f:
         assert json.load(f)["identity"]["nfe"] == 6
     assert os.path.isdir(os.path.join(w, "cache"))  # the reference cache survives a restart
+
+
+def test_sweep_workdir_refuses_a_changed_sweep(tmp_path):
+    """A sweep's workdir is that sweep: a changed axis is refused, in process and through
+    the command line (one line naming the field and both values, exit 2), nothing changes."""
+    w = str(tmp_path / "w")
+
+    def tiny_sweep(nfes):
+        c = sweep_config()
+        c.sweep.solvers, c.sweep.grids, c.sweep.nfes = ("ddim",), ("logsnr",), nfes
+        c.n_samples, c.metrics.reference_steps = 64, TINY["reference_steps"]
+        c.metrics.max_l2_samples = c.metrics.max_sw_samples = TINY["max_samples"]
+        c.metrics.sw_projections, c.metrics.save_samples = TINY["sw_projections"], TINY["save_samples"]
+        return c
+
+    run_sweep(tiny_sweep((5,)), w)
+    before = _snapshot(w)
+    with pytest.raises(WorkdirConflict) as err:
+        run_sweep(tiny_sweep((6,)), w)
+    assert "config.sweep.nfes: saved [5], now [6]" in str(err.value) and "--restart" in str(err.value)
+    assert _snapshot(w) == before
+    saved = json.load(open(os.path.join(w, store.CONFIG_FILE)))["config"]
+    r = cli("sweep", "--config=configs/sweep_quick.py", f"--workdir={w}", "--config.sweep.solvers=('ddim',)",
+            "--config.sweep.grids=('logsnr',)", "--config.sweep.nfes=(6,)", "--config.n_samples=64",
+            f"--config.metrics.reference_steps={saved['metrics']['reference_steps']}",
+            f"--config.metrics.max_l2_samples={TINY['max_samples']}",
+            f"--config.metrics.max_sw_samples={TINY['max_samples']}",
+            f"--config.metrics.sw_projections={TINY['sw_projections']}",
+            f"--config.metrics.save_samples={TINY['save_samples']}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = _error_lines(r.stderr)
+    assert len(lines) == 1 and "config.sweep.nfes: saved [5], now [6]" in lines[0], r.stderr
+    assert _snapshot(w) == before
 
 
 def test_results_without_saved_config_is_refused(tmp_path):

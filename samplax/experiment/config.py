@@ -114,7 +114,24 @@ def _positive(path, v):
         raise ConfigError(path, f"must be a positive integer, got {v!r}")
 
 
+# Size limits, checked before anything is written (docs/experiments.md, "Limits").
 MAX_NFE = 100_000
+MAX_SAMPLES = 2**30            # n_samples, chunk_size, max_*_samples: sample indices are int32 (+ padding)
+MAX_REFERENCE_STEPS = 100_000  # float64 RK4 reference: time and memory grow with the steps
+MAX_SW_PROJECTIONS = 4096      # sliced W2: a (samples x projections) matrix per row
+MAX_SAVE_SAMPLES = 65_536      # kept per row under samples/ (float32 .npy)
+
+
+def _at_most(limit, why):
+    def check(path, v):
+        if not 1 <= v <= limit:
+            raise ConfigError(path, f"must be a positive integer at most {limit} ({why}), got {v!r}")
+    return check
+
+
+def _save_samples(path, v):
+    if not 0 <= v <= MAX_SAVE_SAMPLES:
+        raise ConfigError(path, f"must be an integer in [0, {MAX_SAVE_SAMPLES}] (samples kept per row), got {v!r}")
 
 
 def _nfe(path, v):
@@ -134,13 +151,20 @@ def _choice(allowed):
     return check
 
 
+def _isfinite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _finite_pos(path, v):
-    if not (math.isfinite(v) and v > 0):
+    if not (_isfinite(v) and v > 0):
         raise ConfigError(path, f"must be a finite positive number, got {v!r}")
 
 
 def _finite(path, v):
-    if not math.isfinite(v):
+    if not _isfinite(v):
         raise ConfigError(path, f"must be a finite number, got {v!r}")
 
 
@@ -154,12 +178,14 @@ def _shape(path, v):
         raise ConfigError(path, f"must be a non-empty tuple of positive integers (one sample's shape), got {tuple(v)!r}")
 
 
+_SAMPLES = _at_most(MAX_SAMPLES, "sample indices are int32")
+
 _METRICS = {
-    "reference_steps": Field("int", check=_positive),
-    "max_l2_samples": Field("int", check=_positive),
-    "max_sw_samples": Field("int", check=_positive),
-    "sw_projections": Field("int", check=_positive),
-    "save_samples": Field("int", check=_nonneg),
+    "reference_steps": Field("int", check=_at_most(MAX_REFERENCE_STEPS, "float64 reference solve")),
+    "max_l2_samples": Field("int", check=_SAMPLES),
+    "max_sw_samples": Field("int", check=_SAMPLES),
+    "sw_projections": Field("int", check=_at_most(MAX_SW_PROJECTIONS, "sliced W2 directions")),
+    "save_samples": Field("int", check=_save_samples),
 }
 
 _COMMON = {
@@ -175,10 +201,10 @@ _COMMON = {
               "step": Field("int", required=False, nullable=True, check=_nonneg),
               "params": Field("str", required=False, check=_choice(registry.PARAMS)),
               "guidance": Field("float", required=False, nullable=True, check=_finite)},
-    "n_samples": Field("int", check=_positive),
+    "n_samples": Field("int", check=_SAMPLES),
     "dtype": Field("str", check=_choice(registry.DTYPES)),
     "prior": Field("str", check=_choice(registry.PRIORS)),
-    "chunk_size": Field("int", check=_positive),
+    "chunk_size": Field("int", check=_SAMPLES),
     "metrics": _METRICS,
     "distributed": Field("bool"),
 }
@@ -258,15 +284,27 @@ _KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "boo
 def _as_dict(cfg) -> dict:
     if isinstance(cfg, ml_collections.ConfigDict):
         return cfg.to_dict()
-    return dict(cfg)
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    raise ConfigError("config", f"must be an ml_collections.ConfigDict (or a dict), got {_short(cfg)} "
+                                f"({type(cfg).__name__}); allowed: the ConfigDict of get_config(), "
+                                f"sample_config() or sweep_config()")
+
+
+def _short(v, n: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def _check_tree(schema: dict, values: dict, prefix: str) -> None:
+    if isinstance(values, ml_collections.ConfigDict):  # a ConfigDict section inside a plain dict
+        values = values.to_dict()
     if not isinstance(values, dict):
-        raise ConfigError(prefix, f"must be a section (ConfigDict), got {values!r}")
-    unknown = sorted(set(values) - set(schema))
-    if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}", f"unknown field; allowed fields of {prefix}: {sorted(schema)}")
+        raise ConfigError(prefix, f"must be a section (ConfigDict), got {_short(values)}")
+    unknown = sorted(set(map(str, values)) - set(schema))
+    if unknown or not all(isinstance(k, str) for k in values):
+        bad = unknown[0] if unknown else next(str(k) for k in values if not isinstance(k, str))
+        raise ConfigError(f"{prefix}.{bad}", f"unknown field; allowed fields of {prefix}: {sorted(schema)}")
     for name, spec in schema.items():
         path = f"{prefix}.{name}"
         if isinstance(spec, dict):
@@ -284,22 +322,95 @@ def _check_tree(schema: dict, values: dict, prefix: str) -> None:
                 raise ConfigError(path, f"must be {_KIND_WORDS[spec.kind]}, got None")
             continue
         if not _type_ok(spec.kind, v):
-            raise ConfigError(path, f"must be {_KIND_WORDS[spec.kind]}, got {v!r} ({type(v).__name__})")
+            hint = ""
+            if spec.kind.startswith("tuple[") and _type_ok(spec.kind[6:-1], v):
+                # in code a sweep axis is a tuple; the command line's --config.sweep.nfes=5 is already (5,)
+                hint = f"; write ({v!r},) for one value"
+            raise ConfigError(path, f"must be {_KIND_WORDS[spec.kind]}, got {_short(v)} ({type(v).__name__}){hint}")
+        if spec.kind == "float" and isinstance(v, int) and not _isfinite(v):
+            raise ConfigError(path, f"must be a finite number, got an integer too large for a float ({_short(v)})")
         if spec.check is not None:
             spec.check(path, v)
 
 
 def config_kind(cfg) -> str:
-    """"sweep" when the config has a ``sweep`` section, else "sample"."""
+    """"sweep" when the config has a ``sweep`` section, else "sample" (a config that is
+    not a mapping raises ConfigError at ``config``)."""
     return "sweep" if "sweep" in _as_dict(cfg) else "sample"
 
 
 def validate_fields(cfg, kind: Optional[str] = None) -> dict:
-    """Schema check (fields, types, names); returns the config as a plain dict."""
+    """Schema check (fields, types, names, sizes, the types of solver options); returns
+    the config as a plain dict."""
     values = _as_dict(cfg)
     kind = kind or config_kind(values)
     _check_tree(SWEEP_SCHEMA if kind == "sweep" else SAMPLE_SCHEMA, values, "config")
+    if kind == "sweep":
+        for name, options in (values["sweep"].get("solver_options") or {}).items():
+            check_option_types(name, options, f"config.sweep.solver_options.{name}")
+    else:
+        check_option_types(values["solver"]["name"], values["solver"].get("options") or {},
+                           "config.solver.options")
     return values
+
+
+# ---------------------------------------------------------------------------------------
+# Solver options: typed like the factory's own defaults
+# ---------------------------------------------------------------------------------------
+def option_kind(name: str, option: str):
+    """(kind, nullable) of a solver factory's option: from its annotation, else from the
+    type of its default (``samplax.solvers.registry.solver_options``); None if unknown."""
+    import inspect
+
+    from samplax.solvers.registry import SOLVERS, solver_options
+
+    if name not in SOLVERS or option not in solver_options(name):
+        return None
+    param = inspect.signature(SOLVERS[name]).parameters[option]
+    default = param.default
+    ann = "" if param.annotation is inspect.Parameter.empty else str(param.annotation)
+    ann = ann.replace("typing.", "").replace("<class '", "").replace("'>", "")
+    nullable = default is None or "Optional[" in ann or "None" in ann
+    for kind in ("bool", "int", "float", "str"):
+        if kind in ann.replace("Optional", ""):
+            return kind, nullable
+    if isinstance(default, bool):
+        return "bool", nullable
+    for t, kind in ((int, "int"), (float, "float"), (str, "str")):
+        if isinstance(default, t):
+            return kind, nullable
+    return None
+
+
+def check_option_types(name: str, options, path: str) -> None:
+    """Each option of solver ``name`` has the type of the factory's default (a string
+    "2.0" for a number or "no" for a boolean is refused, not taken as true).  Unknown
+    options and names are left to the plan, which names what is allowed."""
+    if isinstance(options, ml_collections.ConfigDict):
+        options = options.to_dict()
+    if not isinstance(options, dict) or not isinstance(name, str):
+        return
+    from samplax.solvers.registry import solver_options
+
+    if name not in registry.SOLVERS:
+        return
+    defaults = solver_options(name)
+    for key in sorted(k for k in options if isinstance(k, str)):
+        kind = option_kind(name, key)
+        if kind is None or key in ("order", "afs"):
+            continue
+        kind, nullable = kind
+        v = options[key]
+        if v is None and nullable:
+            continue
+        ok = _type_ok(kind, v)
+        if ok and kind == "float" and not _isfinite(v):
+            raise ConfigError(f"{path}.{key}", f"must be a finite number (solver {name!r}, default "
+                                               f"{defaults[key]!r}), got {v!r}")
+        if not ok:
+            words = _KIND_WORDS[kind] + (" or None" if nullable else "")
+            raise ConfigError(f"{path}.{key}", f"must be {words} (solver {name!r}, default {defaults[key]!r}), "
+                                               f"got {_short(v)} ({type(v).__name__}); allowed: {words}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -143,6 +143,22 @@ def _check_time_range(cfg: dict, loaded) -> None:
         raise ConfigError("config.grid.t_min", f"must be below grid.t_max = {t_max}, got {t_min}")
 
 
+MAX_CHUNK_ELEMENTS = 2**31 - 1  # one chunk of samples is one array: int32 element indices
+
+
+def _check_sizes(cfg: dict, loaded) -> None:
+    """A chunk of samples (min(chunk_size, n_samples) x the sample's size) must stay
+    within int32 element indices."""
+    size = int(math.prod(loaded.shape)) if loaded.shape else int(loaded.dim)
+    chunk = min(cfg["chunk_size"], cfg["n_samples"])
+    if chunk * size > MAX_CHUNK_ELEMENTS:
+        most = MAX_CHUNK_ELEMENTS // size
+        field = "config.chunk_size" if cfg["chunk_size"] <= cfg["n_samples"] else "config.n_samples"
+        raise ConfigError(field, f"a chunk of {chunk} samples of size {size} (model {cfg['model']['name']!r}) has "
+                                 f"{chunk * size} elements, more than int32 indices allow (2^31 - 1); allowed: "
+                                 f"min(chunk_size, n_samples) <= {most}")
+
+
 def _row(cfg: dict, loaded, name, solver, order, options, afs, spacing, nfe, n_steps, seed) -> dict:
     g = cfg["grid"]
     order = _order_option(name, solver, order)
@@ -174,6 +190,7 @@ def make_plan(config) -> Plan:
         raise ConfigError("config.prior", f"'problem' start points exist for gmm2d and gmm64d only, not for "
                                           f"{cfg['model']['name']!r}; use 'key'")
     dtype = registry.DTYPES["float32"]  # grids are validated in float32; runs rebuild them in cfg dtype
+    _check_sizes(cfg, loaded)
     _check_time_range(cfg, loaded)
     rows, skipped = [], []
     if kind == "sample":

@@ -74,9 +74,12 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
         summary: bool = True) -> list:
     """Run the rows of ``config`` that ``workdir`` does not hold yet, then write the report.
 
-    Raises ConfigError (bad config) or WorkdirConflict (workdir of another config)
-    before creating or changing anything.  ``restart`` deletes the workdir's
-    results first.  Returns all rows of the config (done before or now)."""
+    Raises ConfigError (a bad config, or a workdir that cannot be one: field
+    ``workdir``), WorkdirConflict (workdir of another config) or WorkdirLocked (another
+    process runs in it) before creating or changing anything.  ``restart`` deletes the
+    workdir's results first.  The workdir is locked for the whole run
+    (:class:`samplax.experiment.results.WorkdirLock`).  Returns all rows of the config
+    (done before or now)."""
     refcache.enable_compilation_cache()
     kind = config_kind(config)
     if expect is not None and kind != expect:
@@ -85,43 +88,80 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
     cfg = validate_fields(config, kind)
     devices.maybe_initialize_distributed(cfg["distributed"])
     plan = make_plan(config)
-    workdir = os.path.abspath(workdir)
-    ident = identity(plan.config)
     writer = devices.is_writer()
-    # Process 0 decides (conflict, what is done); the others follow its decision, so a
-    # multi-host job never runs different rows on different processes.
-    conflict = None
-    if writer and not restart:
-        try:
-            store.check_saved_config(workdir, ident)
-        except store.WorkdirConflict as e:
-            conflict = e
+    wd = bad_workdir = None
+    try:  # process 0 checks the filesystem (it alone writes); the others the name only
+        wd = store.check_workdir(workdir, filesystem=writer)
+    except ConfigError as e:
+        bad_workdir = e
+    if devices.agree_flag(bad_workdir is not None):
+        raise bad_workdir or ConfigError("workdir", f"{workdir} cannot be used (seen by process 0)")
+    if wd is None:  # only this process was given a bad name
+        raise bad_workdir
+    ident = identity(plan.config)
+
+    def saved_config_conflict():
+        # Process 0 decides (conflict, what is done); the others follow its decision, so a
+        # multi-host job never runs different rows on different processes.
+        if writer and not restart:
+            try:
+                store.check_saved_config(wd, ident, kind)
+            except store.WorkdirConflict as e:
+                return e
+        return None
+
+    conflict = saved_config_conflict()  # read-only: a refused run does not touch the workdir
     if devices.agree_flag(conflict is not None):
-        raise conflict or store.WorkdirConflict(f"{workdir} holds results of a different config (seen by process 0)")
-    path = os.path.join(workdir, store.RESULTS_FILE)
+        raise conflict or store.WorkdirConflict(f"{wd} holds results of a different config (seen by process 0)")
+    lock = store.WorkdirLock(wd)
+    refused = None
+    if writer:
+        try:
+            lock.acquire()
+        except store.WorkdirLocked as e:
+            refused = e
+        except OSError as e:  # e.g. a directory that cannot be created
+            refused = ConfigError("workdir", f"{wd} cannot be used: {e}; allowed: a writable directory")
+    if devices.agree_flag(refused is not None):
+        raise refused or store.WorkdirLocked(f"workdir: {wd} is locked (seen by process 0)")
+    try:
+        conflict = saved_config_conflict()  # again under the lock: another run may have just written one
+        if devices.agree_flag(conflict is not None):
+            raise conflict or store.WorkdirConflict(f"{wd} holds results of a different config (seen by process 0)")
+        return _run_locked(plan, kind, wd, ident, writer, restart, report, summary)
+    finally:
+        lock.release()
+
+
+def _run_locked(plan: Plan, kind: str, workdir, ident: dict, writer: bool, restart: bool, report: bool,
+                summary: bool) -> list:
+    path = workdir / store.RESULTS_FILE
     done_mask = np.zeros(len(plan.rows), np.int32)
     if writer:
         if restart:
             store.clear_workdir(workdir)
-        os.makedirs(workdir, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
         store.save_config(workdir, kind, plan.config, ident)
-        store.atomic_write_json(os.path.join(workdir, "skipped.json"), plan.skipped)
-        store.repair(path)
-        done = {r.get("hash") for r in store.read_rows(path)}
+        store.atomic_write_json(workdir / "skipped.json", plan.skipped)
+        store.compact(path)  # exactly one complete row per hash before appending
+        done = {r["hash"] for r in store.read_results(path)}
         done_mask = np.asarray([s["hash"] in done for s in plan.rows], np.int32)
     done_mask = devices.from_process_zero(done_mask)
     todo = [s for s, d in zip(plan.rows, done_mask) if not d]
     logging.info("%s: %d rows planned, %d already in %s, %d to run; %d combinations skipped",
                  kind, len(plan.rows), len(plan.rows) - len(todo), path, len(todo), len(plan.skipped))
+    workdir = os.fspath(workdir)
     new_rows = execute(plan, todo, workdir, writer)
     if not writer:  # processes other than 0 write nothing and return what they computed
         return new_rows
     wanted = {s["hash"] for s in plan.rows}
-    rows = [r for r in store.read_rows(path) if r.get("hash") in wanted]
+    every = store.read_results(path)
+    rows = [r for r in every if r["hash"] in wanted]
     if writer and report:
         from samplax.experiment.report import write_report
 
-        write_report(workdir, rows)
+        # a sample workdir accumulates runs: its report shows all of them
+        write_report(workdir, every if kind == "sample" else rows)
     if writer and summary:
         from samplax.experiment.report import print_summary
 
