@@ -630,7 +630,11 @@ def test_rerun_conflict_same_config_and_restart(tmp_path):
     assert [x["nfe"] for x in saved_rows] == [6] and saved_rows[0]["hash"] != rows[0]["hash"]
     with open(os.path.join(w, store.CONFIG_FILE)) as f:
         assert json.load(f)["identity"]["nfe"] == 6
-    assert os.path.isdir(os.path.join(w, "cache"))  # the reference cache survives a restart
+    # the references live in the shared cache (samplax.experiment.cache), not in the workdir
+    from samplax.experiment import cache as refcache
+
+    assert not os.path.exists(os.path.join(w, "cache"))
+    assert any(n.startswith("ode_ref_") for n in os.listdir(os.path.join(refcache.cache_dir(), "references")))
 
 
 def test_sweep_workdir_refuses_a_changed_sweep(tmp_path):
