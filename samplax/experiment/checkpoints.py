@@ -277,7 +277,8 @@ class Checkpoints:
 
     def set_aside(self, step: int):
         """Move a damaged step out of Orbax's view (to ``<step>.damaged``, kept for
-        inspection), so the run can save that step again; returns the new path."""
+        inspection), so the run can save that step again; returns the new path.  Call
+        :meth:`reload` afterwards (on every process of a multi-process job)."""
         if self.read_only:
             raise RuntimeError(f"Checkpoints({self.directory}) is read-only")
         src = self.path(step)
@@ -288,7 +289,6 @@ class Checkpoints:
             dst = self.directory / f"{int(step)}{DAMAGED_SUFFIX}{k}"
         if src.exists():
             src.rename(dst)
-        self.reload()
         logging.warning("checkpoint step %d moved aside to %s", step, dst)
         return dst
 

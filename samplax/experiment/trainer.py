@@ -14,7 +14,10 @@ A training workdir holds::
 The run is a pure function of its config: the batch of step k is
 ``dataset.batch(data_seed, k)``, the RNG of step k is ``fold_in(PRNGKey(seed), k)``.
 So a run killed at any moment and restarted with the same command resumes from its
-last complete checkpoint and ends with the parameters of an uninterrupted run.
+last complete (and intact: checksums) checkpoint and ends with the parameters of an
+uninterrupted run.  SIGTERM saves the step in flight and raises TrainingPreempted (the
+entrypoint exits with status 143): no step is lost.  Paths are ``samplax.io`` /
+``etils.epath`` paths (a ``gs://`` workdir stays a URI).
 """
 from __future__ import annotations
 
