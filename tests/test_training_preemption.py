@@ -33,7 +33,7 @@ from test_training_run import ROOT, _complete_steps, _env, _same, cli, small_con
 # SIGTERM and kill -9 of a real `python -m experiments.train` process
 # ---------------------------------------------------------------------------------------
 # log_every=1: the log (one fsynced row per step) says which steps the process completed
-PRE = dict(num_steps=600, checkpoint_every=100, log_every=1)
+PRE = dict(num_steps=400, checkpoint_every=100, log_every=1)
 
 
 def _logged_steps(workdir):
@@ -76,7 +76,7 @@ def test_sigterm_saves_the_step_in_flight_and_kill_9_loses_at_most_one_interval(
     lost = {}
     for name, sig, status in (("sigterm", signal.SIGTERM, 143), ("kill9", signal.SIGKILL, -signal.SIGKILL)):
         wd = str(tmp_path / name)
-        rc, stderr, done, saved = _interrupt(wd, sig, after_step=250)
+        rc, stderr, done, saved = _interrupt(wd, sig, after_step=150)
         assert rc == status, stderr[-3000:]
         assert done < PRE["num_steps"]
         lost[name] = done - saved
