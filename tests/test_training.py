@@ -95,3 +95,19 @@ def test_step_key_is_a_pure_function_of_seed_and_step_apart_from_the_data_stream
     for k in range(50):
         assert not np.array_equal(np.asarray(step_key(0, k)), np.asarray(jax.random.fold_in(jax.random.PRNGKey(0), k)))
 
+
+
+def test_ema_update_is_optax_incremental_update_and_keeps_each_leafs_dtype():
+    """ema_update = optax.incremental_update(params, ema, 1 - decay) exactly; the former
+    ema + (1 - decay)(params - ema) agrees to float32 round-off (not bitwise)."""
+    key = jax.random.PRNGKey(0)
+    ema = {"w": jax.random.normal(key, (1000,)), "b": jnp.ones((3,), jnp.bfloat16)}
+    params = {"w": jax.random.normal(jax.random.fold_in(key, 1), (1000,)), "b": jnp.full((3,), 2.0, jnp.bfloat16)}
+    decay = ema_decay_at(5, 0.999, True)
+    got = ema_update(ema, params, decay)
+    want = optax.incremental_update(params["w"], ema["w"], 1.0 - decay)
+    assert np.array_equal(np.asarray(got["w"]), np.asarray(want))
+    former = ema["w"] + (1.0 - decay) * (params["w"] - ema["w"])
+    np.testing.assert_allclose(np.asarray(got["w"]), np.asarray(former), rtol=0, atol=5e-7)
+    assert got["b"].dtype == jnp.bfloat16  # the step size is cast to each leaf's dtype
+    np.testing.assert_allclose(np.asarray(got["b"], np.float32), 1.0 + float(1.0 - decay), rtol=1e-2)

@@ -14,7 +14,10 @@ A training workdir holds::
 The run is a pure function of its config: the batch of step k is
 ``dataset.batch(data_seed, k)``, the RNG of step k is ``fold_in(PRNGKey(seed), k)``.
 So a run killed at any moment and restarted with the same command resumes from its
-last complete checkpoint and ends with the parameters of an uninterrupted run.
+last complete (and intact: checksums) checkpoint and ends with the parameters of an
+uninterrupted run.  SIGTERM saves the step in flight and raises TrainingPreempted (the
+entrypoint exits with status 143): no step is lost.  Paths are ``samplax.io`` /
+``etils.epath`` paths (a ``gs://`` workdir stays a URI).
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from absl import logging
 from samplax.data import make_dataset
 from samplax.experiment import devices, user
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints
+from samplax import io
+from samplax.experiment.checkpoints import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from samplax.experiment.config import TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
 from samplax.experiment.plan import identity
 from samplax.experiment.progress import Progress
@@ -188,55 +192,174 @@ def setup(config) -> Setup:
 
 
 # ---------------------------------------------------------------------------------------
+# Validation before anything is written
+# ---------------------------------------------------------------------------------------
+def check_workdir(workdir) -> "io.epath.Path":
+    """The workdir as an epath.Path, or ConfigError("workdir", ...) when samplax cannot
+    write there (empty, unsupported scheme, a file, under a file, read-only)."""
+    problem = io.check_writable_location(workdir)
+    if problem:
+        raise ConfigError("workdir", problem)
+    wd = io.as_path(workdir)
+    if not io.is_local(wd):
+        return wd
+    p = os.fspath(wd)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ConfigError("workdir", f"{p} is a file; allowed: a directory (existing or not)")
+    parent = p
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError("workdir", f"{p} is under the file {parent}; allowed: a path under a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("workdir", f"{parent} is not writable (read-only or no permission); allowed: a "
+                          f"writable location")
+    return wd
+
+
+def check_preview(cfg: dict) -> None:
+    """The preview solver must reach the preview NFE (checked only when previews are drawn)."""
+    t = cfg["train"]
+    if not t["sample_count"]:
+        return
+    from samplax.solvers import get_solver, steps_for_nfe
+
+    try:
+        steps_for_nfe(get_solver(t["sample_solver"]), int(t["sample_nfe"]))
+    except ValueError as e:
+        raise ConfigError("config.train.sample_nfe", f"{e} (config.train.sample_solver="
+                          f"{t['sample_solver']!r}); allowed: one of those NFEs, or another solver") from None
+
+
+def check_devices(cfg: dict, n_dev: int) -> None:
+    b = cfg["train"]["batch_size"]
+    if b % n_dev:
+        raise ConfigError("config.train.batch_size", f"must be divisible by the number of devices ({n_dev}), "
+                          f"got {b}")
+
+
+# ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
-def _rewrite_log(path: str, last_step: int) -> None:
+class TrainingPreempted(Exception):
+    """SIGTERM (or Orbax's preemption sync point) stopped the run after saving ``step``;
+    the same command resumes from it."""
+
+    def __init__(self, step: int, checkpoint: str, reason: str):
+        self.step, self.checkpoint, self.reason = step, checkpoint, reason
+        super().__init__(f"train: {reason} at step {step}; saved the checkpoint {checkpoint}. Rerun the same "
+                         f"command to resume.")
+
+
+class _SigtermFlag:
+    """A SIGTERM handler that only records the signal, so the loop can finish the step in
+    flight, save it and stop.  Installed by a single process only: under jax.distributed,
+    JAX's preemption service owns SIGTERM and Orbax's ``reached_preemption`` agrees on the
+    step across processes (a per-process flag could stop them at different steps)."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second SIGTERM: stop now, as without the handler
+            import signal
+
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.received = signum
+        logging.warning("train: SIGTERM received; saving after the step in flight")
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _rewrite_log(path, last_step: int) -> None:
     """Keep the log rows up to the restored checkpoint (later ones are recomputed)."""
-    if not os.path.exists(path):
+    if not io.exists(path):
         return
-    store.repair(path)
-    rows = [r for r in store.read_rows(path) if r.get("step", 0) <= last_step]
-    store.atomic_write_text(path, "".join(json.dumps(store.json_clean(r), sort_keys=True) + "\n" for r in rows))
+    io.cut_partial_line(path)
+    keep = []
+    for line in io.read_bytes(path).decode("utf-8", "replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            logging.warning("%s: dropping an unparsable line", path)
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            keep.append(line + "\n")
+    io.atomic_write_text(path, "".join(keep))
 
 
-def run_train(config, workdir: str, restart: bool = False) -> dict:
+def _finite(state) -> jax.Array:
+    leaves = jax.tree.leaves((state.params, state.ema_params))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def run_train(config, workdir, restart: bool = False) -> dict:
     """Train (or resume) the model of ``config`` in ``workdir``; returns the summary.
 
-    Raises ConfigError (bad config), WorkdirConflict (workdir of another config) or
-    CheckpointMismatch (a checkpoint of another model) before training anything."""
+    Everything is validated before anything is written: ConfigError (bad config, workdir,
+    preview solver/NFE, batch size vs devices), WorkdirConflict (workdir of another
+    config), CheckpointMismatch (a checkpoint of another model or training config) or
+    CheckpointDamaged (checkpoints, none intact).  A damaged newest checkpoint is moved
+    aside (``<step>.damaged``) with a warning and the run resumes from the newest intact
+    one.  SIGTERM saves the step in flight and raises TrainingPreempted; a non-finite
+    loss or parameter raises FloatingPointError before it is saved."""
     # jax.distributed must start before anything touches a backend (setup() builds the data set)
     devices.maybe_initialize_distributed(validate_train(config)["distributed"])
     s = setup(config)
     cfg, t = s.cfg, s.cfg["train"]
-    workdir = os.path.abspath(workdir)
+    wd = check_workdir(workdir)
+    check_preview(cfg)
     writer = devices.is_writer()
     mesh = devices.batch_mesh()
     n_dev = mesh.devices.size
-    if t["batch_size"] % n_dev:
-        raise ConfigError("config.train.batch_size", f"must be divisible by the number of devices ({n_dev}), "
-                          f"got {t['batch_size']}")
+    check_devices(cfg, n_dev)
     ident = train_identity(cfg)
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    ckpt_dir = wd / CHECKPOINT_DIR
+    rep = devices.replicated(mesh)
+    fresh = jax.device_put(init_train_state(init_params(cfg, s.net, s.dataset), s.optimizer), rep)
+
+    # the checkpoint to resume, its compatibility and integrity: read-only, before any write
+    restored, damaged = None, []
     if not restart:
-        store.check_saved_config(workdir, ident)
-        if os.path.isdir(ckpt_dir):  # refuse another model's checkpoints before writing anything
-            with Checkpoints(ckpt_dir, s.identity) as ckpt:
-                if ckpt.latest_step() is not None:
-                    ckpt.check(ckpt.latest_step())
+        store.check_saved_config(str(wd), ident)
+        if ckpt_dir.exists():
+            with Checkpoints(ckpt_dir, s.identity, ident, read_only=True) as ro:
+                state0, meta0, damaged = ro.restore_intact(fresh)
+            if state0 is not None:
+                restored = (state0, meta0)
+
+    # writing starts here
     if writer:
         if restart:
-            store.clear_workdir(workdir, TRAIN_DERIVED)
-        os.makedirs(workdir, exist_ok=True)
-        store.save_config(workdir, "train", cfg, ident)
+            for name in TRAIN_DERIVED:
+                io.remove(wd / name)
+        wd.mkdir(parents=True, exist_ok=True)
+        store.save_config(str(wd), "train", cfg, ident)
 
     loss_fn = build_loss(cfg, s.net, s.schedule, s.dataset)
     step_fn = make_train_step(loss_fn, s.optimizer, cfg["optim"]["ema_decay"], cfg["optim"]["ema_warmup"])
-    rep = devices.replicated(mesh)
     k = num_classes(cfg, s.dataset)
     x_sh = devices.batch_sharding(mesh, 1 + len(s.dataset.shape))
     y_sh = devices.batch_sharding(mesh, 1)
     batch_sh = (x_sh, y_sh if k else None)
     jit_step = jax.jit(step_fn, in_shardings=(rep, batch_sh, rep), out_shardings=(rep, rep), donate_argnums=0)
+    all_finite = jax.jit(lambda st, losses: jnp.logical_and(_finite(st), jnp.all(jnp.isfinite(losses))))
     lr_at = learning_rate_schedule(cfg["optim"]["learning_rate"], t["num_steps"], cfg["optim"]["warmup_steps"],
                                    cfg["optim"]["end_lr_fraction"])
 
@@ -249,28 +372,30 @@ def run_train(config, workdir: str, restart: bool = False) -> dict:
     eval_batch = (jnp.asarray(eval_batch[0]), eval_batch[1] if k else None)
     eval_loss = jax.jit(lambda p: loss_fn(p, eval_batch, jax.random.PRNGKey(EVAL_SEED_OFFSET))[0])
 
-    fresh = init_train_state(init_params(cfg, s.net, s.dataset), s.optimizer)
-    fresh = jax.device_put(fresh, rep)
     tb = None
-    log_path = os.path.join(workdir, LOG_FILE)
-    with Checkpoints(ckpt_dir, s.identity, keep=t["keep_checkpoints"]) as ckpt:
-        restored = ckpt.restore(fresh)
+    log_path = wd / LOG_FILE
+    with Checkpoints(ckpt_dir, s.identity, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
+                     final_step=t["num_steps"]) as ckpt, _SigtermFlag() as sigterm:
+        if damaged:  # move the damaged newer steps aside (process 0), so their steps can be saved again
+            for step, _ in damaged:
+                if writer:
+                    ckpt.set_aside(step)
+            devices.agree_flag(True)  # a barrier: process 0 has moved them
+            ckpt.reload()
         if restored is None:
             state, start = fresh, 0
-            logging.info("train: starting at step 0 in %s", workdir)
+            logging.info("train: starting at step 0 in %s", wd)
         else:
             state, meta = restored
             state = jax.device_put(state, rep)
             start = int(meta["step"])
-            if meta.get("data_seed") != t["data_seed"] or meta.get("seed") != t["seed"]:
-                raise CheckpointMismatch(f"checkpoint step {start} has seeds {meta.get('seed')}/"
-                                         f"{meta.get('data_seed')}, config has {t['seed']}/{t['data_seed']}")
             logging.info("train: resuming from the checkpoint of step %d in %s", start, ckpt.directory)
+        del fresh, restored
         if writer:
             _rewrite_log(log_path, start)
             from tensorboardX import SummaryWriter
 
-            tb = SummaryWriter(os.path.join(workdir, "tb"))
+            tb = SummaryWriter(str(wd / "tb"))
         try:
             t0 = time.perf_counter()
             compiled = jit_step.lower(state, batch_at(start), step_key(t["seed"], start)).compile()
@@ -278,10 +403,12 @@ def run_train(config, workdir: str, restart: bool = False) -> dict:
             logging.info("train: compiled the train step in %.1fs (%d device(s))", compile_s, n_dev)
             progress = Progress(t["num_steps"] - start, "steps", every_s=0.0)
             window, w_t0, w_start = [], time.perf_counter(), start
+            unchecked, checked_at = [], start  # losses since the last finiteness check
             last = dict(loss=None)
             for step in range(start, t["num_steps"]):
                 state, metrics = compiled(state, batch_at(step), step_key(t["seed"], step))
                 window.append(metrics)
+                unchecked.append(metrics["loss"])
                 done = step + 1
                 if done % t["log_every"] == 0 or done == t["num_steps"]:
                     m = jax.device_get(window)
@@ -295,30 +422,39 @@ def run_train(config, workdir: str, restart: bool = False) -> dict:
                                                  f" (last checkpoint kept in {ckpt.directory})")
                     last = row
                     if writer:
-                        store.append_row(log_path, row)
+                        io.append_line(log_path, (json.dumps(io.json_clean(row), sort_keys=True,
+                                                             allow_nan=False) + "\n").encode())
                         for name, v in row.items():
                             if name != "step":
                                 tb.add_scalar(f"train/{name}", v, done)
                         tb.flush()
                     progress.update(done - w_start, f"loss {row['loss']:.4f} eval(EMA) {row['eval_loss_ema']:.4f}")
                     window, w_t0, w_start = [], time.perf_counter(), done
-                if done % t["checkpoint_every"] == 0 or done == t["num_steps"]:
-                    ckpt.save(done, state, dict(seed=t["seed"], data_seed=t["data_seed"],
-                                                num_steps=t["num_steps"]))
+                preempted = sigterm.received is not None or ckpt.reached_preemption(done)
+                if preempted or ckpt.should_save(done):
+                    if not bool(all_finite(state, jnp.stack(unchecked))):
+                        raise FloatingPointError(
+                            f"train: non-finite loss or parameters between steps {checked_at} and {done}; not "
+                            f"saved (the last good checkpoint, step {ckpt.latest_step()}, is kept in "
+                            f"{ckpt.directory})")
+                    unchecked, checked_at = [], done
+                    ckpt.save(done, state)
                 if writer and t["sample_count"] and ((t["sample_every"] and done % t["sample_every"] == 0)
                                                      or done == t["num_steps"]):
-                    write_preview(s, state.ema_params, os.path.join(workdir, "samples", f"step_{done:07d}.png"),
-                                  done)
+                    write_preview(s, state.ema_params, wd / "samples" / f"step_{done:07d}.png", done)
+                if preempted and done < t["num_steps"]:
+                    reason = "SIGTERM" if sigterm.received is not None else "preemption sync point"
+                    raise TrainingPreempted(done, str(ckpt.path(done)), reason)
             if start == t["num_steps"]:
                 compile_s = 0.0
         finally:
             if tb is not None:
                 tb.close()
-    summary = dict(workdir=workdir, steps=t["num_steps"], resumed_from=start, compile_s=compile_s,
-                   final=last, checkpoint=os.path.join(workdir, CHECKPOINT_DIR, str(t["num_steps"])),
+    summary = dict(workdir=str(wd), steps=t["num_steps"], resumed_from=start, compile_s=compile_s,
+                   final=last, checkpoint=str(ckpt_dir / str(t["num_steps"])),
                    n_devices=n_dev, device_kind=jax.devices()[0].device_kind)
     if writer:
-        store.atomic_write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+        io.atomic_write_json(wd / SUMMARY_FILE, summary)
     return summary
 
 
@@ -407,47 +543,55 @@ class Trained(NamedTuple):
     checkpoint: str
 
 
-def _saved_train_config(workdir: str) -> dict:
-    path = os.path.join(workdir, store.CONFIG_FILE)
-    if not os.path.exists(path):
+def _saved_train_config(workdir) -> dict:
+    path = io.as_path(workdir) / store.CONFIG_FILE
+    if not path.exists():
         raise FileNotFoundError(f"{workdir} is not a training workdir: no {store.CONFIG_FILE}")
-    with open(path) as f:
-        saved = json.load(f)
-    if saved.get("kind") != "train":
-        raise ValueError(f"{workdir} holds a {saved.get('kind')!r} run, not a training run")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(saved, dict) or saved.get("kind") != "train" or not isinstance(saved.get("config"), dict):
+        kind = saved.get("kind") if isinstance(saved, dict) else None
+        raise ValueError(f"{workdir} holds a {kind!r} run, not a training run")
     return saved
 
 
-def latest_checkpoint_step(workdir: str) -> int:
-    """The step of the latest complete checkpoint of a training workdir."""
-    workdir = os.path.abspath(workdir)
-    _saved_train_config(workdir)
-    d = os.path.join(workdir, CHECKPOINT_DIR)
-    steps = [int(n) for n in (os.listdir(d) if os.path.isdir(d) else []) if n.isdigit()
-             and os.path.exists(os.path.join(d, n, "_CHECKPOINT_METADATA"))]
-    if not steps:
-        raise FileNotFoundError(f"{workdir}: no complete checkpoint under {d}")
-    return max(steps)
+def latest_checkpoint_step(workdir) -> int:
+    """The step of the newest intact checkpoint of a training workdir (restored and
+    checksummed; damaged newer steps are skipped with a warning)."""
+    return load_trained(workdir, which="params").step
 
 
-def load_trained(workdir: str, step: Optional[int] = None, which: str = "ema") -> Trained:
+def load_trained(workdir, step: Optional[int] = None, which: str = "ema") -> Trained:
     """The parameters (``which`` = "ema" or "params") of a training workdir's checkpoint
-    ``step`` (default: the latest), restored into a freshly initialised structure."""
-    workdir = os.path.abspath(workdir)
-    saved = _saved_train_config(workdir)
+    ``step`` (default: the newest intact one), restored into a freshly initialised
+    structure and checked against the model identity and the saved checksums.  Reads
+    only; a damaged ``step`` raises CheckpointDamaged (a ValueError), and so does a
+    workdir whose checkpoints are all damaged."""
     if which not in ("ema", "params"):
-        raise ValueError(f"load_trained: which must be 'ema' or 'params', got {which!r}")
+        raise ValueError(f"which: must be 'ema' or 'params', got {which!r}")
+    wd = io.as_path(workdir)
+    saved = _saved_train_config(wd)
     s = setup(saved["config"])
     fresh = init_train_state(init_params(s.cfg, s.net, s.dataset), s.optimizer)
-    with Checkpoints(os.path.join(workdir, CHECKPOINT_DIR), s.identity) as ckpt:
-        if ckpt.latest_step() is None:
+    ckpt_dir = wd / CHECKPOINT_DIR
+    if not ckpt_dir.exists():
+        raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt_dir}")
+    with Checkpoints(ckpt_dir, s.identity, read_only=True) as ckpt:
+        if not ckpt.steps():
             raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt.directory}")
-        if step is not None and step not in ckpt.steps():
+        if step is None:
+            state, meta, _ = ckpt.restore_intact(fresh)
+        elif int(step) not in ckpt.steps():
             raise FileNotFoundError(f"{workdir}: no checkpoint of step {step}; have {ckpt.steps()}")
-        state, meta = ckpt.restore(fresh, step)
+        else:
+            state, meta = ckpt.restore(fresh, int(step))
+        where = str(ckpt.path(meta["step"]))
     params = state.ema_params if which == "ema" else state.params
-    return Trained(s, params, int(meta["step"]), os.path.join(workdir, CHECKPOINT_DIR, str(meta["step"])))
+    return Trained(s, params, int(meta["step"]), where)
 
 
-__all__ = ["run_train", "setup", "load_trained", "Trained", "draw_samples", "image_grid", "write_preview",
-           "trained_model", "model_identity", "CheckpointMismatch"]
+__all__ = ["run_train", "setup", "load_trained", "latest_checkpoint_step", "Trained", "TrainingPreempted",
+           "draw_samples", "image_grid", "write_preview", "trained_model", "model_identity", "train_identity",
+           "check_workdir", "check_preview", "CheckpointMismatch", "CheckpointDamaged"]

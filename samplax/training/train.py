@@ -4,8 +4,9 @@
   Hutter 2019) on a learning rate that warms up linearly from 0 and decays with a
   cosine to ``end_lr_fraction * learning_rate`` at ``num_steps``
   (``optax.warmup_cosine_decay_schedule``).
-* :func:`ema_update` -- our own exponential moving average
-  ``ema <- ema + (1 - decay) (params - ema)``; with ``ema_warmup`` the decay at step k is
+* :func:`ema_update` -- the exponential moving average of the parameters,
+  ``ema <- (1 - decay) params + decay ema`` through ``optax.incremental_update`` (step
+  size ``1 - decay``, in each leaf's dtype); with ``ema_warmup`` the decay at step k is
   ``min(decay, (1 + k) / (10 + k))`` (as in TensorFlow's ExponentialMovingAverage with
   ``num_updates``), so early averages do not remember the random initialisation.
 * :func:`make_train_step` -- ``step(state, batch, key) -> (state, metrics)``, a pure
@@ -74,8 +75,13 @@ def ema_decay_at(step, decay: float, warmup: bool = False):
 
 
 def ema_update(ema, params, decay):
-    """ema + (1 - decay) (params - ema), leaf by leaf (in each leaf's dtype)."""
-    return jax.tree.map(lambda e, p: e + (1.0 - decay).astype(e.dtype) * (p - e), ema, params)
+    """``optax.incremental_update(params, ema, 1 - decay)`` = (1 - decay) params + decay ema,
+    leaf by leaf with the step size in each leaf's dtype (a bfloat16 EMA stays bfloat16).
+
+    Equal to the former ``ema + (1 - decay) (params - ema)`` up to float round-off (the
+    two forms round differently: a few ulp per step, not bitwise)."""
+    step_size = 1.0 - jnp.asarray(decay, jnp.float32)
+    return jax.tree.map(lambda e, p: optax.incremental_update(p, e, step_size.astype(e.dtype)), ema, params)
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
