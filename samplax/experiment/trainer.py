@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from samplax.data import make_dataset
+from samplax.experiment import cache as refcache
 from samplax.experiment import devices, user
 from samplax.experiment import results as store
 from samplax import io
@@ -194,27 +195,10 @@ def setup(config) -> Setup:
 # ---------------------------------------------------------------------------------------
 # Validation before anything is written
 # ---------------------------------------------------------------------------------------
-def check_workdir(workdir) -> "io.epath.Path":
+def check_workdir(workdir):
     """The workdir as an epath.Path, or ConfigError("workdir", ...) when samplax cannot
-    write there (empty, unsupported scheme, a file, under a file, read-only)."""
-    problem = io.check_writable_location(workdir)
-    if problem:
-        raise ConfigError("workdir", problem)
-    wd = io.as_path(workdir)
-    if not io.is_local(wd):
-        return wd
-    p = os.fspath(wd)
-    if os.path.exists(p) and not os.path.isdir(p):
-        raise ConfigError("workdir", f"{p} is a file; allowed: a directory (existing or not)")
-    parent = p
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError("workdir", f"{p} is under the file {parent}; allowed: a path under a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError("workdir", f"{parent} is not writable (read-only or no permission); allowed: a "
-                          f"writable location")
-    return wd
+    write there (:func:`samplax.experiment.results.check_workdir`)."""
+    return store.check_workdir(workdir, filesystem=devices.is_writer())
 
 
 def check_preview(cfg: dict) -> None:
@@ -310,6 +294,19 @@ def _finite(state) -> jax.Array:
 
 
 def run_train(config, workdir, restart: bool = False) -> dict:
+    """Train (or resume) the model of ``config`` in ``workdir`` (see :func:`_run_train`),
+    holding the workdir's lock from its first write on (a second run in the same
+    workdir is refused with WorkdirLocked), with JAX's persistent compilation cache on."""
+    refcache.enable_compilation_cache()
+    holder = {}
+    try:
+        return _run_train(config, workdir, restart, holder)
+    finally:
+        if holder.get("lock") is not None:
+            holder["lock"].release()
+
+
+def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
     """Train (or resume) the model of ``config`` in ``workdir``; returns the summary.
 
     Everything is validated before anything is written: ConfigError (bad config, workdir,
@@ -344,8 +341,12 @@ def run_train(config, workdir, restart: bool = False) -> dict:
             if state0 is not None:
                 restored = (state0, meta0)
 
-    # writing starts here
+    # writing starts here, under the workdir's lock (checked again there)
     if writer:
+        holder["lock"] = store.WorkdirLock(wd)
+        holder["lock"].acquire()
+        if not restart:
+            store.check_saved_config(str(wd), ident)
         if restart:
             for name in TRAIN_DERIVED:
                 io.remove(wd / name)
