@@ -298,7 +298,7 @@ def test_an_impossible_preview_nfe_is_refused_before_anything_is_written(tmp_pat
 def test_bad_workdirs_are_refused_before_anything_is_written(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    for wd, msg in ((str(a_file), "is a file"), (str(a_file / "sub"), "is under the file"), ("", "is empty"),
+    for wd, msg in ((str(a_file), "is a file"), (str(a_file / "sub"), "which is a file"), ("", "is empty"),
                     ("hf://org/repo", "not supported for writing")):
         with pytest.raises(ConfigError, match=r"^workdir: .*" + msg):
             run_train(small_config(**SHORT), wd)
@@ -333,3 +333,17 @@ def test_non_finite_parameters_are_not_saved_and_the_last_good_checkpoint_is_kep
     assert _complete_steps(wd) == [10, 20]
     t = load_trained(wd, which="params")
     assert t.step == 20 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(t.params))
+
+
+def test_a_second_training_run_in_a_locked_workdir_is_refused(tmp_path):
+    """The training run holds the workdir lock from its first write: another run in the
+    same workdir (here: the lock held in this process) is refused, naming the holder,
+    and writes nothing."""
+    from samplax.experiment import results as store
+
+    w = tmp_path / "w"
+    with store.WorkdirLock(w, command="the first training run"):
+        before = sorted(os.listdir(w))
+        with pytest.raises(store.WorkdirLocked, match=r"^workdir: locked by pid .*the first training run"):
+            run_train(small_config(**SHORT), str(w))
+        assert sorted(os.listdir(w)) == before
