@@ -15,10 +15,14 @@ evaluation.  No Python loop over steps, no host sync.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+import functools
+import inspect
+import typing
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from samplax.timesteps import Grid
 
@@ -45,6 +49,70 @@ class SampleInfo(NamedTuple):
     first_nonfinite_step: Array
     n_nonfinite: Array
     trajectory: Optional[Array]
+
+
+class SolverOptionError(ValueError, TypeError):
+    """A solver option of the wrong type or outside its choices (a ValueError, so
+    callers that catch ValueError for bad options keep working, and a TypeError)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _option_specs(factory: Callable) -> dict:
+    """{option: (allowed types as a tuple of 'bool' / 'int' / 'float' / 'str' / choices, None allowed)}
+    from the factory's signature annotations (one place for every solver)."""
+    hints = typing.get_type_hints(factory)
+    specs = {}
+    for name in inspect.signature(factory).parameters:
+        tp, optional = hints.get(name), False
+        if typing.get_origin(tp) is Union:
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(tp))
+            tp = args[0] if len(args) == 1 else None
+        if typing.get_origin(tp) is Literal:
+            specs[name] = (tuple(typing.get_args(tp)), optional)
+        elif tp in (bool, int, float, str):
+            specs[name] = (tp.__name__, optional)
+    return specs
+
+
+def _option_ok(kind, v) -> bool:
+    if isinstance(kind, tuple):
+        return isinstance(v, str) and v in kind
+    if kind == "bool":
+        return isinstance(v, (bool, np.bool_))
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    if kind == "int":
+        return isinstance(v, (int, np.integer))
+    if kind == "float":
+        return isinstance(v, (int, float, np.integer, np.floating))
+    return isinstance(v, str)
+
+
+_KIND_WORDS = {"bool": "a bool (True or False)", "int": "an integer (int)", "float": "a real number (int or float)",
+               "str": "a string"}
+
+
+def check_options(factory: Callable, values: Mapping[str, Any]) -> None:
+    """Check a solver factory's arguments against its signature's annotations: bool
+    options must be bools (numpy bools too), int options integers, float options real
+    numbers (ints too), ``Literal[...]`` options one of the choices, ``Optional`` ones
+    may be None.  A string such as "no" or "2.0" is never taken for a bool or a number.
+    Raises :class:`SolverOptionError` whose message starts with the option's name."""
+    for name, (kind, optional) in _option_specs(factory).items():
+        if name not in values:
+            continue
+        v = values[name]
+        if (v is None and optional) or _option_ok(kind, v):
+            continue
+        if isinstance(kind, tuple):
+            allowed, what = f"one of {list(kind)}", "not one of the choices"
+        else:
+            allowed, what = _KIND_WORDS[kind], f"not {_KIND_WORDS[kind].split(' (')[0]}"
+        if optional:
+            allowed += " or None"
+        raise SolverOptionError(f"{name}: {v!r} ({type(v).__name__}) is {what} (solver factory "
+                                f"{factory.__name__}); allowed: {allowed}")
 
 
 def bcast(a, x):

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from samplax.solvers.base import Solver, bcast, evaluate, initial_output
+from samplax.solvers.base import Solver, bcast, check_options, evaluate, initial_output
 
 
 class OneStepState(NamedTuple):
@@ -37,6 +37,7 @@ def _init(view, afs):
 def euler(afs: bool = False) -> Solver:
     """Explicit Euler on the probability-flow ODE in the schedule's time t,
     dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat (order 1).  NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(euler, locals())
 
     def step(model, grid, state, i, keys, last):
         x0, eps = state.m[0], state.m[1]
@@ -61,6 +62,7 @@ def heun(afs: bool = False) -> Solver:
     """Heun's method of EDM (Karras et al. 2022, Alg. 1) in x / alpha and
     sigma_tilde = sigma / alpha, d = eps_hat; the step into sigma = 0 is its Euler
     predictor (order 2).  NFE = 2 steps (-1 ending at sigma = 0, +1 denoise, -1 AFS)."""
+    check_options(heun, locals())
 
     def step(model, grid, state, i, keys, last):
         x, eps = state.x, state.m
@@ -87,6 +89,7 @@ def dpm_solver_singlestep(order: int = 2, afs: bool = False) -> Solver:
     (order 2, r1 = 1/2) and Alg. 2 (order 3, r1 = 1/3, r2 = 2/3), 'dpmsolver'
     form); every step has the same order.  NFE = order x steps (-(order-1) when
     ending at sigma = 0, +1 denoise, -1 AFS)."""
+    check_options(dpm_solver_singlestep, locals())
     _check_order("dpm_solver_singlestep", order, {1, 2, 3})
     return _singlestep(order, data_pred=False, afs=afs)
 
@@ -94,6 +97,7 @@ def dpm_solver_singlestep(order: int = 2, afs: bool = False) -> Solver:
 def dpm_solver_pp_singlestep(order: int = 2, afs: bool = False) -> Solver:
     """Singlestep DPM-Solver++ (2S, 3S) in data prediction (Lu et al. 2022b, Alg. 1
     and App. A, 'dpmsolver' form).  NFE as :func:`dpm_solver_singlestep`."""
+    check_options(dpm_solver_pp_singlestep, locals())
     _check_order("dpm_solver_pp_singlestep", order, {1, 2, 3})
     return _singlestep(order, data_pred=True, afs=afs)
 
