@@ -38,6 +38,11 @@ class Solver(NamedTuple):
     stochastic: bool = False
     min_steps: int = 1
     view: str = "data"  # the model view kept in the state ("data", "noise" or "both")
+    # step_orders(grid, i) -> (nominal, actual) order of step i (traceable in i): nominal from
+    # warm-up and lower-order-final, actual after the safeguard (see effective_orders).
+    step_orders: Optional[Callable] = None
+    # stability(grid) -> Optional[str]: a warning when the grid is outside the solver's stable regime.
+    stability: Optional[Callable] = None
 
 
 class SampleInfo(NamedTuple):
@@ -113,6 +118,15 @@ def check_options(factory: Callable, values: Mapping[str, Any]) -> None:
             allowed += " or None"
         raise SolverOptionError(f"{name}: {v!r} ({type(v).__name__}) is {what} (solver factory "
                                 f"{factory.__name__}); allowed: {allowed}")
+
+
+def fixed_orders(order: int) -> Callable:
+    """``Solver.step_orders`` of a one-step method of fixed ``order`` whose step into
+    sigma = 0 is the first-order denoising jump."""
+    def step_orders(grid: Grid, i):
+        p = jnp.where(jnp.asarray(grid.ends_at_zero) & (i == grid.n_steps - 1), 1, order).astype(jnp.int32)
+        return p, p
+    return step_orders
 
 
 def bcast(a, x):

@@ -377,7 +377,9 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
         hist = jnp.zeros((k,) + x.shape, x.dtype).at[0].set(m0)
         return MultistepState(x=x, hist=hist)
 
-    def step(model, grid, state, i, keys, last):
+    def step_order(grid, i):
+        """(order from warm-up and lower-order-final, order after the safeguard) of step i:
+        what :func:`step` uses (and :func:`samplax.solvers.effective_orders` reports)."""
         n = grid.n_steps
         p_static = jnp.asarray(static_orders(n, order, lower_order_final, lower_order_final_below,
                                              grid.ends_at_zero and step_variable == "lam"))[i]
@@ -386,6 +388,11 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
             v = {"lam": grid.lam, "sigma_tilde": grid.sigma_tilde, "t": grid.t}[safeguard_variable or step_variable]
             ratio = jnp.inf if max_step_ratio is None else max_step_ratio
             p = jnp.minimum(p, _safeguard_order(v, i, order, ratio, max_step))
+        return p_static, p
+
+    def step(model, grid, state, i, keys, last):
+        n = grid.n_steps
+        _, p = step_order(grid, i)
         schedule = model.schedule
         zero_last = last and grid.ends_at_zero and step_variable == "lam"
         orders = [1] if zero_last else list(range(1, k + 1))
@@ -428,7 +435,7 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
         return n_steps + (1 if end == "denoise" else 0) - (1 if afs else 0)
 
     return Solver(name=name, init=init, step=step, nfe=nfe, order=declared_order or order, min_steps=order,
-                  view=view)
+                  view=view, step_orders=step_order)
 
 
 # ----------------------------------------------------------------------------------------
