@@ -47,7 +47,7 @@ class StepOrders(NamedTuple):
 
 def _max_order(solver: Solver) -> int:
     # min_steps is the multistep methods' history length (their order before UniPC's +1).
-    return max(int(solver.min_steps), 1) if solver.min_steps > 1 else int(solver.order)
+    return int(solver.min_steps) if solver.min_steps > 1 else int(solver.order)
 
 
 def step_orders(solver: Solver, grid: Grid) -> StepOrders:
