@@ -132,6 +132,7 @@ def test_sample_rejects_x_T_wider_than_the_grid(gmm2d):
         assert out.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(out)))
 
 
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")
 def test_sample_unchanged_for_good_inputs_and_traced_grids(gmm2d):
     _, schedule, model = gmm2d
     solver = get_solver("dpm_solver_pp")
@@ -416,5 +417,8 @@ def test_heun_stability_warning_table(gmm2d, nfe, spacing, flagged):
 
 def test_heun_edm_defaults_not_flagged():
     solver = get_solver("heun")
+    grids = jax.tree_util.tree_map(lambda u: jnp.stack([u, u]), time_grid(EDM(), 3, "karras", "zero"))
+    with pytest.raises(ValueError, match=r"^grid: stability_warning takes one grid"):
+        stability_warning(solver, grids)
     assert stability_warning(solver, time_grid(EDM(), 18, "karras", "zero")) is None
     assert stability_warning(solver, time_grid(EDM(), 3, "karras", "zero")) is not None

@@ -41,7 +41,8 @@ class Solver(NamedTuple):
     # step_orders(grid, i) -> (nominal, actual) order of step i (traceable in i): nominal from
     # warm-up and lower-order-final, actual after the safeguard (see effective_orders).
     step_orders: Optional[Callable] = None
-    # stability(grid) -> Optional[str]: a warning when the grid is outside the solver's stable regime.
+    # stability(grid, sigma_data=..., max_gain=...) -> Optional[str]: a warning when the grid is
+    # outside the solver's stable regime (see samplax.solvers.stability_warning).
     stability: Optional[Callable] = None
 
 

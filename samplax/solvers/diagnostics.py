@@ -97,8 +97,8 @@ def stability_warning(solver: Solver, grid: Grid, sigma_data: float = STABILITY_
                       max_gain: float = STABILITY_MAX_GAIN) -> Optional[str]:
     """A one-line warning when ``grid`` is outside ``solver``'s stable regime, else None.
 
-    A-priori: from the grid alone, no model call (a concrete, single grid; traced or
-    batched grids give None).  The test problem is Gaussian data N(0, sigma_data^2 I),
+    A-priori: from the grid alone, no model call (one grid: a stacked batch raises a
+    ValueError; a traced grid gives None).  The test problem is Gaussian data N(0, sigma_data^2 I),
     whose probability-flow ODE is linear (the diffusion analogue of Dahlquist's test
     equation): the solver is flagged when its solution there grows beyond ``max_gain``
     times the exact one.  Checked today for Heun (EDM), whose trapezoidal step in
@@ -107,6 +107,9 @@ def stability_warning(solver: Solver, grid: Grid, sigma_data: float = STABILITY_
     the derivation, the measured gmm2d cases and the limits); the exponential
     integrators (DDIM, DPM-Solver(++), UniPC) contract on this test problem and the
     multistep ones have the safeguard (:func:`step_orders` reports it)."""
+    if np.ndim(grid.t) != 1:
+        raise ValueError(f"grid: stability_warning takes one grid (t of shape (n + 1,)), got t of shape "
+                         f"{np.shape(grid.t)}; allowed: one grid per call (index a stacked batch)")
     if solver.stability is None:
         return None
     return solver.stability(grid, sigma_data=sigma_data, max_gain=max_gain)
