@@ -122,7 +122,7 @@ def _integer_spacing(schedule: VPDiscrete, n_nodes: int, spacing: str) -> np.nda
     idx = idx.astype(np.float64)
     if np.any(np.diff(idx) >= 0):
         raise ValueError(f"n_steps: spacing {spacing!r} with {n_nodes} nodes repeats a training index "
-                         f"(N = {big_n}); allowed: fewer steps")
+                         f"(N = {big_n}); use fewer steps; allowed: at most N distinct training indices")
     return (idx + 1.0) / big_n
 
 
