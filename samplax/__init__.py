@@ -10,12 +10,13 @@ The handful of names a notebook needs::
 """
 from samplax.models import DiffusionModel, Gaussian, GaussianMixture, load_problem, problem_start_points
 from samplax.schedules import get_schedule
-from samplax.solvers import SOLVERS, generate, get_solver, sample, steps_for_nfe
+from samplax.solvers import SOLVERS, effective_orders, generate, get_solver, sample, stability_warning, steps_for_nfe
 from samplax.timesteps import Grid, time_grid
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DiffusionModel", "Gaussian", "GaussianMixture", "load_problem", "problem_start_points", "get_schedule",
-    "SOLVERS", "get_solver", "sample", "generate", "steps_for_nfe", "Grid", "time_grid",
+    "SOLVERS", "get_solver", "sample", "generate", "steps_for_nfe", "effective_orders", "stability_warning",
+    "Grid", "time_grid",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -120,9 +121,46 @@ def _integer_spacing(schedule: VPDiscrete, n_nodes: int, spacing: str) -> np.nda
         idx = np.round(np.arange(big_n, 0, -ratio)) - 1
     idx = idx.astype(np.float64)
     if np.any(np.diff(idx) >= 0):
-        raise ValueError(f"time_grid: spacing {spacing!r} with {n_nodes} nodes repeats a training index "
-                         f"(N = {big_n}); use fewer steps")
+        raise ValueError(f"n_steps: spacing {spacing!r} with {n_nodes} nodes repeats a training index "
+                         f"(N = {big_n}); use fewer steps; allowed: at most N distinct training indices")
     return (idx + 1.0) / big_n
+
+
+def _is_traced(v) -> bool:
+    return isinstance(v, jax.core.Tracer)
+
+
+def _real(name: str, v, what: str) -> float:
+    """``v`` as a finite Python float, or a ValueError naming ``name`` (bools and
+    strings are not numbers)."""
+    arr = None if isinstance(v, (bool, np.bool_)) else np.asarray(v) if np.ndim(v) == 0 else None
+    if arr is None or arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name}: {v!r} is not a real number; allowed: {what}")
+    out = float(arr)
+    if not np.isfinite(out):
+        raise ValueError(f"{name}: {out} is not finite; allowed: {what}")
+    return out
+
+
+def _check_interval(schedule: NoiseSchedule, t_max, t_min) -> None:
+    """Concrete t_max / t_min must lie in the schedule's time range with t_max > t_min
+    (outside it alpha, sigma or lambda are NaN or meaningless).  Traced values are
+    not checked (grids built under jit by searches)."""
+    lo, hi = float(schedule.t_min), float(schedule.t_max)
+    tol = 1e-6 * max(1.0, abs(hi))  # float32 copies of the ends (e.g. float(grid.t[0])) pass
+    rng = f"the schedule's time range [{lo}, {hi}]"
+    if not _is_traced(t_max):
+        v = _real("t_max", t_max, f"a finite time in {rng}")
+        if not lo - tol <= v <= hi + tol:
+            raise ValueError(f"t_max: {v} is outside {rng}; allowed: t_min < t_max <= {hi}")
+    if not _is_traced(t_min):
+        v = _real("t_min", t_min, f"a finite time in {rng}")
+        if not lo - tol <= v <= hi + tol:
+            extra = " (at t <= 0 sigma = 0 and lambda = +inf)" if v <= 0 < lo else ""
+            raise ValueError(f"t_min: {v} is outside {rng}{extra}; allowed: {lo} <= t_min < t_max")
+    if not (_is_traced(t_max) or _is_traced(t_min)) and not float(t_max) > float(t_min):
+        raise ValueError(f"t_min: {float(t_min)} is not below t_max = {float(t_max)} (need t_max > t_min); "
+                         f"allowed: {lo} <= t_min < t_max <= {hi}")
 
 
 def time_grid(schedule: NoiseSchedule, n_steps: int, spacing: str = "logsnr", end: str = "zero",
@@ -131,41 +169,55 @@ def time_grid(schedule: NoiseSchedule, n_steps: int, spacing: str = "logsnr", en
     """Build an ``n_steps`` grid from ``t_max`` (default schedule.t_max) towards
     ``t_min`` (default schedule.t_min) with a named ``spacing``, or from explicit
     ``times`` (then ``spacing`` and ``n_steps`` are taken from them: pass the
-    nodes down to t_min; with end="zero" sigma = 0 is appended)."""
-    if end not in ENDS:
-        raise ValueError(f"time_grid: end must be one of {ENDS}, got {end!r}")
+    nodes down to t_min; with end="zero" sigma = 0 is appended).
+
+    Bad arguments raise a ValueError whose message starts with the argument's name
+    (``t_max: 2.0 is outside the schedule's time range [0.001, 1.0]; allowed: ...``):
+    ``t_max`` / ``t_min`` outside [schedule.t_min, schedule.t_max] or not t_max > t_min,
+    a non-finite or non-positive ``rho``, an unknown ``spacing`` / ``end``, an
+    ``n_steps`` that is not an integer >= 1.  Values that are JAX tracers are not checked."""
+    if not isinstance(end, str) or end not in ENDS:
+        raise ValueError(f"end: unknown end {end!r}; allowed: {list(ENDS)}")
     dtype = dtype or jnp.result_type(float)
-    t_max = schedule.t_max if t_max is None else float(t_max)
-    t_min = schedule.t_min if t_min is None else float(t_min)
+    t_max = schedule.t_max if t_max is None else t_max
+    t_min = schedule.t_min if t_min is None else t_min
     if times is not None:
         t = np.asarray(times, dtype=np.float64)
         if t.ndim != 1 or t.size < 2:
-            raise ValueError(f"time_grid: times must be a 1-D sequence of at least 2 times, got shape {t.shape}")
+            raise ValueError(f"times: must be a 1-D sequence of at least 2 times, got shape {t.shape}")
         if not np.all(np.isfinite(t)) or np.any(np.diff(t) >= 0):
-            raise ValueError("time_grid: times must be finite and strictly decreasing")
+            raise ValueError("times: must be finite and strictly decreasing; "
+                             f"got {np.array2string(t, precision=6, threshold=12)}")
         lo, hi = min(schedule.t_min, schedule.t_max), schedule.t_max
         tol = 1e-9 * max(1.0, abs(hi))
         if t[0] > hi + tol or t[-1] < lo - tol:
-            raise ValueError(f"time_grid: times must lie within [t_min, t_max] = [{lo}, {hi}], "
+            raise ValueError(f"times: must lie within [t_min, t_max] = [{lo}, {hi}], "
                              f"got [{t[-1]}, {t[0]}]")
     else:
-        if spacing not in SPACINGS:
-            raise ValueError(f"time_grid: unknown spacing {spacing!r}; allowed: {list(SPACINGS)}")
-        if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-            raise ValueError(f"time_grid: n_steps must be a positive integer, got {n_steps!r}")
-        if not t_max > t_min:
-            raise ValueError(f"time_grid: need t_max > t_min, got t_max={t_max}, t_min={t_min}")
-        if not rho > 0:
-            raise ValueError(f"time_grid: rho must be positive, got {rho}")
+        if not isinstance(spacing, str) or spacing not in SPACINGS:
+            raise ValueError(f"spacing: unknown spacing {spacing!r}; allowed: {list(SPACINGS)}")
+        if isinstance(n_steps, (bool, np.bool_)) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+            raise ValueError(f"n_steps: must be a positive integer, got {n_steps!r}; allowed: integers >= 1")
+        _check_interval(schedule, t_max, t_min)
+        t_max, t_min = float(t_max), float(t_min)
+        if not _is_traced(rho):
+            rho = _real("rho", rho, "a finite number > 0")
+            if not rho > 0:
+                raise ValueError(f"rho: must be positive, got {rho}; allowed: a finite number > 0")
         n_nodes = n_steps if end == "zero" else n_steps + 1
         if end == "zero" and n_nodes == 1:
             t = np.array([t_max])
         elif spacing in ("leading", "trailing", "linspace"):
             if not isinstance(schedule, VPDiscrete):
-                raise ValueError(f"time_grid: spacing {spacing!r} needs a discrete schedule (VPDiscrete)")
+                raise ValueError(f"spacing: {spacing!r} needs a discrete schedule (VPDiscrete), got "
+                                 f"{type(schedule).__name__}; allowed for it: "
+                                 f"{[s for s in SPACINGS if s not in ('leading', 'trailing', 'linspace')]}")
             t = _integer_spacing(schedule, n_nodes, spacing)
         else:
             t = _spacing_times(schedule, n_nodes, spacing, t_max, t_min, rho, dtype)
+        if not np.all(np.isfinite(t)):
+            raise ValueError(f"t_min: the {spacing!r} grid from t_max = {t_max} to t_min = {t_min} has non-finite "
+                             f"times {t.tolist()}; allowed: a range where the schedule's lambda is finite")
     return grid_from_times(schedule, t, end=end, dtype=dtype)
 
 

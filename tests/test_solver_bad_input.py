@@ -29,6 +29,13 @@ CASES = [
     (lambda: steps_for_nfe(get_solver("heun"), 4, "denoise"), ["nfe=4", "impossible"]),
     (lambda: steps_for_nfe(get_solver("unipc", order=3, afs=True), 1, "zero"), ["nfe=1", "impossible"]),
     (lambda: steps_for_nfe(get_solver("ddim"), 0, "zero"), ["nfe", "positive integer"]),
+    (lambda: steps_for_nfe(get_solver("ddim"), 10**9, "zero"), ["nfe=1000000000", "maximum 100000"]),
+    # options of the wrong type are never taken as truthy
+    (lambda: get_solver("unipc", corrector="no"), ["corrector: 'no'", "a bool"]),
+    (lambda: get_solver("dpm_solver_pp", afs="false"), ["afs: 'false'", "a bool"]),
+    (lambda: get_solver("deis", lower_order_final="0"), ["lower_order_final: '0'", "a bool"]),
+    (lambda: get_solver("unipc", max_step="2.0"), ["max_step: '2.0'", "a real number"]),
+    (lambda: get_solver("dpm_solver_multistep", order=2.5), ["order: 2.5", "an integer"]),
 ]
 
 
@@ -59,5 +66,9 @@ def test_sample_needs_batch_axis_and_key(problem):
     grid = time_grid(schedule, 4, "logsnr", "zero")
     with pytest.raises(ValueError, match="leading batch axis"):
         sample(get_solver("ddim"), model, jnp.zeros((2,)), grid)
+    with pytest.raises(TypeError, match="^x_T: dtype int32 is not a floating-point dtype"):
+        sample(get_solver("ddim"), model, jnp.zeros((4, 2), jnp.int32), grid)
+    with pytest.raises(ValueError, match="^x_T: empty batch"):
+        sample(get_solver("ddim"), model, jnp.zeros((0, 2)), grid)
     with pytest.raises(ValueError, match="stochastic and needs a PRNG key"):
         sample(get_solver("euler_maruyama"), model, jnp.zeros((4, 2)), grid)

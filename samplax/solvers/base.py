@@ -15,10 +15,14 @@ evaluation.  No Python loop over steps, no host sync.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+import functools
+import inspect
+import typing
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from samplax.timesteps import Grid
 
@@ -34,6 +38,12 @@ class Solver(NamedTuple):
     stochastic: bool = False
     min_steps: int = 1
     view: str = "data"  # the model view kept in the state ("data", "noise" or "both")
+    # step_orders(grid, i) -> (nominal, actual) order of step i (traceable in i): nominal from
+    # warm-up and lower-order-final, actual after the safeguard (see effective_orders).
+    step_orders: Optional[Callable] = None
+    # stability(grid, sigma_data=..., max_gain=...) -> Optional[str]: a warning when the grid is
+    # outside the solver's stable regime (see samplax.solvers.stability_warning).
+    stability: Optional[Callable] = None
 
 
 class SampleInfo(NamedTuple):
@@ -45,6 +55,79 @@ class SampleInfo(NamedTuple):
     first_nonfinite_step: Array
     n_nonfinite: Array
     trajectory: Optional[Array]
+
+
+class SolverOptionError(ValueError, TypeError):
+    """A solver option of the wrong type or outside its choices (a ValueError, so
+    callers that catch ValueError for bad options keep working, and a TypeError)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _option_specs(factory: Callable) -> dict:
+    """{option: (allowed types as a tuple of 'bool' / 'int' / 'float' / 'str' / choices, None allowed)}
+    from the factory's signature annotations (one place for every solver)."""
+    hints = typing.get_type_hints(factory)
+    specs = {}
+    for name in inspect.signature(factory).parameters:
+        tp, optional = hints.get(name), False
+        if typing.get_origin(tp) is Union:
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(tp))
+            tp = args[0] if len(args) == 1 else None
+        if typing.get_origin(tp) is Literal:
+            specs[name] = (tuple(typing.get_args(tp)), optional)
+        elif tp in (bool, int, float, str):
+            specs[name] = (tp.__name__, optional)
+    return specs
+
+
+def _option_ok(kind, v) -> bool:
+    if isinstance(kind, tuple):
+        return isinstance(v, str) and v in kind
+    if kind == "bool":
+        return isinstance(v, (bool, np.bool_))
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    if kind == "int":
+        return isinstance(v, (int, np.integer))
+    if kind == "float":
+        return isinstance(v, (int, float, np.integer, np.floating))
+    return isinstance(v, str)
+
+
+_KIND_WORDS = {"bool": "a bool (True or False)", "int": "an integer (int)", "float": "a real number (int or float)",
+               "str": "a string"}
+
+
+def check_options(factory: Callable, values: Mapping[str, Any]) -> None:
+    """Check a solver factory's arguments against its signature's annotations: bool
+    options must be bools (numpy bools too), int options integers, float options real
+    numbers (ints too), ``Literal[...]`` options one of the choices, ``Optional`` ones
+    may be None.  A string such as "no" or "2.0" is never taken for a bool or a number.
+    Raises :class:`SolverOptionError` whose message starts with the option's name."""
+    for name, (kind, optional) in _option_specs(factory).items():
+        if name not in values:
+            continue
+        v = values[name]
+        if (v is None and optional) or _option_ok(kind, v):
+            continue
+        if isinstance(kind, tuple):
+            allowed, what = f"one of {list(kind)}", "not one of the choices"
+        else:
+            allowed, what = _KIND_WORDS[kind], f"not {_KIND_WORDS[kind].split(' (')[0]}"
+        if optional:
+            allowed += " or None"
+        raise SolverOptionError(f"{name}: {v!r} ({type(v).__name__}) is {what} (solver factory "
+                                f"{factory.__name__}); allowed: {allowed}")
+
+
+def fixed_orders(order: int) -> Callable:
+    """``Solver.step_orders`` of a one-step method of fixed ``order`` whose step into
+    sigma = 0 is the first-order denoising jump."""
+    def step_orders(grid: Grid, i):
+        p = jnp.where(jnp.asarray(grid.ends_at_zero) & (i == grid.n_steps - 1), 1, order).astype(jnp.int32)
+        return p, p
+    return step_orders
 
 
 def bcast(a, x):
@@ -90,23 +173,79 @@ def sample_keys(key, batch: int, index_offset=0):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _concrete(a):
+    """``a`` as a numpy array, or None when it is traced (under jit / vmap)."""
+    return None if isinstance(a, jax.core.Tracer) else np.asarray(a)
+
+
+def check_grid(grid: Grid, name: str = "grid") -> None:
+    """A concrete grid must run from high to low noise: strictly decreasing times,
+    finite alpha > 0 and sigma >= 0, lambda not NaN (+inf only at a sigma = 0 end).
+    A traced grid (built or batched under jit / vmap) is not checked."""
+    t, alpha, sigma, lam = (_concrete(a) for a in (grid.t, grid.alpha, grid.sigma, grid.lam))
+    if any(a is None for a in (t, alpha, sigma, lam)) or t.ndim != 1:
+        return
+    if t.size < 2:
+        raise ValueError(f"{name}: needs at least 2 nodes (1 step), got {t.size}; allowed: a grid from time_grid")
+    if np.any(np.isnan(t)) or np.any(np.diff(t) >= 0):
+        raise ValueError(f"{name}: times must be strictly decreasing (from high noise to low), got t = "
+                         f"{np.array2string(t, precision=4, threshold=12)}; allowed: t_0 > t_1 > ... > t_n "
+                         f"(time_grid builds them)")
+    bad = ~(np.isfinite(alpha) & (alpha > 0) & np.isfinite(sigma) & (sigma >= 0) & ~np.isnan(lam))
+    if np.any(bad):
+        k = int(np.argmax(bad))
+        raise ValueError(f"{name}: node {k} (t = {t[k]}) has alpha = {alpha[k]}, sigma = {sigma[k]}, lambda = "
+                         f"{lam[k]}; allowed: finite alpha > 0, sigma >= 0 (t within the schedule's range)")
+
+
+def check_sample_inputs(solver: Solver, x_T, grid: Grid) -> None:
+    """The checks :func:`sample` makes before it traces anything (see its docstring)."""
+    dt = np.dtype(jax.dtypes.canonicalize_dtype(x_T.dtype))  # numpy float64 is float32 without x64
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"x_T: dtype {dt.name} is not a floating-point dtype (the solve runs in x_T's dtype: its "
+                        f"coefficients would be cast to {dt.name}); allowed: {', '.join(FLOAT_DTYPES)}")
+    if x_T.ndim < 2:
+        raise ValueError(f"x_T: must have a leading batch axis, shape (B, ...); got shape {tuple(x_T.shape)}")
+    if x_T.shape[0] == 0 or 0 in x_T.shape:
+        raise ValueError(f"x_T: empty batch, shape {tuple(x_T.shape)}; allowed: at least one sample of at least "
+                         f"one element (B >= 1)")
+    g_dt = np.dtype(grid.t.dtype)
+    if jnp.issubdtype(g_dt, jnp.floating) and dt.itemsize > g_dt.itemsize:
+        raise TypeError(f"x_T: dtype {dt.name} is wider than the grid's {g_dt.name}: the solve would run in "
+                        f"{dt.name} with {g_dt.name}-accurate step coefficients; allowed: x_T of dtype "
+                        f"{g_dt.name} or narrower, or a grid built with dtype={dt.name} "
+                        f"(time_grid(..., dtype=jnp.{dt.name}))")
+    check_grid(grid)
+    n = grid.n_steps
+    if n < solver.min_steps:
+        raise ValueError(f"grid: solver {solver.name} needs at least {solver.min_steps} steps "
+                         f"(its order), the grid has {n}")
+
+
 def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] = None,
            return_trajectory: bool = False, index_offset: Any = 0):
     """Run ``solver`` on ``model`` from x_T (shape (B, ...)) along ``grid``.
 
     Returns ``(x_0, SampleInfo)``.  Stochastic solvers need ``key``; the noise
     of sample b at step i is drawn from fold_in(fold_in(key, index_offset + b), i).
+
+    Checked before anything is traced (one error naming the argument): x_T must be
+    floating point (TypeError otherwise), of shape (B, ...) with B >= 1, and no wider
+    than the grid's dtype (a float64 x_T on a float32 grid would silently get
+    float32-accurate coefficients: TypeError); a concrete grid must be strictly
+    decreasing in t with finite alpha and sigma; the grid must have at least
+    ``solver.min_steps`` steps.
     """
-    if x_T.ndim < 2:
-        raise ValueError(f"sample: x_T must have a leading batch axis, shape (B, ...); got shape {x_T.shape}")
+    x_T = x_T if hasattr(x_T, "dtype") and hasattr(x_T, "shape") else jnp.asarray(x_T)
+    check_sample_inputs(solver, x_T, grid)
     n = grid.n_steps
-    if n < solver.min_steps:
-        raise ValueError(f"sample: solver {solver.name} needs at least {solver.min_steps} steps "
-                         f"(its order), the grid has {n}")
     keys = None
     if solver.stochastic:
         if key is None:
-            raise ValueError(f"sample: solver {solver.name} is stochastic and needs a PRNG key")
+            raise ValueError(f"key: solver {solver.name} is stochastic and needs a PRNG key; allowed: a jax.random key")
         keys = sample_keys(key, x_T.shape[0], index_offset)
 
     def step_keys(i):
@@ -139,8 +278,26 @@ def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] =
 def generate(solver: Solver, model, grid: Grid, key: Array, n: int, shape, dtype=None,
              index_offset: Any = 0, prior_std: float = 1.0, return_trajectory: bool = False):
     """Draw x_T ~ N(0, prior_std^2 I) per sample from fold_in(fold_in(key, 0), index) and
-    sample.  Samples are identical whatever the batch size or the offset split."""
+    sample.  Samples are identical whatever the batch size or the offset split.
+
+    ``n`` must be an integer >= 1, ``shape`` a tuple of integers >= 1, ``dtype`` a
+    floating dtype, ``prior_std`` a finite number > 0 (a ValueError / TypeError
+    naming the argument); then :func:`sample`'s checks apply."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: must be a positive integer (the number of samples), got {n!r}; allowed: integers >= 1")
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 1 for d in shape):
+        raise ValueError(f"shape: must be a tuple of integers >= 1 (one sample's shape), got {shape!r}")
     dtype = dtype or jnp.result_type(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype: {np.dtype(dtype).name} is not a floating-point dtype; allowed: "
+                        f"{', '.join(FLOAT_DTYPES)}")
+    if not isinstance(prior_std, jax.core.Tracer):
+        ok = not isinstance(prior_std, (bool, np.bool_, str)) and np.ndim(prior_std) == 0
+        if not (ok and np.isfinite(float(prior_std)) and float(prior_std) > 0):
+            raise ValueError(f"prior_std: must be a finite number > 0, got {prior_std!r}")
     k_prior, k_solver = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
     pkeys = sample_keys(k_prior, n, index_offset)
     x_T = prior_std * jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))(pkeys)

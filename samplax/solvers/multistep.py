@@ -38,12 +38,12 @@ as the final one.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.solvers.base import Solver, bcast, evaluate, initial_output
+from samplax.solvers.base import Solver, bcast, check_options, evaluate, initial_output
 from samplax.timesteps import Grid
 
 
@@ -377,7 +377,9 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
         hist = jnp.zeros((k,) + x.shape, x.dtype).at[0].set(m0)
         return MultistepState(x=x, hist=hist)
 
-    def step(model, grid, state, i, keys, last):
+    def step_order(grid, i):
+        """(order from warm-up and lower-order-final, order after the safeguard) of step i:
+        what :func:`step` uses (and :func:`samplax.solvers.effective_orders` reports)."""
         n = grid.n_steps
         p_static = jnp.asarray(static_orders(n, order, lower_order_final, lower_order_final_below,
                                              grid.ends_at_zero and step_variable == "lam"))[i]
@@ -386,6 +388,11 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
             v = {"lam": grid.lam, "sigma_tilde": grid.sigma_tilde, "t": grid.t}[safeguard_variable or step_variable]
             ratio = jnp.inf if max_step_ratio is None else max_step_ratio
             p = jnp.minimum(p, _safeguard_order(v, i, order, ratio, max_step))
+        return p_static, p
+
+    def step(model, grid, state, i, keys, last):
+        n = grid.n_steps
+        _, p = step_order(grid, i)
         schedule = model.schedule
         zero_last = last and grid.ends_at_zero and step_variable == "lam"
         orders = [1] if zero_last else list(range(1, k + 1))
@@ -428,13 +435,14 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
         return n_steps + (1 if end == "denoise" else 0) - (1 if afs else 0)
 
     return Solver(name=name, init=init, step=step, nfe=nfe, order=declared_order or order, min_steps=order,
-                  view=view)
+                  view=view, step_orders=step_order)
 
 
 # ----------------------------------------------------------------------------------------
 # Factories
 # ----------------------------------------------------------------------------------------
-def dpm_solver_multistep(order: int = 2, solver_type: str = "dpmsolver", third_order: str = "exact",
+def dpm_solver_multistep(order: int = 2, solver_type: Literal["dpmsolver", "taylor"] = "dpmsolver",
+                         third_order: Literal["exact", "official"] = "exact",
                          lower_order_final: bool = True,
                          lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
                          max_step: Optional[float] = SAFEGUARD_MAX_STEP,
@@ -443,42 +451,38 @@ def dpm_solver_multistep(order: int = 2, solver_type: str = "dpmsolver", third_o
     NFE = steps (+1 denoise, -1 AFS).  ``lower_order_final_below=10``,
     ``max_step_ratio=None`` and ``third_order="official"`` reproduce the official
     code (see :func:`_dpm_coeffs` on its third-order coefficient)."""
+    check_options(dpm_solver_multistep, locals())
     _check("dpm_solver_multistep", order, 3, max_step_ratio, max_step)
-    _check_type("dpm_solver_multistep", solver_type, third_order)
     return linear_multistep(f"dpm_solver_multistep{order}", "noise", order, _dpm_coeffs(False, solver_type, third_order),
                             lower_order_final=lower_order_final, lower_order_final_below=lower_order_final_below,
                             max_step_ratio=max_step_ratio, max_step=max_step, afs=afs)
 
 
-def dpm_solver_pp(order: int = 2, solver_type: str = "dpmsolver", third_order: str = "exact",
+def dpm_solver_pp(order: int = 2, solver_type: Literal["dpmsolver", "taylor"] = "dpmsolver",
+                  third_order: Literal["exact", "official"] = "exact",
                   lower_order_final: bool = True,
                   lower_order_final_below: Optional[int] = None, max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
                   max_step: Optional[float] = SAFEGUARD_MAX_STEP,
                   afs: bool = False) -> Solver:
     """DPM-Solver++ multistep (2M, 3M) in data prediction (Lu et al. 2022b, Alg. 2).
     NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(dpm_solver_pp, locals())
     _check("dpm_solver_pp", order, 3, max_step_ratio, max_step)
-    _check_type("dpm_solver_pp", solver_type, third_order)
     return linear_multistep(f"dpm_solver_pp{order}m", "data", order, _dpm_coeffs(True, solver_type, third_order),
                             lower_order_final=lower_order_final, lower_order_final_below=lower_order_final_below,
                             max_step_ratio=max_step_ratio, max_step=max_step, afs=afs)
-
-
-def _check_type(name, solver_type, third_order):
-    if solver_type not in ("dpmsolver", "taylor"):
-        raise ValueError(f"{name}: solver_type must be 'dpmsolver' or 'taylor', got {solver_type!r}")
-    if third_order not in ("exact", "official"):
-        raise ValueError(f"{name}: third_order must be 'exact' or 'official', got {third_order!r}")
 
 
 def ddim(afs: bool = False) -> Solver:
     """Deterministic DDIM (Song et al. 2021) = DPM-Solver-1 = DPM-Solver++-1, in
     data-prediction form (finite at sigma = 0).  NFE = steps (+1 denoise, -1 AFS).
     For eta > 0 see :func:`samplax.solvers.sde.ddim_eta`."""
+    check_options(ddim, locals())
     return linear_multistep("ddim", "data", 1, _dpm_coeffs(True, "dpmsolver"), max_step_ratio=None, afs=afs)
 
 
-def unipc(order: int = 2, variant: str = "bh2", prediction: str = "data", corrector: bool = True,
+def unipc(order: int = 2, variant: Literal["bh1", "bh2"] = "bh2",
+          prediction: Literal["data", "noise"] = "data", corrector: bool = True,
           official_rhos: Optional[bool] = None, lower_order_final: bool = True, lower_order_final_below: Optional[int] = None,
           max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
           max_step: Optional[float] = SAFEGUARD_MAX_STEP, afs: bool = False) -> Solver:
@@ -490,11 +494,8 @@ def unipc(order: int = 2, variant: str = "bh2", prediction: str = "data", correc
     bh1, whose constants over-weight long steps; with solved weights bh1 = bh2).
     ``official_rhos=True, max_step_ratio=None, max_step=None`` reproduce the
     official code (see :func:`_unipc_coeffs`)."""
+    check_options(unipc, locals())
     _check("unipc", order, 3, max_step_ratio, max_step)
-    if variant not in ("bh1", "bh2"):
-        raise ValueError(f"unipc: variant must be 'bh1' or 'bh2', got {variant!r}")
-    if prediction not in ("data", "noise"):
-        raise ValueError(f"unipc: prediction must be 'data' or 'noise', got {prediction!r}")
     if official_rhos is None:
         # bh2: the official constants (more accurate than exact solves on our problems);
         # bh1: its constants over-weight long steps (see _unipc_coeffs), so solve.
@@ -510,6 +511,7 @@ def deis(order: int = 3, lower_order_final: bool = False, max_step_ratio: Option
          max_step: Optional[float] = SAFEGUARD_MAX_STEP,
          afs: bool = False) -> Solver:
     """DEIS tAB (Zhang & Chen 2023), orders 1-4.  NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(deis, locals())
     _check("deis", order, 4, max_step_ratio, max_step)
     return linear_multistep(f"deis_tab{order}", "noise", order, _deis_tab_coeffs, step_variable="t", safeguard_variable="lam",
                             lower_order_final=lower_order_final, max_step_ratio=max_step_ratio, max_step=max_step, afs=afs)
@@ -519,20 +521,20 @@ def ipndm(order: int = 4, lower_order_final: bool = False, max_step_ratio: Optio
           afs: bool = False) -> Solver:
     """iPNDM (Zhang & Chen 2023; Zhou et al. 2024): fixed-step Adams-Bashforth on eps
     in sigma_tilde, orders 1-4 with lower-order warm start.  NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(ipndm, locals())
     _check("ipndm", order, 4, max_step_ratio)
     return linear_multistep(f"ipndm{order}", "noise", order, _ipndm_coeffs, step_variable="sigma_tilde",
                             lower_order_final=lower_order_final, max_step_ratio=max_step_ratio, afs=afs)
 
 
-def ipndm_v(order: int = 4, coefficients: str = "exact", lower_order_final: bool = False,
+def ipndm_v(order: int = 4, coefficients: Literal["exact", "diff_sampler"] = "exact", lower_order_final: bool = False,
             max_step_ratio: Optional[float] = None, afs: bool = False) -> Solver:
     """iPNDM_v: variable-step Adams-Bashforth on eps in sigma_tilde, orders 1-4.
     ``coefficients="exact"``: the exact variable-step AB weights (order p);
     ``"diff_sampler"``: that toolbox's published weights (see
     :func:`_ipndm_v_diff_sampler_coeffs`).  NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(ipndm_v, locals())
     _check("ipndm_v", order, 4, max_step_ratio)
-    if coefficients not in ("exact", "diff_sampler"):
-        raise ValueError(f"ipndm_v: coefficients must be 'exact' or 'diff_sampler', got {coefficients!r}")
     fn = _ipndm_v_coeffs if coefficients == "exact" else _ipndm_v_diff_sampler_coeffs
     return linear_multistep(f"ipndm_v{order}" + ("" if coefficients == "exact" else "_ds"), "noise", order, fn,
                             step_variable="sigma_tilde", lower_order_final=lower_order_final,

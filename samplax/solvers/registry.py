@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+
 from samplax.solvers import multistep, sde, singlestep
 from samplax.solvers.base import Solver
 
@@ -48,16 +50,39 @@ def get_solver(name: str, **options) -> Solver:
     return SOLVERS[name](**options)
 
 
+#: The largest NFE :func:`steps_for_nfe` accepts (the experiment configs' bound too).
+MAX_NFE = 100_000
+
+
 def steps_for_nfe(solver: Solver, nfe: int, end: str = "zero") -> int:
-    """Number of steps n with solver.nfe(n, end) == nfe and n >= solver.min_steps."""
-    if not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
-    possible = {}
-    for n in range(1, 2 * nfe + 3):
-        if n >= solver.min_steps:
-            possible.setdefault(solver.nfe(n, end), n)
-    if nfe not in possible:
-        reach = sorted(v for v in possible if v <= max(nfe * 2, 10))[:12]
+    """Number of steps n with solver.nfe(n, end) == nfe and n >= solver.min_steps
+    (the smallest such n).  ``nfe`` must be an integer in 1..MAX_NFE.
+
+    Every solver's NFE is affine in n (a n + b), so n is solved for directly; a
+    non-affine ``nfe`` function falls back to a search over n <= 2 nfe + 2."""
+    if isinstance(nfe, (bool, np.bool_)) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer, got {nfe!r}; allowed: integers in 1..{MAX_NFE}")
+    if nfe > MAX_NFE:
+        raise ValueError(f"nfe={nfe} is above the maximum {MAX_NFE} (samplax.solvers.MAX_NFE); "
+                         f"allowed: integers in 1..{MAX_NFE}")
+    nfe = int(nfe)
+    first, last = max(1, solver.min_steps), 2 * nfe + 2  # the candidates n of the original search
+    f = lambda n: int(solver.nfe(n, end))  # noqa: E731
+    slope = f(first + 1) - f(first)
+    affine = slope > 0 and all(f(n) == f(first) + slope * (n - first) for n in (first + 2, first + 7, last))
+    if affine:
+        q, r = divmod(nfe - f(first), slope)
+        found = q if (r == 0 and q >= 0 and first + q <= last) else None
+        n = None if found is None else first + found
+    else:
+        n = next((k for k in range(first, last + 1) if f(k) == nfe), None)
+    if n is None:
+        bound = max(nfe * 2, 10)
+        # the values of the n's the original search visited, up to ``bound``: for an increasing
+        # affine count the 12 smallest n suffice.
+        stop = min(last, first + 11) if affine else last
+        reach = sorted({f(k) for k in range(first, stop + 1)})
+        reach = [v for v in reach if v <= bound][:12]
         raise ValueError(f"nfe={nfe} is impossible for solver {solver.name} (order {solver.order}, end={end!r}); "
                          f"possible NFEs include {reach}")
-    return possible[nfe]
+    return n

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from samplax.solvers.base import Solver, evaluate, initial_output
+from samplax.solvers.base import Solver, check_options, evaluate, fixed_orders, initial_output
 from samplax.solvers.multistep import _safeguard_order, static_orders
 
 
@@ -40,6 +40,7 @@ def ddim_eta(eta: float = 1.0, afs: bool = False) -> Solver:
     + sqrt(sigma_t^2 - s^2) eps_hat + s z, s = eta sigma_t sqrt(1 - e^{-2h}).
     eta = 0 is deterministic DDIM, eta = 1 ancestral sampling (DDPM posterior).
     NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(ddim_eta, locals())
     if not (isinstance(eta, (int, float)) and eta >= 0):
         raise ValueError(f"ddim_eta: eta must be a number >= 0, got {eta!r}")
 
@@ -57,7 +58,8 @@ def ddim_eta(eta: float = 1.0, afs: bool = False) -> Solver:
         return SDEState(x=x, m=_both(model, x, grid.t[i + 1]))
 
     return Solver(f"ddim_eta{eta:g}", _init_both(afs), step,
-                  lambda n, end: n + (end == "denoise") - afs, order=1, stochastic=eta > 0)
+                  lambda n, end: n + (end == "denoise") - afs, order=1, stochastic=eta > 0,
+                  step_orders=fixed_orders(1))
 
 
 def sde_dpm_solver_pp_2m(lower_order_final: bool = True, max_step_ratio: Optional[float] = 3.0,
@@ -66,17 +68,22 @@ def sde_dpm_solver_pp_2m(lower_order_final: bool = True, max_step_ratio: Optiona
     diffusers and k-diffusion):
     x_t = (sigma_t/sigma_s) e^{-h} x + alpha_t (1 - e^{-2h}) (D0 + D1/2) + sigma_t sqrt(1 - e^{-2h}) z,
     D1 = (D0 - D_prev) / r.  NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(sde_dpm_solver_pp_2m, locals())
 
     def init(model, grid, x):
         m0 = initial_output(model, grid, x, "data", afs)
         return SDEState(x=x, m=jnp.stack([m0, jnp.zeros_like(m0)]))
 
-    def step(model, grid, state, i, keys, last):
-        x, hist = state.x, state.m
-        n = grid.n_steps
-        p = jnp.asarray(static_orders(n, 2, lower_order_final, None, grid.ends_at_zero))[i]
+    def step_order(grid, i):
+        p_static = jnp.asarray(static_orders(grid.n_steps, 2, lower_order_final, None, grid.ends_at_zero))[i]
+        p = p_static
         if max_step_ratio is not None:
             p = jnp.minimum(p, _safeguard_order(grid.lam, i, 2, max_step_ratio))
+        return p_static, p
+
+    def step(model, grid, state, i, keys, last):
+        x, hist = state.x, state.m
+        _, p = step_order(grid, i)
         s_s, a_t, s_t = grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
         h = grid.lam[i + 1] - grid.lam[i]
         h_prev = grid.lam[i] - grid.lam[jnp.maximum(i - 1, 0)]
@@ -94,7 +101,7 @@ def sde_dpm_solver_pp_2m(lower_order_final: bool = True, max_step_ratio: Optiona
         return SDEState(x=x_new, m=jnp.stack([m_new, hist[0]]))
 
     return Solver("sde_dpm_solver_pp_2m", init, step, lambda n, end: n + (end == "denoise") - afs,
-                  order=1, stochastic=True)
+                  order=1, stochastic=True, step_orders=step_order)
 
 
 def _drift_diffusion(schedule, t):
@@ -119,6 +126,7 @@ def _em_step(model, grid, x, x0, eps, i, keys, last):
 def euler_maruyama(afs: bool = False) -> Solver:
     """Euler-Maruyama on the reverse-time SDE dx = [f x - g^2 score] dt + g dw
     (Song et al. 2021, Eq. 6), weak order 1.  NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(euler_maruyama, locals())
 
     def step(model, grid, state, i, keys, last):
         x0, eps = state.m[0], state.m[1]
@@ -128,7 +136,7 @@ def euler_maruyama(afs: bool = False) -> Solver:
         return SDEState(x=x, m=_both(model, x, grid.t[i + 1]))
 
     return Solver("euler_maruyama", _init_both(afs), step,
-                  lambda n, end: n + (end == "denoise") - afs, order=1, stochastic=True)
+                  lambda n, end: n + (end == "denoise") - afs, order=1, stochastic=True, step_orders=fixed_orders(1))
 
 
 def predictor_corrector(snr: float = 0.16, n_corrector: int = 1, afs: bool = False) -> Solver:
@@ -141,6 +149,7 @@ def predictor_corrector(snr: float = 0.16, n_corrector: int = 1, afs: bool = Fal
     unstable in low dimension, where |score| can vanish).  We use the value that
     rule takes when |eps_hat| = |z|, e = 2 (snr sigma_t)^2, which needs no batch
     statistics.  NFE = (1 + n_corrector) steps (+1 denoise, -1 AFS)."""
+    check_options(predictor_corrector, locals())
     if not snr > 0:
         raise ValueError(f"predictor_corrector: snr must be positive, got {snr!r}")
     if not isinstance(n_corrector, int) or n_corrector < 0:
@@ -163,4 +172,5 @@ def predictor_corrector(snr: float = 0.16, n_corrector: int = 1, afs: bool = Fal
         return SDEState(x=x_new, m=_both(model, x_new, grid.t[i + 1]))
 
     return Solver(f"pc_langevin{n_corrector}", _init_both(afs), step,
-                  lambda n, end: (1 + n_corrector) * n + (end == "denoise") - afs, order=1, stochastic=True)
+                  lambda n, end: (1 + n_corrector) * n + (end == "denoise") - afs, order=1, stochastic=True,
+                  step_orders=fixed_orders(1))

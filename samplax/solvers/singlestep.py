@@ -14,8 +14,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from samplax.solvers.base import Solver, bcast, evaluate, initial_output
+from samplax.solvers.base import Solver, bcast, check_options, evaluate, fixed_orders, initial_output
 
 
 class OneStepState(NamedTuple):
@@ -37,6 +38,7 @@ def _init(view, afs):
 def euler(afs: bool = False) -> Solver:
     """Explicit Euler on the probability-flow ODE in the schedule's time t,
     dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat (order 1).  NFE = steps (+1 denoise, -1 AFS)."""
+    check_options(euler, locals())
 
     def step(model, grid, state, i, keys, last):
         x0, eps = state.m[0], state.m[1]
@@ -54,13 +56,55 @@ def euler(afs: bool = False) -> Solver:
     def nfe(n, end):
         return n + (end == "denoise") - afs
 
-    return Solver("euler", _init("both", afs), step, nfe, order=1)
+    return Solver("euler", _init("both", afs), step, nfe, order=1, step_orders=fixed_orders(1))
+
+
+#: Defaults of the a-priori stability check (docs/solvers.md, "Stability warnings").
+STABILITY_SIGMA_DATA = 0.5
+STABILITY_MAX_GAIN = 2.0
+
+
+def heun_gaussian_gain(sigma_tilde, sigma_data: float = STABILITY_SIGMA_DATA, ends_at_zero: bool = True) -> np.ndarray:
+    """Heun's solution over the exact one, after each step, on Gaussian data
+    N(0, sigma_data^2 I) (float64 numpy; one entry per Heun step).
+
+    For such data eps_hat(x_tilde, s) = s / (sigma_data^2 + s^2) x_tilde =: k(s) x_tilde, so a
+    Heun step multiplies x_tilde by m = 1 + d/2 (k_i + k_{i+1} (1 + d k_i)), d = s_{i+1} - s_i,
+    where the exact flow multiplies it by sqrt((sigma_data^2 + s_{i+1}^2) / (sigma_data^2 + s_i^2)).
+    The step into sigma = 0 (Euler, a contraction) is not counted."""
+    st = np.asarray(sigma_tilde, np.float64)
+    if ends_at_zero:
+        st = st[:-1]
+    s2 = float(sigma_data) ** 2
+    k = st / (s2 + st ** 2)
+    d = st[1:] - st[:-1]
+    m = 1.0 + 0.5 * d * (k[:-1] + k[1:] * (1.0 + d * k[:-1]))
+    exact = np.sqrt((s2 + st[1:] ** 2) / (s2 + st[:-1] ** 2))
+    return np.cumprod(m / exact)
+
+
+def _heun_stability(grid, sigma_data: float = STABILITY_SIGMA_DATA, max_gain: float = STABILITY_MAX_GAIN):
+    st = grid.sigma_tilde
+    if isinstance(st, jax.core.Tracer) or np.ndim(st) != 1:
+        return None
+    gain = heun_gaussian_gain(st, sigma_data, grid.ends_at_zero)
+    if gain.size == 0 or not np.max(np.abs(gain)) > max_gain:
+        return None
+    i = int(np.argmax(np.abs(gain) > max_gain))
+    s = np.asarray(st, np.float64)
+    worst = int(np.argmax(s[:-1] / np.where(s[1:] > 0, s[1:], np.inf)))
+    return (f"heun: outside its stable regime on this grid: on Gaussian data of std {sigma_data:g} its solution "
+            f"reaches {float(np.max(np.abs(gain))):.3g}x the exact one (> {max_gain:g}x from step {i}); its "
+            f"trapezoidal step extrapolates the denoiser with weight (R - 1)/2 at step ratio R = sigma_tilde_i / "
+            f"sigma_tilde_(i+1), largest R = {s[worst] / s[worst + 1]:.3g} at step {worst} "
+            f"({s[worst]:.3g} -> {s[worst + 1]:.3g}); use more steps or smaller ratios")
 
 
 def heun(afs: bool = False) -> Solver:
     """Heun's method of EDM (Karras et al. 2022, Alg. 1) in x / alpha and
     sigma_tilde = sigma / alpha, d = eps_hat; the step into sigma = 0 is its Euler
     predictor (order 2).  NFE = 2 steps (-1 ending at sigma = 0, +1 denoise, -1 AFS)."""
+    check_options(heun, locals())
 
     def step(model, grid, state, i, keys, last):
         x, eps = state.x, state.m
@@ -79,7 +123,8 @@ def heun(afs: bool = False) -> Solver:
     def nfe(n, end):
         return 2 * n - (end == "zero") + (end == "denoise") - afs
 
-    return Solver("heun", _init("noise", afs), step, nfe, order=2)
+    return Solver("heun", _init("noise", afs), step, nfe, order=2, step_orders=fixed_orders(2),
+                  stability=_heun_stability)
 
 
 def dpm_solver_singlestep(order: int = 2, afs: bool = False) -> Solver:
@@ -87,6 +132,7 @@ def dpm_solver_singlestep(order: int = 2, afs: bool = False) -> Solver:
     (order 2, r1 = 1/2) and Alg. 2 (order 3, r1 = 1/3, r2 = 2/3), 'dpmsolver'
     form); every step has the same order.  NFE = order x steps (-(order-1) when
     ending at sigma = 0, +1 denoise, -1 AFS)."""
+    check_options(dpm_solver_singlestep, locals())
     _check_order("dpm_solver_singlestep", order, {1, 2, 3})
     return _singlestep(order, data_pred=False, afs=afs)
 
@@ -94,6 +140,7 @@ def dpm_solver_singlestep(order: int = 2, afs: bool = False) -> Solver:
 def dpm_solver_pp_singlestep(order: int = 2, afs: bool = False) -> Solver:
     """Singlestep DPM-Solver++ (2S, 3S) in data prediction (Lu et al. 2022b, Alg. 1
     and App. A, 'dpmsolver' form).  NFE as :func:`dpm_solver_singlestep`."""
+    check_options(dpm_solver_pp_singlestep, locals())
     _check_order("dpm_solver_pp_singlestep", order, {1, 2, 3})
     return _singlestep(order, data_pred=True, afs=afs)
 
@@ -163,4 +210,4 @@ def _singlestep(order, data_pred, afs):
         return order * n - (order - 1) * (end == "zero") + (end == "denoise") - afs
 
     name = f"dpm_solver_pp_{order}s" if data_pred else f"dpm_solver_singlestep{order}"
-    return Solver(name, _init(view, afs), step, nfe, order=order)
+    return Solver(name, _init(view, afs), step, nfe, order=order, step_orders=fixed_orders(order))
