@@ -48,6 +48,7 @@ from samplax.experiment.nfe import probe as nfe_probe
 from samplax.experiment.plan import Plan, identity, make_plan, model_section, rebuild_solver, settings_hash
 from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
+from samplax.solvers import stability_warning, step_orders
 from samplax.solvers.base import sample
 from samplax.schedules import prior_std
 from samplax.timesteps import time_grid
@@ -349,9 +350,12 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         n_save = min(first, ctx.cfg["metrics"]["save_samples"])
         n_heads = max(n_l2, n_sw, n_save)
         parts = []
+        ran = {}  # spec index -> (StepOrders, a-priori stability warning): what each row really runs
         for ks in by_steps.values():
             grids = [time_grid(loaded.schedule, specs[k]["n_steps"], specs[k]["grid"], end=s0["end"],
                                t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"], dtype=dtype) for k in ks]
+            for k, grid in zip(ks, grids):
+                ran[k] = (step_orders(solver, grid), stability_warning(solver, grid))
             parts.append((jax.tree.map(lambda *a: jnp.stack(a), *grids),
                           jnp.asarray([specs[k]["seed"] for k in ks], jnp.uint32)))
         program = _build_program(solver, loaded, len(parts), n_heads, chunk, ctx.mesh, s0["prior"], dtype,
@@ -422,7 +426,9 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             reference = _reference_metrics(ctx, loaded, s, n_sw)
         else:  # a trained network on data without an analytic model
             metrics, reference = _data_metrics(ctx, loaded, s, x_head[:n_sw])
-        warnings = _warnings(ctx, loaded, s, x_head[:n_sw], n - int(n_finite[g]), n, first_bad[g])
+        orders, apriori = ran[k]
+        warnings = ([apriori] if apriori else []) + _warnings(ctx, loaded, s, x_head[:n_sw], n - int(n_finite[g]),
+                                                            n, first_bad[g])
         samples_file = None
         if ctx.writer and n_save > 0:
             samples_file = f"samples/{s['hash']}.npy"
@@ -435,6 +441,8 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             rows_in_program=m, chunk=chunk, n_chunks=-(-n // chunk), samples_file=samples_file,
             versions=ctx.versions, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             warning="; ".join(warnings) or None, model_source=loaded.user,
+            step_orders=[int(o) for o in orders.orders], order_reasons=list(orders.reasons),
+            safeguard_lowered=bool(orders.any_safeguarded),
             model_kind="trained" if loaded.trained is not None else ("user" if s.get("user_model", {}).get("factory")
                                                                      else "analytic"),
             **ctx.devices)
