@@ -134,18 +134,15 @@ def test_fuzz_malformed_configs_fail_in_validation(tmp_path):
         # the same through a ConfigDict: ml_collections refuses a wrong type on assignment itself
         cd = base()
         try:
-            what, dotted, value = op
-            *parents, leaf = dotted.split(".")
-            node = cd
-            for p in parents:
-                node = node[p]
-            if what == "del":
-                del node[leaf]
-            else:
-                node[leaf] = value
+            _apply(cd, op)
         except (TypeError, KeyError, AttributeError, OverflowError):
             typed_by_configdict += 1
             continue
+        what, dotted, value = op
+        node = cd
+        for p in dotted.split(".")[:-1]:
+            node = node[p]
+        leaf = dotted.split(".")[-1]
         if what == "set" and type(node[leaf]) is not type(value):
             continue  # ConfigDict converted it (True -> 1.0 for a float field): a valid value now
         _check_refused(runner, cd, expect, workdir)
