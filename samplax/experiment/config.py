@@ -358,59 +358,41 @@ def validate_fields(cfg, kind: Optional[str] = None) -> dict:
 # Solver options: typed like the factory's own defaults
 # ---------------------------------------------------------------------------------------
 def option_kind(name: str, option: str):
-    """(kind, nullable) of a solver factory's option: from its annotation, else from the
-    type of its default (``samplax.solvers.registry.solver_options``); None if unknown."""
-    import inspect
+    """(kind, nullable) of a solver factory's option, from the factory's annotations (the
+    ones its own check, ``samplax.solvers.base.check_options``, reads): kind is "bool",
+    "int", "float" or "str" (a ``Literal`` of choices is "str"); None if unknown."""
+    from samplax.solvers.base import _option_specs
+    from samplax.solvers.registry import SOLVERS
 
-    from samplax.solvers.registry import SOLVERS, solver_options
-
-    if name not in SOLVERS or option not in solver_options(name):
+    if name not in SOLVERS:
         return None
-    param = inspect.signature(SOLVERS[name]).parameters[option]
-    default = param.default
-    ann = "" if param.annotation is inspect.Parameter.empty else str(param.annotation)
-    ann = ann.replace("typing.", "").replace("<class '", "").replace("'>", "")
-    nullable = default is None or "Optional[" in ann or "None" in ann
-    for kind in ("bool", "int", "float", "str"):
-        if kind in ann.replace("Optional", ""):
-            return kind, nullable
-    if isinstance(default, bool):
-        return "bool", nullable
-    for t, kind in ((int, "int"), (float, "float"), (str, "str")):
-        if isinstance(default, t):
-            return kind, nullable
-    return None
+    spec = _option_specs(SOLVERS[name]).get(option)
+    if spec is None:
+        return None
+    kind, nullable = spec
+    return ("str" if isinstance(kind, tuple) else kind), nullable
 
 
 def check_option_types(name: str, options, path: str) -> None:
-    """Each option of solver ``name`` has the type of the factory's default (a string
-    "2.0" for a number or "no" for a boolean is refused, not taken as true).  Unknown
-    options and names are left to the plan, which names what is allowed."""
+    """Each option of solver ``name`` passes the factory's own type check (a string "2.0"
+    for a number or "no" for a boolean is refused, not taken as true), reported at the
+    option's field; float options must also be finite.  Unknown options and names are
+    left to the plan, which names what is allowed."""
     if isinstance(options, ml_collections.ConfigDict):
         options = options.to_dict()
-    if not isinstance(options, dict) or not isinstance(name, str):
+    if not isinstance(options, dict) or not isinstance(name, str) or name not in registry.SOLVERS:
         return
-    from samplax.solvers.registry import solver_options
+    from samplax.solvers.base import SolverOptionError, check_options
 
-    if name not in registry.SOLVERS:
-        return
-    defaults = solver_options(name)
-    for key in sorted(k for k in options if isinstance(k, str)):
-        kind = option_kind(name, key)
-        if kind is None or key in ("order", "afs"):
-            continue
-        kind, nullable = kind
+    for key in sorted(k for k in options if isinstance(k, str) and k not in ("order", "afs")):
         v = options[key]
-        if v is None and nullable:
-            continue
-        ok = _type_ok(kind, v)
-        if ok and kind == "float" and not _isfinite(v):
-            raise ConfigError(f"{path}.{key}", f"must be a finite number (solver {name!r}, default "
-                                               f"{defaults[key]!r}), got {v!r}")
-        if not ok:
-            words = _KIND_WORDS[kind] + (" or None" if nullable else "")
-            raise ConfigError(f"{path}.{key}", f"must be {words} (solver {name!r}, default {defaults[key]!r}), "
-                                               f"got {_short(v)} ({type(v).__name__}); allowed: {words}")
+        try:
+            check_options(registry.SOLVERS[name], {key: v})
+        except SolverOptionError as e:
+            raise ConfigError(f"{path}.{key}", f"solver {name!r}: {str(e).split(': ', 1)[-1]}") from None
+        kind = option_kind(name, key)
+        if kind is not None and kind[0] == "float" and v is not None and not _isfinite(v):
+            raise ConfigError(f"{path}.{key}", f"must be a finite number (solver {name!r}), got {v!r}")
 
 
 # ---------------------------------------------------------------------------------------
