@@ -59,6 +59,8 @@ def _walk(config, parts, path, create):
                 raise ConfigError(path, f"is not set (have: {sorted(node.keys())})")
             node[p] = ml_collections.ConfigDict()
         node = node[p]
+    if not isinstance(node, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(path, f"{parts[-1]!r} holds {node!r}, not a mapping")
     return node
 
 

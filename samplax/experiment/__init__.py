@@ -12,8 +12,8 @@ functions, which take ``(config, workdir)`` and work the same from a notebook::
 """
 from samplax.experiment.config import ConfigError, sample_config, sweep_config
 from samplax.experiment.plan import make_plan
-from samplax.experiment.results import WorkdirConflict, load_results
+from samplax.experiment.results import WorkdirConflict, WorkdirLock, WorkdirLocked, load_results, read_results
 from samplax.experiment.runner import run, run_sample, run_sweep
 
-__all__ = ["ConfigError", "WorkdirConflict", "sample_config", "sweep_config", "make_plan", "load_results", "run",
+__all__ = ["ConfigError", "WorkdirConflict", "WorkdirLock", "WorkdirLocked", "read_results", "sample_config", "sweep_config", "make_plan", "load_results", "run",
            "run_sample", "run_sweep"]
