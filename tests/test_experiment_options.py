@@ -1,13 +1,12 @@
 """Solver options as sweep axes, open mappings on the command line, and the shared
 reference cache's checksums."""
 import json
-import os
 
 import numpy as np
 import pytest
 
 from experiments import _overrides
-from samplax.experiment import ConfigError, cache, make_plan, run_sweep, sample_config, sweep_config
+from samplax.experiment import ConfigError, cache, make_plan, run_sweep, sweep_config
 
 
 def _tiny_sweep():

@@ -42,7 +42,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from samplax import io
-from samplax.experiment.plan import settings_hash
+from samplax.experiment.identity import settings_hash
 from samplax.experiment.results import config_diff
 
 STATE, META = "state", "meta"

@@ -190,8 +190,6 @@ def _reference_dataset(m: dict):
 
 
 def _load_user(m: dict, dtype) -> LoadedModel:
-    from samplax.models.base import DiffusionModel
-
     spec = m["factory"]
     schedule = _user_schedule(m)
     extra = {}

@@ -12,14 +12,13 @@ axis entry that yields no row at all is an error.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 from typing import NamedTuple, Optional
 
 from samplax.experiment import loading, registry
-from samplax.experiment.config import NON_IDENTITY_FIELDS, ConfigError, config_kind, validate_fields
+from samplax.experiment.config import ConfigError, config_kind, validate_fields
+from samplax.experiment.identity import identity, settings_hash  # noqa: F401  (re-exported)
 from samplax.solvers.registry import get_solver, solver_options, steps_for_nfe
 from samplax.timesteps import time_grid
 
@@ -31,24 +30,6 @@ class Plan(NamedTuple):
     config: dict             # the resolved config (plain dict)
     rows: list               # row specs (dicts), in run order
     skipped: list            # (solver, order, nfe, reason) combinations a sweep skips
-
-
-def settings_hash(spec: dict) -> str:
-    """Identity of a row: sha1 of its resolved settings (sorted JSON), 12 hex digits."""
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def identity(config: dict, drop=NON_IDENTITY_FIELDS) -> dict:
-    """The config without the fields that do not change results (``drop``: dotted paths,
-    NON_IDENTITY_FIELDS for sample/sweep configs)."""
-    out = json.loads(json.dumps(config, default=str))
-    for dotted in drop:
-        *parents, leaf = dotted.split(".")
-        d = out
-        for p in parents:
-            d = d.get(p, {})
-        d.pop(leaf, None)
-    return out
 
 
 def _has_order_option(name: str) -> bool:
@@ -324,7 +305,7 @@ def _axis_settings(name: str, base: dict, axes: dict, afs_default: bool) -> list
     out = []
     for combo in itertools.product(*(axes[k] for k in keys)):
         options = dict(base, **dict(zip(keys, combo)))
-        checked = _check_options(name, options, f"config.sweep.option_axes") if keys else base
+        checked = _check_options(name, options, "config.sweep.option_axes") if keys else base
         for afs in axes.get("afs", (afs_default,)):
             out.append((checked, afs))
     return out

@@ -39,7 +39,7 @@ from samplax.experiment import results as store
 from samplax import io
 from samplax.experiment.checkpoints import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from samplax.experiment.config import TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
-from samplax.experiment.plan import identity
+from samplax.experiment.identity import identity
 from samplax.experiment.progress import Progress
 from samplax.models.analytic import load_problem
 from samplax.models.networks import MLPScoreNet, network_apply, network_model
