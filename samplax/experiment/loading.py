@@ -65,14 +65,19 @@ def resolve_model(model_cfg: dict) -> dict:
     fixed (latest when unset), so a row names exactly the parameters it used."""
     m = dict(model_cfg)
     factory = m.get("factory")
+
+    def unset(f):
+        return m.get(f) in (None, {}, (), [])
+
     if not factory:
-        for f in USER_FIELDS[1:]:
-            v = m.get(f)
-            if v not in (None, {}, ()) and f not in ("schedule", "schedule_args", "data", "data_args"):
-                raise ConfigError(f"config.model.{f}", "only applies to a user model (config.model.factory)")
-        if m.get("data"):
-            raise ConfigError("config.model.data", "only applies to a user model (config.model.factory); a "
-                                                   "built-in or trained model's data is config.model.name")
+        for f in ("args", "shape", "data", "data_args"):
+            if not unset(f):
+                extra = "; a built-in or trained model's data is config.model.name" if f.startswith("data") else ""
+                raise ConfigError(f"config.model.{f}", "only applies to a user model (config.model.factory)" + extra)
+    if unset("schedule") and not unset("schedule_args"):
+        raise ConfigError("config.model.schedule_args", "only applies with config.model.schedule")
+    if unset("data") and not unset("data_args"):
+        raise ConfigError("config.model.data_args", "only applies with config.model.data")
     if not m.get("checkpoint"):
         for f in ("step", "guidance"):
             if m.get(f) is not None:
