@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from samplax.experiment.results import atomic_write, atomic_write_text, json_clean  # noqa: F401 (re-used)
+from samplax.io import atomic_write, atomic_write_text, json_clean  # noqa: F401 (re-used)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_DIR = os.path.join(REPO_ROOT, ".bench_cache")
@@ -104,7 +104,7 @@ def machine_md(info: dict, command: str, date: str) -> str:
           f"(sources digest `{info['samplax']['sources_digest']}`)"] if "samplax" in info else []))
 
 
-# One atomic-write mechanism and one JSON cleaner for the whole project (samplax's results store).
+# One atomic-write mechanism and one JSON cleaner for the whole project (samplax.io).
 _json_clean = json_clean
 
 

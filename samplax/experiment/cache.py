@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from samplax import io as sio
+from samplax.experiment.identity import settings_hash
 
 REFERENCE_SUBDIR = "references"
 
@@ -40,7 +41,8 @@ def cache_dir() -> str:
 
 
 def key_hash(key: dict) -> str:
-    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The file name part of a reference: the settings hash of its key, 16 hex digits."""
+    return settings_hash(key, digits=16)
 
 
 def _paths(name: str, key: dict):

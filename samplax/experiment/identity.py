@@ -13,9 +13,10 @@ import json
 from samplax.experiment.config import NON_IDENTITY_FIELDS
 
 
-def settings_hash(spec: dict) -> str:
-    """Identity of a row: sha1 of its resolved settings (sorted JSON), 12 hex digits."""
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def settings_hash(spec: dict, digits: int = 12) -> str:
+    """Identity of a row (or of any JSON-able settings): sha1 of the sorted JSON, the
+    first ``digits`` hex digits (12 for rows; the reference cache uses 16)."""
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:digits]
 
 
 def identity(config: dict, drop=NON_IDENTITY_FIELDS) -> dict:

@@ -28,6 +28,7 @@ from typing import Iterable, Optional
 from absl import logging
 
 from samplax import io as sio
+from samplax.io import atomic_write_json, json_clean
 from samplax.experiment.errors import ConfigError
 
 RESULTS_FILE = "results.jsonl"
@@ -35,7 +36,8 @@ CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 DAMAGED_FILE = "results.damaged.jsonl"  # lines compact() removed from results.jsonl
 # What "start over" removes; the cache of reference solutions (and the lock) are kept.
-DERIVED = (RESULTS_FILE, CONFIG_FILE, "config_history.jsonl", DAMAGED_FILE, "results.md", "samples", "plots", "tb", "skipped.json")
+CONFIG_HISTORY_FILE = "config_history.jsonl"  # every config that ran in a (sample) workdir
+DERIVED = (RESULTS_FILE, CONFIG_FILE, CONFIG_HISTORY_FILE, DAMAGED_FILE, "results.md", "samples", "plots", "tb", "skipped.json")
 
 
 class WorkdirConflict(ValueError):
@@ -44,12 +46,6 @@ class WorkdirConflict(ValueError):
 
 class WorkdirLocked(WorkdirConflict):
     """Another process holds the workdir's lock; the message starts with ``workdir: ``."""
-
-
-# The durable writers live in the lowest layer (samplax.io); re-exported here for the
-# experiment layer's callers.
-from samplax.io import (atomic_save_npy, atomic_write, atomic_write_bytes, atomic_write_json,  # noqa: E402,F401
-                        atomic_write_text, json_clean)
 
 
 # ---------------------------------------------------------------------------------------
@@ -63,8 +59,9 @@ def row_problem(row) -> str:
     samples were non-finite is complete (``metrics`` is an object holding a null); a row
     with ``metrics`` missing or null (a damaged or hand-cut line) is not, and is
     recomputed by the next run."""
-    if not isinstance(row, dict):
-        return f"valid JSON but not a row ({_json_kind(row)})"
+    problem = _object_problem(row)
+    if problem:
+        return problem
     if not isinstance(row.get("hash"), str) or not row["hash"]:
         return "a JSON object without a row hash"
     if not isinstance(row.get("metrics"), dict):
@@ -208,6 +205,11 @@ def load_results(workdir, as_dataframe: Optional[bool] = None):
 # ---------------------------------------------------------------------------------------
 # saved config
 # ---------------------------------------------------------------------------------------
+def _as_saved(identity: dict) -> dict:
+    """``identity`` as it reads back from config.json (strict JSON: tuples become lists)."""
+    return json.loads(json.dumps(json_clean(identity)))
+
+
 def _unset(v) -> bool:
     return v is None or (isinstance(v, dict) and all(_unset(x) for x in v.values()))
 
@@ -256,15 +258,12 @@ def check_saved_config(workdir, identity: dict, kind: Optional[str] = None) -> b
             raise WorkdirConflict(f"{w} holds a {saved.get('kind')!r} run; a sample run accumulates only in a "
                                   f"sample workdir. Use another workdir, or start over with --restart.")
         return True
-    diffs = config_diff(saved.get("identity"), json.loads(json.dumps(json_clean(identity))))
+    diffs = config_diff(saved.get("identity"), _as_saved(identity))
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise WorkdirConflict(f"{w} holds results of a different config ({shown}). Use another workdir, "
                               f"or start over with --restart (deletes its results).")
     return True
-
-
-CONFIG_HISTORY_FILE = "config_history.jsonl"
 
 
 def save_config(workdir, kind: str, config: dict, identity: dict) -> None:
@@ -278,7 +277,7 @@ def save_config(workdir, kind: str, config: dict, identity: dict) -> None:
             previous = json.loads((w / CONFIG_FILE).read_bytes()).get("identity")
         except (ValueError, UnicodeDecodeError, AttributeError):
             previous = None
-    clean = json.loads(json.dumps(json_clean(identity)))
+    clean = _as_saved(identity)
     if previous is None or config_diff(previous, clean):
         sio.append_line(w / CONFIG_HISTORY_FILE, (json.dumps(json_clean(dict(record, time=time.strftime(
             "%Y-%m-%d %H:%M:%S UTC", time.gmtime()))), sort_keys=True) + "\n").encode())

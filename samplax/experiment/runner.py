@@ -143,7 +143,7 @@ def _run_locked(plan: Plan, kind: str, workdir, ident: dict, writer: bool, resta
             store.clear_workdir(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         store.save_config(workdir, kind, plan.config, ident)
-        store.atomic_write_json(workdir / "skipped.json", plan.skipped)
+        sio.atomic_write_json(workdir / "skipped.json", plan.skipped)
         store.compact(path)  # exactly one complete row per hash before appending
         done = {r["hash"] for r in store.read_results(path)}
         done_mask = np.asarray([s["hash"] in done for s in plan.rows], np.int32)
@@ -470,8 +470,7 @@ def _reference_rms(ctx, loaded, s, n: int) -> Optional[float]:
     if loaded.gmm is not None:
         ref = _exact_samples(ctx, loaded, n, EXACT_KEY)
     elif loaded.dataset is not None:
-        ref = ctx.memo(("data_samples", loaded.dataset.name, n, EXACT_KEY), lambda: np.asarray(
-            loaded.dataset.batch(EXACT_KEY, 0, n)[0], np.float64).reshape(n, -1))
+        ref = _data_samples(ctx, loaded.dataset, n, EXACT_KEY)
     else:
         return None
     return float(np.sqrt(np.mean(np.sum(np.reshape(ref, (len(ref), -1)) ** 2, axis=-1))))
@@ -570,6 +569,12 @@ def _reference_metrics(ctx, loaded, s, n_sw: int) -> dict:
     return ctx.memo(("refmetrics", loaded.problem, n_sw, n_proj), compute)
 
 
+def _data_samples(ctx, data, n: int, seed: int) -> np.ndarray:
+    """``n`` flattened float64 samples of the reference data set (batch 0 of ``seed``), once per run."""
+    return ctx.memo(("data_samples", data.name, n, seed), lambda: np.asarray(
+        data.batch(seed, 0, n)[0], np.float64).reshape(n, -1))
+
+
 def _data_metrics(ctx, loaded, s, x0):
     """Metrics of samples of a trained model whose data have no analytic density.
 
@@ -596,10 +601,8 @@ def _data_metrics(ctx, loaded, s, x0):
         fd = digits_fd(params, x0.reshape((-1,) + loaded.shape).astype(np.float32), reference=ref)
         return (dict(fd=float(fd)), dict(fd_floor=float(frechet_distance(*floor, *ref)),
                                         classifier_test_accuracy=float(info["test_accuracy"]), n_fd=len(x0)))
-    a = ctx.memo(("data_samples", name, len(x0), EXACT_KEY), lambda: np.asarray(
-        data.batch(EXACT_KEY, 0, len(x0))[0], np.float64).reshape(len(x0), -1))
-    b = ctx.memo(("data_samples", name, len(x0), FLOOR_KEY), lambda: np.asarray(
-        data.batch(FLOOR_KEY, 0, len(x0))[0], np.float64).reshape(len(x0), -1))
+    a = _data_samples(ctx, data, len(x0), EXACT_KEY)
+    b = _data_samples(ctx, data, len(x0), FLOOR_KEY)
     proj = _proj(ctx, loaded.dim, s["metrics_settings"]["sw_projections"])
     return (dict(sw2=sliced_wasserstein2_host(x0.reshape(len(x0), -1), a, proj)),
             dict(sw2_floor=sliced_wasserstein2_host(a, b, proj), n_exact=len(x0)))

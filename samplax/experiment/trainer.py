@@ -530,7 +530,7 @@ def write_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
     cond = ", row r: class r" if (k and kind == "image") else ""
     ax.set_title(f"{s.cfg['data']['name']} step {step}: {t['sample_solver']}, NFE {t['sample_nfe']}{cond}", fontsize=9)
     fig.tight_layout()
-    store.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
+    io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
     plt.close(fig)
     return path
 
