@@ -21,6 +21,7 @@ config -> registry -> trainer -> config is no longer a circle.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import json
@@ -100,12 +101,8 @@ def resolve_model(model_cfg: dict) -> dict:
     if factory:
         raise ConfigError("config.model.factory", f"{path} is a samplax training workdir: sample it without a "
                                                   f"factory (its network is rebuilt from its config)")
-    from samplax.experiment.trainer import latest_checkpoint_step
-
-    try:
-        step = latest_checkpoint_step(path) if m.get("step") is None else m["step"]
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError("config.model.checkpoint", str(e)) from None
+    # the newest intact step: restored (and checksummed) once here, and kept for the run
+    step = _trained(path, None, m.get("params") or "ema").step if m.get("step") is None else m["step"]
     m.update(checkpoint=path, step=int(step))
     return m
 
@@ -289,14 +286,29 @@ def _load(m: dict, dtype) -> LoadedModel:
     return _load_trained(m, dtype)
 
 
-@functools.lru_cache(maxsize=8)
-def _trained(path: str, step: int, which: str):
+_TRAINED: "collections.OrderedDict" = collections.OrderedDict()  # (path, step, which) -> Trained
+_TRAINED_KEEP = 8
+
+
+def _trained(path: str, step: Optional[int], which: str):
+    """The parameters of a training workdir's checkpoint ``step`` (None: the newest intact
+    one), kept for the 8 most recent (path, step, which).  A ``None`` step is restored
+    anew each time (a training run may have added a newer one) and kept under its step,
+    so the plan's restore is the run's."""
     from samplax.experiment.trainer import load_trained
 
+    key = (path, step, which)
+    if step is not None and key in _TRAINED:
+        _TRAINED.move_to_end(key)
+        return _TRAINED[key]
     try:
-        return load_trained(path, step, which)
+        tr = load_trained(path, step, which)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError("config.model.checkpoint", str(e)) from None
+    _TRAINED[(path, tr.step, which)] = tr
+    while len(_TRAINED) > _TRAINED_KEEP:
+        _TRAINED.popitem(last=False)
+    return tr
 
 
 def _load_trained(model_cfg: dict, dtype) -> LoadedModel:
