@@ -44,6 +44,9 @@ class Solver(NamedTuple):
     # stability(grid, sigma_data=..., max_gain=...) -> Optional[str]: a warning when the grid is
     # outside the solver's stable regime (see samplax.solvers.stability_warning).
     stability: Optional[Callable] = None
+    # table(grid, schedule) -> samplax.solvers.unified.Table: the per-step coefficients of a
+    # linear multistep method; :func:`sample` then runs the one table-driven program.
+    table: Optional[Callable] = None
 
 
 class SampleInfo(NamedTuple):
@@ -226,7 +229,7 @@ def check_sample_inputs(solver: Solver, x_T, grid: Grid) -> None:
 
 
 def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] = None,
-           return_trajectory: bool = False, index_offset: Any = 0):
+           return_trajectory: bool = False, index_offset: Any = 0, stepwise: bool = False):
     """Run ``solver`` on ``model`` from x_T (shape (B, ...)) along ``grid``.
 
     Returns ``(x_0, SampleInfo)``.  Stochastic solvers need ``key``; the noise
@@ -238,9 +241,17 @@ def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] =
     float32-accurate coefficients: TypeError); a concrete grid must be strictly
     decreasing in t with finite alpha and sigma; the grid must have at least
     ``solver.min_steps`` steps.
+
+    Linear multistep solvers (those with ``solver.table``) run the one table-driven
+    program of :mod:`samplax.solvers.unified`: their coefficients for all steps are
+    computed first, outside the loop.  ``stepwise=True`` runs the solver's own
+    ``init`` / ``step`` instead (the reference the tables are tested against).
     """
     x_T = x_T if hasattr(x_T, "dtype") and hasattr(x_T, "shape") else jnp.asarray(x_T)
     check_sample_inputs(solver, x_T, grid)
+    if solver.table is not None and not stepwise:
+        from samplax.solvers.unified import run_table
+        return run_table(model, x_T, solver.table(grid, model.schedule), return_trajectory=return_trajectory)
     n = grid.n_steps
     keys = None
     if solver.stochastic:

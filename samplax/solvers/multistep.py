@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from typing import Callable, Literal, NamedTuple, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -434,8 +435,23 @@ def linear_multistep(name: str, view: str, order: int, coeff_fn: Callable, *, co
     def nfe(n_steps, end):
         return n_steps + (1 if end == "denoise" else 0) - (1 if afs else 0)
 
+    def table(grid, schedule):
+        """The coefficients :func:`step` computes, for all steps at once (see
+        :mod:`samplax.solvers.unified`)."""
+        from samplax.solvers.unified import multistep_table
+        n = grid.n_steps
+        idx = jnp.arange(n)
+        orders = jax.vmap(lambda i: step_order(grid, i)[1])(idx)
+        corrected = None
+        if corrector_fn is not None:
+            corrected = idx < n - 1
+            if grid.ends_at_zero and lower_order_final:
+                corrected = corrected & (idx != n - 2)
+        return multistep_table(coeff_fn, grid, schedule, k, view, orders, corrector_fn=corrector_fn,
+                               corrected=corrected, afs=afs)
+
     return Solver(name=name, init=init, step=step, nfe=nfe, order=declared_order or order, min_steps=order,
-                  view=view, step_orders=step_order)
+                  view=view, step_orders=step_order, table=table)
 
 
 # ----------------------------------------------------------------------------------------
