@@ -175,12 +175,17 @@ def time_grid(schedule: NoiseSchedule, n_steps: int, spacing: str = "logsnr", en
     (``t_max: 2.0 is outside the schedule's time range [0.001, 1.0]; allowed: ...``):
     ``t_max`` / ``t_min`` outside [schedule.t_min, schedule.t_max] or not t_max > t_min,
     a non-finite or non-positive ``rho``, an unknown ``spacing`` / ``end``, an
-    ``n_steps`` that is not an integer >= 1.  Values that are JAX tracers are not checked."""
+    ``n_steps`` that is not an integer >= 1.  Values that are JAX tracers are not checked:
+    traced ``times`` (learned or searched time points under ``jit`` / ``grad`` / ``vmap``)
+    give a grid that is differentiable in them."""
     if not isinstance(end, str) or end not in ENDS:
         raise ValueError(f"end: unknown end {end!r}; allowed: {list(ENDS)}")
     dtype = dtype or jnp.result_type(float)
     t_max = schedule.t_max if t_max is None else t_max
     t_min = schedule.t_min if t_min is None else t_min
+    if times is not None and any(_is_traced(v) for v in jax.tree_util.tree_leaves(times)):
+        # traced times (a learned or searched grid under jit / grad / vmap): not checked here
+        return grid_from_times(schedule, jnp.asarray(times), end=end, dtype=dtype)
     if times is not None:
         t = np.asarray(times, dtype=np.float64)
         if t.ndim != 1 or t.size < 2:

@@ -50,6 +50,7 @@ from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
 from samplax.solvers import stability_warning, step_orders
 from samplax.solvers.base import sample
+from samplax.solvers.unified import run_table, stack_tables
 from samplax.schedules import prior_std
 from samplax.timesteps import time_grid
 
@@ -179,11 +180,40 @@ GROUP_KEYS = ("model", "trained", "user_model", "problem", "solver", "order", "o
               "n_samples", "dtype", "prior", "metrics_settings")
 
 
+# Deterministic linear multistep solvers are step tables (samplax.solvers.unified): rows of
+# different such solvers and options share one program too, vmapped over their tables.
+TABLE_ENGINE = "table"
+
+
+@functools.lru_cache(maxsize=None)
+def _table_capable(solver: str, order, options_json: str, afs: bool) -> bool:
+    import json
+
+    spec = dict(solver=solver, order=order, options=json.loads(options_json), afs=afs)
+    s = rebuild_solver(spec)
+    return s.table is not None and not s.stochastic
+
+
+def uses_tables(spec: dict) -> bool:
+    """Whether a row runs as a step table (and so may share a program with other solvers)."""
+    import json
+
+    return _table_capable(spec["solver"], spec.get("order"), json.dumps(spec["options"], sort_keys=True), spec["afs"])
+
+
+def group_key(spec: dict) -> dict:
+    key = {k: spec.get(k) for k in GROUP_KEYS}
+    if uses_tables(spec):
+        key.update(solver=TABLE_ENGINE, order=None, options=None)
+    return key
+
+
 def group_rows(specs: list) -> list:
-    """Rows that can share one compiled program (they differ only in NFE, grid spacing and seed)."""
+    """Rows that can share one compiled program: they differ only in NFE, grid spacing and
+    seed, or (step-table solvers) also in the solver and its options."""
     groups = OrderedDict()
     for s in specs:
-        groups.setdefault(settings_hash({k: s.get(k) for k in GROUP_KEYS}), []).append(s)
+        groups.setdefault(settings_hash(group_key(s)), []).append(s)
     return list(groups.values())
 
 
@@ -288,7 +318,8 @@ def _probe_name(j: int) -> str:
 def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh, prior: str, dtype,
                    scale: float = 1.0):
     """jit(program)(parts, offset, n_valid, x_T or None) for one group; ``parts`` is a
-    list of (stacked grids, seeds), one per step count."""
+    list of (stacked grids, seeds), one per step count (stacked step tables when
+    ``solver`` is None: the members may be different multistep solvers)."""
     gmm, shape = loaded.gmm, loaded.shape
     batch = devices.batch_sharding(mesh, 1)
     # a probe per part makes each part's model evaluations countable in the program's jaxpr
@@ -298,7 +329,10 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
         k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         if loaded.relabel is not None:  # guided class-conditional model: labels of these samples
             model = loaded.relabel(model, idx)
-        x0, info = sample(solver, model, x_T, grid, k_solver, index_offset=offset)
+        if solver is None:  # ``grid`` is a step table (samplax.solvers.unified)
+            x0, info = run_table(model, x_T, grid)
+        else:
+            x0, info = sample(solver, model, x_T, grid, k_solver, index_offset=offset)
         flat = x0.reshape(x0.shape[0], -1)
         finite = jnp.all(jnp.isfinite(flat), axis=-1)
         if gmm is None:
@@ -339,7 +373,9 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
     with _precision(s0["dtype"]):
         dtype = registry.DTYPES[s0["dtype"]]
         loaded = loading.load_model(model_section(s0), dtype)
-        solver = rebuild_solver(s0)
+        tables = uses_tables(s0)
+        solvers = {k: rebuild_solver(s) for k, s in enumerate(specs)}
+        solver = None if tables else solvers[0]
         n, ms = s0["n_samples"], s0["metrics_settings"]
         n_dev = ctx.devices["n_devices"]
         chunk = devices.padded_chunk(ctx.cfg["chunk_size"], n, n_dev)
@@ -355,9 +391,12 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             grids = [time_grid(loaded.schedule, specs[k]["n_steps"], specs[k]["grid"], end=s0["end"],
                                t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"], dtype=dtype) for k in ks]
             for k, grid in zip(ks, grids):
-                ran[k] = (step_orders(solver, grid), stability_warning(solver, grid))
-            parts.append((jax.tree.map(lambda *a: jnp.stack(a), *grids),
-                          jnp.asarray([specs[k]["seed"] for k in ks], jnp.uint32)))
+                ran[k] = (step_orders(solvers[k], grid), stability_warning(solvers[k], grid))
+            if tables:
+                stacked = stack_tables([solvers[k].table(grid, loaded.schedule) for k, grid in zip(ks, grids)])
+            else:
+                stacked = jax.tree.map(lambda *a: jnp.stack(a), *grids)
+            parts.append((stacked, jnp.asarray([specs[k]["seed"] for k in ks], jnp.uint32)))
         program = _build_program(solver, loaded, len(parts), n_heads, chunk, ctx.mesh, s0["prior"], dtype,
                                  prior_std(loaded.schedule, s0["t_max"]))
         rep = devices.replicated(ctx.mesh)
@@ -382,7 +421,8 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             return parts, jnp.int32(start), jnp.int32(n), x_T_in(start)
 
         if progress is not None:
-            progress.compiling(s0["label"])
+            labels = list(OrderedDict.fromkeys(s["label"] for s in specs))
+            progress.compiling(labels[0] if len(labels) == 1 else f"{len(labels)} multistep solvers as step tables")
         t0 = time.perf_counter()
         traced = program.trace(*args(0))
         # model evaluations per member, counted in the program that runs
@@ -409,7 +449,7 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         for k in ks:
             nfe_of[k] = nfe_parts[j]
 
-    program_id = settings_hash({k: s0.get(k) for k in GROUP_KEYS})
+    program_id = settings_hash(group_key(s0))
     rows = [None] * m
     for g, k in enumerate(order):
         s = specs[k]

@@ -181,10 +181,11 @@ def padded_grids(grid: Grid, k: int):
             return jnp.concatenate([v[0] + j * d, v])
 
         st = grid.sigma / grid.alpha
-        alpha = jnp.concatenate([jnp.broadcast_to(grid.alpha[0], (m,)), grid.alpha])
-        st_ext = ext(st)
+        a0 = grid.alpha[0]
+        alpha = jnp.concatenate([jnp.broadcast_to(a0, (m,)), grid.alpha])
+        sigma = jnp.concatenate([(st[0] + j * (st[0] - st[1])) * a0, grid.sigma])  # sigma_tilde extended linearly
         lam = jnp.concatenate([grid.lam[0] - j * (grid.lam[1] - grid.lam[0]), grid.lam])
-        lo = Grid(t=ext(grid.t), alpha=alpha, sigma=st_ext * alpha, lam=lam, end=grid.end)
+        lo = Grid(t=ext(grid.t), alpha=alpha, sigma=sigma, lam=lam, end=grid.end)
     lam = lo.lam
     if grid.ends_at_zero and grid.n_steps >= 1:
         prev = lam[-2] + (lam[-2] - lam[-3] if lam.shape[0] >= 3 else 1.0)
