@@ -53,6 +53,7 @@ def sample_config() -> ml_collections.ConfigDict:
         t_max=config_dict.placeholder(float),  # None: the schedule's t_max
         t_min=config_dict.placeholder(float),  # None: the schedule's t_min
         rho=7.0,                              # Karras spacing exponent
+        file=config_dict.placeholder(str),    # spacing "file": a schedule file's time points (save_schedule)
     ))
     c.nfe = 10
     c.seed = 0
@@ -214,6 +215,7 @@ _GRID_COMMON = {
     "t_max": Field("float", required=False, nullable=True),
     "t_min": Field("float", required=False, nullable=True),
     "rho": Field("float", check=_finite_pos),
+    "file": Field("str", required=False, nullable=True),
 }
 
 SAMPLE_SCHEMA = dict(_COMMON, **{

@@ -12,9 +12,12 @@ axis entry that yields no row at all is an error.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from typing import NamedTuple, Optional
+
+import numpy as np
 
 from samplax.experiment import loading, registry
 from samplax.experiment.config import ConfigError, config_kind, validate_fields
@@ -62,8 +65,15 @@ def _check_options(name: str, options: dict, path: str) -> dict:
         if k not in allowed:
             extra = sorted(set(allowed) - {"order", "afs"})
             raise ConfigError(f"{path}.{k}", f"unknown option of solver {name!r}; allowed: {extra}")
+    afs = False
+    if name == "schedule":  # its file decides AFS: validate the options with the file's setting
+        f = options.get("file")
+        if not f:
+            raise ConfigError(f"{path}.file", "solver 'schedule' needs the path of a schedule file (a search's "
+                                              "best_schedule.json); got none")
+        afs = schedule_file({"file": f}, f"{path}.file").afs
     try:
-        get_solver(name, afs=False, **options)
+        get_solver(name, afs=afs, **options)
     except ValueError as e:
         raise ConfigError(path, f"solver {name!r} rejects options {options}: {e}") from None
     return options
@@ -78,6 +88,12 @@ def _solver(name: str, order: Optional[int], afs: bool, options: dict, order_pat
         except ValueError:
             raise ConfigError(order_path, f"solver {name!r} has no order {order!r}; allowed orders: "
                                           f"{allowed_orders(name, afs, options)}") from None
+    if name == "schedule":
+        file_afs = schedule_file({"file": options["file"]}).afs
+        if afs != file_afs:
+            raise ConfigError("config.afs" if "sweep" in order_path else "config.solver.afs",
+                              f"{afs} differs from the schedule file's afs={file_afs} ({options['file']}); "
+                              f"allowed: {file_afs}")
     solver = get_solver(name, afs=afs, **options)
     if order is not None and order != solver.order:
         raise ConfigError(order_path, f"solver {name!r} has the fixed order {solver.order} and no order "
@@ -102,12 +118,40 @@ def _label(name: str, order: int, options: dict, afs: bool) -> str:
     return " ".join(parts)
 
 
+def schedule_file(g: dict, path: str = "config.grid.file"):
+    """The schedule of ``grid.file`` (spacing "file"), validated, or a ConfigError at ``path``."""
+    from samplax.solvers.schedule import ScheduleError, load_schedule
+
+    f = g.get("file")
+    if not f:
+        raise ConfigError(path, "grid spacing 'file' needs a schedule file (a search's best_schedule.json or "
+                                "samplax.solvers.schedule.save_schedule); got none")
+    try:
+        return load_schedule(f)
+    except ScheduleError as e:
+        raise ConfigError(path, str(e)) from None
+
+
+def make_grid(schedule, n_steps: int, spacing: str, end: str, g: dict, dtype):
+    """The time grid of a row: a named spacing, or (spacing "file") the time points of
+    the schedule file ``g["file"]``, whose step count and end must match."""
+    if spacing != "file":
+        return time_grid(schedule, n_steps, spacing, end=end, t_max=g.get("t_max"), t_min=g.get("t_min"),
+                         rho=g["rho"], dtype=dtype)
+    sched = schedule_file(g)
+    if sched.n_steps != n_steps or sched.end != end:
+        raise ValueError(f"the schedule file {g['file']} has {sched.n_steps} steps ending {sched.end!r} (NFE "
+                         f"{sched.nfe}); this row needs {n_steps} steps ending {end!r}; allowed: the file's NFE and "
+                         f"grid.end")
+    times = np.asarray(sched.times, np.float64)
+    return time_grid(schedule, len(times) - (0 if end == "zero" else 1), times=times, end=end, dtype=dtype)
+
+
 def _check_grid(loaded, spacing: str, end: str, g: dict, n_steps: int, dtype, path: str):
     try:
-        return time_grid(loaded.schedule, n_steps, spacing, end=end, t_max=g.get("t_max"), t_min=g.get("t_min"),
-                         rho=g["rho"], dtype=dtype)
+        return make_grid(loaded.schedule, n_steps, spacing, end, g, dtype)
     except ValueError as e:
-        raise ConfigError(path, str(e)) from None
+        raise ConfigError(path if spacing != "file" else "config.grid.file", str(e)) from None
 
 
 def _check_time_range(cfg: dict, loaded) -> None:
@@ -154,11 +198,24 @@ def _row(cfg: dict, loaded, name, solver, order, options, afs, spacing, nfe, n_s
         m = cfg["model"]
         spec["trained"] = dict(checkpoint=m["checkpoint"], step=m["step"], params=m.get("params") or "ema",
                                guidance=m.get("guidance"))
+    files = {}
+    if spacing == "file":
+        files["grid"] = g["file"]
+    if name == "schedule":
+        files["solver"] = options.get("file")
+    if files:  # a schedule file's content is part of what the row is
+        spec["schedule_files"] = {k: dict(path=str(v), sha1=_file_sha1(v)) for k, v in files.items()}
     um = user_model_fields(cfg["model"])
     if um:  # a user factory / schedule: its spec and arguments are part of what the row is
         spec["user_model"] = um
     spec["hash"] = settings_hash(spec)
     return spec
+
+
+def _file_sha1(path) -> str:
+    from samplax.io import as_path
+
+    return hashlib.sha1(as_path(path).read_bytes()).hexdigest()
 
 
 def make_plan(config) -> Plan:

@@ -11,7 +11,12 @@ import jax.numpy as jnp
 from samplax.experiment.errors import ConfigError
 from samplax.models.analytic import load_problem
 from samplax.solvers.registry import SOLVERS  # noqa: F401  (the solver registry lives with the solvers)
-from samplax.timesteps import ENDS, SPACINGS  # noqa: F401
+from samplax.timesteps import ENDS  # noqa: F401
+from samplax.timesteps import SPACINGS as _LIBRARY_SPACINGS
+
+#: grid spacings a config may name: the library's, and "file" (the time points of a
+#: schedule file, ``config.grid.file``: e.g. a search's best_schedule.json)
+SPACINGS = _LIBRARY_SPACINGS + ("file",)
 
 
 class LoadedModel(NamedTuple):

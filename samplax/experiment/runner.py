@@ -45,14 +45,13 @@ from samplax.experiment import results as store
 from samplax.experiment.config import ConfigError, config_kind, validate_fields
 from samplax.experiment.nfe import count_in_jaxpr
 from samplax.experiment.nfe import probe as nfe_probe
-from samplax.experiment.plan import Plan, identity, make_plan, model_section, rebuild_solver, settings_hash
+from samplax.experiment.plan import Plan, identity, make_plan, make_grid, model_section, rebuild_solver, settings_hash
 from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
 from samplax.solvers import stability_warning, step_orders
 from samplax.solvers.base import sample
 from samplax.solvers.unified import run_table, stack_tables
 from samplax.schedules import prior_std
-from samplax.timesteps import time_grid
 
 EXACT_KEY = 20240101      # PRNG seed of the exact reference samples for sw2
 FLOOR_KEY = 20240102      # a second, independent exact set: the sw2 noise floor
@@ -388,8 +387,10 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         parts = []
         ran = {}  # spec index -> (StepOrders, a-priori stability warning): what each row really runs
         for ks in by_steps.values():
-            grids = [time_grid(loaded.schedule, specs[k]["n_steps"], specs[k]["grid"], end=s0["end"],
-                               t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"], dtype=dtype) for k in ks]
+            grids = [make_grid(loaded.schedule, specs[k]["n_steps"], specs[k]["grid"], s0["end"],
+                               dict(t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"],
+                                    file=specs[k].get("schedule_files", {}).get("grid", {}).get("path")), dtype)
+                     for k in ks]
             for k, grid in zip(ks, grids):
                 ran[k] = (step_orders(solvers[k], grid), stability_warning(solvers[k], grid))
             if tables:

@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 
-from samplax.solvers import multistep, sde, singlestep
+from samplax.solvers import multistep, schedule, sde, singlestep
 from samplax.solvers.base import Solver
 
 SOLVERS = {
@@ -30,6 +30,7 @@ SOLVERS = {
     "ipndm_v": multistep.ipndm_v,
     "euler_maruyama": sde.euler_maruyama,
     "pc_langevin": sde.predictor_corrector,
+    "schedule": schedule.schedule_solver,
 }
 
 

@@ -306,3 +306,50 @@ def load_schedule(path, noise_schedule=None, nfe: Optional[int] = None) -> Solve
     sched = schedule_from_dict(d, name=f"schedule file {path}")
     check_schedule(sched, noise_schedule, nfe, name=f"schedule file {path}")
     return sched
+
+
+# ----------------------------------------------------------------------------------------
+# A schedule file as a solver (the registry's "schedule")
+# ----------------------------------------------------------------------------------------
+def schedule_solver(file: str = "", afs: bool = False):
+    """The solver of a schedule file (:func:`save_schedule`): its per-step orders,
+    prediction types, derivative estimates and corrector flags, on the grid it is given
+    (whose length and end must match the file's; ``grid.spacing="file"`` in a config
+    uses the file's own time points).  ``afs`` must equal the file's.  NFE = the file's."""
+    from samplax.solvers.base import Solver, check_options
+
+    check_options(schedule_solver, locals())
+    if not file:
+        raise ValueError("file: the schedule solver needs the path of a schedule file (save_schedule / a search's "
+                         "best_schedule.json); allowed: an existing file")
+    sched = load_schedule(file)
+    if bool(afs) != bool(sched.afs):
+        raise ValueError(f"afs: {afs} differs from the schedule file's afs={sched.afs} ({file}); allowed: {sched.afs}")
+    n_file = sched.n_steps
+
+    def table(grid, noise_schedule):
+        if grid.n_steps != n_file or grid.end != sched.end:
+            raise ValueError(f"grid: the schedule file {file} has {n_file} steps ending {sched.end!r}, the grid "
+                             f"{grid.n_steps} ending {grid.end!r}; allowed: a grid of the file's length and end "
+                             f"(grid.spacing='file' uses its time points)")
+        times = grid.t[:-1] if grid.ends_at_zero else grid.t
+        return schedule_table(sched.replace(times=times), noise_schedule, dtype=grid.t.dtype)
+
+    def nfe(n_steps, end):
+        return n_steps + (1 if end == "denoise" else 0) - (1 if afs else 0)
+
+    def step_orders(grid, i):
+        p = effective_orders(sched)[i]
+        return p, p
+
+    def unsupported(*a, **k):
+        raise NotImplementedError("the schedule solver runs as a step table only (samplax.solvers.sample)")
+
+    return Solver(name="schedule", init=unsupported, step=unsupported, nfe=nfe, order=int(np.max(sched.order)),
+                  min_steps=n_file, view="both", step_orders=step_orders, table=table)
+
+
+def schedule_steps(file: str) -> tuple:
+    """(n_steps, end, afs) of a schedule file."""
+    s = load_schedule(file)
+    return s.n_steps, s.end, s.afs
