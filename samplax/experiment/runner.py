@@ -50,7 +50,7 @@ from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
 from samplax.solvers import stability_warning, step_orders
 from samplax.solvers.base import sample
-from samplax.solvers.unified import run_table, stack_tables
+from samplax.solvers.unified import run_table, widen
 from samplax.schedules import prior_std
 
 EXACT_KEY = 20240101      # PRNG seed of the exact reference samples for sw2
@@ -361,6 +361,35 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
     return jax.jit(program, out_shardings=devices.replicated(mesh))
 
 
+def _solver_key(spec: dict) -> str:
+    return settings_hash({k: spec.get(k) for k in ("solver", "order", "options", "afs", "schedule_files")})
+
+
+def _build_tables(solvers: list, keys: list, grids: list, schedule):
+    """The step tables of one part's members (member j: ``solvers[j]`` on ``grids[j]``),
+    widened to a common layout and stacked in member order.  One jitted, vmapped call
+    per part: the members of each distinct solver setting are batched through its
+    ``table`` function (building them one by one, op by op, dominated a sweep's wall time)."""
+    uniq = OrderedDict()
+    for j, key in enumerate(keys):
+        uniq.setdefault(key, (solvers[j], []))[1].append(j)
+    shapes = [jax.eval_shape(lambda g, s=s: s.table(g, schedule), grids[pos[0]]) for s, pos in uniq.values()]
+    k = max(t.k for t in shapes)
+    views = tuple(v for v in ("data", "noise") if any(v in t.views for t in shapes))
+    corr = any(t.has_corrector for t in shapes)
+    batches = [jax.tree.map(lambda *a: jnp.stack(a), *[grids[j] for j in pos]) for _, pos in uniq.values()]
+
+    def build(batches):
+        outs = [jax.vmap(lambda g, s=s: widen(s.table(g, schedule), k, views, corr))(b)
+                for (s, _), b in zip(uniq.values(), batches)]
+        return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+    tab = jax.jit(build)(batches)
+    where = np.concatenate([pos for _, pos in uniq.values()])
+    inv = np.argsort(where)  # concatenated position -> member order
+    return jax.tree.map(lambda a: a[inv], tab)
+
+
 def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -> list:
     """Compile and run one group of rows (one program); returns the finished rows (not yet
     written, in the order of ``specs``)."""
@@ -394,7 +423,8 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             for k, grid in zip(ks, grids):
                 ran[k] = (step_orders(solvers[k], grid), stability_warning(solvers[k], grid))
             if tables:
-                stacked = stack_tables([solvers[k].table(grid, loaded.schedule) for k, grid in zip(ks, grids)])
+                stacked = _build_tables([solvers[k] for k in ks], [_solver_key(specs[k]) for k in ks], grids,
+                                        loaded.schedule)
             else:
                 stacked = jax.tree.map(lambda *a: jnp.stack(a), *grids)
             parts.append((stacked, jnp.asarray([specs[k]["seed"] for k in ks], jnp.uint32)))
