@@ -59,37 +59,57 @@ def _targets(log_scores, valid):
     return jnp.where(valid, (y - mu) / sd, 0.0)
 
 
-def make_predictor(n_features: int, hidden: Sequence[int] = (64, 64), learning_rate: float = 3e-3):
+def make_predictor(n_features: int, hidden: Sequence[int] = (64, 64), learning_rate: float = 3e-3,
+                   ensemble: int = 4, loss: str = "rank"):
     """(module, optimizer, init_fn(key) -> (params, opt_state), train_fn, predict_fn).
 
-    ``train_fn(params, opt_state, key, features (C, F), log_scores (C,), valid (C,),
-    steps, batch) -> (params, opt_state, loss)`` runs ``steps`` Adam steps of mean
-    squared error on minibatches drawn from the valid rows; ``predict_fn(params,
-    features) -> (N,)`` (lower = better)."""
+    An ensemble of ``ensemble`` MLPs (independent initialisations and minibatches;
+    the prediction is their mean).  ``train_fn(params, opt_state, key, features (C, F),
+    log_scores (C,), valid (C,), steps, batch) -> (params, opt_state, loss)`` runs
+    ``steps`` Adam steps on minibatches drawn from the valid rows (the first ones of
+    the archive): ``loss="mse"`` regresses the standardised log score, ``loss="rank"``
+    adds a pairwise logistic ranking loss over all pairs of the minibatch (the order
+    of candidates is what the search uses).  ``predict_fn(params, features) -> (N,)``
+    (lower = better)."""
+    if loss not in ("mse", "rank"):
+        raise ValueError(f"make_predictor.loss: unknown loss {loss!r}; allowed: ['mse', 'rank']")
+    _check_int("make_predictor", "ensemble", ensemble)
     module = Predictor(tuple(hidden))
     opt = optax.adam(learning_rate)
 
     def init_fn(key):
-        params = module.init(key, jnp.zeros((1, n_features), jnp.float32))
+        params = jax.vmap(lambda k: module.init(k, jnp.zeros((1, n_features), jnp.float32)))(
+            jax.random.split(key, ensemble))
         return params, opt.init(params)
 
+    def member(p, features):
+        return module.apply(p, features.astype(jnp.float32))
+
     def predict_fn(params, features):
-        return module.apply(params, features.astype(jnp.float32))
+        return jnp.mean(jax.vmap(member, in_axes=(0, None))(params, features), 0)
 
     def train_fn(params, opt_state, key, features, log_scores, valid, steps: int, batch: int):
         y = _targets(log_scores, valid)
         n_valid = jnp.maximum(jnp.sum(valid.astype(jnp.int32)), 1)
-        # valid rows come first in the archive (a ring buffer filled from index 0)
-        def loss_fn(p, idx):
-            pred = predict_fn(p, features[idx])
-            return jnp.mean((pred - y[idx]) ** 2)
+
+        def loss_one(p, idx):
+            pred = member(p, features[idx])
+            out = jnp.mean((pred - y[idx]) ** 2)
+            if loss == "rank":
+                dy = y[idx][:, None] - y[idx][None, :]
+                dp = pred[:, None] - pred[None, :]
+                out = out + jnp.mean(jnp.where(dy > 0, jax.nn.softplus(-dp), 0.0)) * 2.0
+            return out
+
+        def loss_fn(p, idx):  # idx (E, batch)
+            return jnp.sum(jax.vmap(loss_one)(p, idx))
 
         def body(carry, k):
             p, s = carry
-            idx = jax.random.randint(k, (batch,), 0, n_valid)
-            loss, g = jax.value_and_grad(loss_fn)(p, idx)
+            idx = jax.random.randint(k, (ensemble, batch), 0, n_valid)
+            val, g = jax.value_and_grad(loss_fn)(p, idx)
             upd, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, upd), s), loss
+            return (optax.apply_updates(p, upd), s), val / ensemble
 
         (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jax.random.split(key, steps))
         return params, opt_state, losses[-1] if steps else jnp.asarray(0.0)
@@ -130,7 +150,8 @@ def s3(space: SearchSpace, score_fn: Callable, population: int = 64, candidates:
                     params=params, opt_state=opt_state, loss=jnp.asarray(0.0, jnp.float32),
                     n_eval=jnp.asarray(0, jnp.int32), generation=jnp.asarray(0, jnp.int32))
 
-    def step(state, key):
+    @jax.jit
+    def propose(state, key):
         kt, kc = jax.random.split(key)
         first = state["generation"] == 0
         valid = jnp.arange(archive) < jnp.minimum(state["archive_count"], archive)
@@ -140,13 +161,16 @@ def s3(space: SearchSpace, score_fn: Callable, population: int = 64, candidates:
         kids = offspring(space, kc, par, candidates, mutation_rate, crossover)
         pred = ppredict(params, jax.vmap(space.features)(kids))
         pred = jnp.where(jnp.isfinite(pred), pred, jnp.inf)
-        chosen = take(kids, jnp.argsort(pred, stable=True)[:top_k])
+        order = jnp.argsort(pred, stable=True)[:top_k]
         initial = take(state["pool"], jnp.arange(top_k))
-        cand = jax.tree.map(lambda a, b: jnp.where(first, a, b), initial, chosen)
-        rec = dict(score_fn(cand))
+        cand = jax.tree.map(lambda a, b: jnp.where(first, a, b), initial, take(kids, order))
+        return cand, dict(params=params, opt_state=opt_state, loss=loss.astype(jnp.float32),
+                          predicted=jnp.where(first, jnp.nan, pred[order]))
+
+    @jax.jit
+    def update(state, cand, rec, aux):
         score = _clean(rec["score"]).astype(jnp.float32)
-        # archive (ring buffer)
-        idx = (state["archive_count"] + jnp.arange(top_k)) % archive
+        idx = (state["archive_count"] + jnp.arange(top_k)) % archive  # ring buffer
         feats = state["archive_features"].at[idx].set(jax.vmap(space.features)(cand))
         logs = state["archive_log_score"].at[idx].set(jnp.log(score))
         pop, scores = _keep_best(_concat(state["population"], cand), jnp.concatenate([state["scores"], score]),
@@ -154,9 +178,13 @@ def s3(space: SearchSpace, score_fn: Callable, population: int = 64, candidates:
         best_g, best_s = _update_best(state, cand, score)
         new = dict(state, population=pop, scores=scores, best_genotype=best_g, best_score=best_s,
                    archive_features=feats, archive_log_score=logs, archive_count=state["archive_count"] + top_k,
-                   params=params, opt_state=opt_state, loss=loss.astype(jnp.float32),
+                   params=aux["params"], opt_state=aux["opt_state"], loss=aux["loss"],
                    n_eval=state["n_eval"] + top_k, generation=state["generation"] + 1)
-        return new, dict(rec, genotypes=cand, score=score, predicted=jnp.where(first, jnp.nan, jnp.sort(pred)[:top_k]))
+        return new, dict(rec, genotypes=cand, score=score, predicted=aux["predicted"])
+
+    def step(state, key):
+        cand, aux = propose(state, key)
+        return update(state, cand, dict(score_fn(cand)), aux)
 
     return Strategy(init, step, _best, _evaluations)
 

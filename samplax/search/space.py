@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.solvers.schedule import DERIVATIVES, MAX_ORDER, SolverSchedule, constant_schedule
+from samplax.solvers.schedule import DERIVATIVES, MAX_ORDER, SolverSchedule
 from samplax.timesteps import ENDS
 
 FIELDS = ("times", "order", "prediction", "derivative", "corrector")
@@ -107,21 +107,28 @@ class SearchSpace:
     def default(self, dtype=jnp.float32) -> Genotype:
         """The frozen-field values: DPM-Solver++(2M) on the logSNR-uniform grid."""
         n = self.n_steps
-        # constant_schedule's orders (warm-up, lower-order-final); times do not matter here.
-        p = np.asarray(constant_schedule(np.zeros(self.n_nodes), order=min(2, self.max_order), end=self.end).order)
+        # constant_schedule's orders (warm-up, lower-order-final), in numpy (static under jit)
+        i = np.arange(n)
+        p = np.minimum(min(2, self.max_order), i + 1)
+        p = np.minimum(p, np.maximum((n - 1 if self.end == "zero" and n > 1 else n) - i, 1))
+        if self.end == "zero" and n > 1:
+            p[-1] = 1
         return dict(logits=jnp.zeros((self.n_nodes - 1,), dtype), order=jnp.asarray(p, jnp.int32),
                     prediction=jnp.zeros((n,), jnp.int32), derivative=jnp.zeros((n,), jnp.int32),
                     corrector=jnp.zeros((n,), bool))
 
     # ------------------------------------------------------------------ random candidates
+    def _fields_from_uniform(self, u, dtype) -> Genotype:
+        """Random fields from uniforms u in [0, 1) of length m - 1 + 4 n (one PRNG call
+        per candidate: threefry compiles slowly on CPU, so draws are batched)."""
+        n, m1 = self.n_steps, self.n_nodes - 1
+        uo, up, ud, uc = (u[m1 + j * n: m1 + (j + 1) * n] for j in range(4))
+        level = lambda v, k: jnp.minimum(jnp.floor(v * k), k - 1).astype(jnp.int32)  # noqa: E731
+        return dict(logits=(3.0 * u[:m1] - 1.5).astype(dtype), order=level(uo, self.max_order) + 1,
+                    prediction=level(up, 2), derivative=level(ud, len(DERIVATIVES)), corrector=uc < 0.5)
+
     def _random_fields(self, key, dtype) -> Genotype:
-        n = self.n_steps
-        kt, ko, kp, kd, kc = jax.random.split(key, 5)
-        return dict(logits=jax.random.uniform(kt, (self.n_nodes - 1,), dtype, -1.5, 1.5),
-                    order=jax.random.randint(ko, (n,), 1, self.max_order + 1, jnp.int32),
-                    prediction=jax.random.randint(kp, (n,), 0, 2, jnp.int32),
-                    derivative=jax.random.randint(kd, (n,), 0, len(DERIVATIVES), jnp.int32),
-                    corrector=jax.random.bernoulli(kc, 0.5, (n,)))
+        return self._fields_from_uniform(jax.random.uniform(key, (self.n_nodes - 1 + 4 * self.n_steps,)), dtype)
 
     def _merge(self, searched: Genotype, frozen: Genotype) -> Genotype:
         name = {"logits": "times"}
@@ -186,31 +193,39 @@ class SearchSpace:
     def mutate(self, key, g: Genotype, rate) -> Genotype:
         """Gaussian noise (std ``rate``) on the logits; each discrete choice of a
         searchable field is redrawn uniformly with probability ``rate``."""
-        kn, kr, km = jax.random.split(key, 3)
-        fresh = self._random_fields(kr, g["logits"].dtype)
-        masks = jax.random.split(km, 4)
+        n, m1 = self.n_steps, self.n_nodes - 1
+        dtype = g["logits"].dtype
+        u = jax.random.uniform(key, (2 * m1 + 8 * n,), jnp.float32)
+        fresh = self._fields_from_uniform(u[: m1 + 4 * n], dtype)
+        rest = u[m1 + 4 * n:]
         out = dict(g)
         if "times" in self.searchable:
-            noise = jax.random.normal(kn, g["logits"].shape, g["logits"].dtype)
+            v = jnp.clip(rest[:m1], 1e-7, 1 - 1e-7)
+            noise = (jnp.sqrt(2.0) * jax.scipy.special.erfinv(2 * v - 1)).astype(dtype)  # standard normal
             out["logits"] = jnp.clip(g["logits"] + rate * noise, -LOGIT_BOUND, LOGIT_BOUND)
-        for mk, field in zip(masks, ("order", "prediction", "derivative", "corrector")):
+        for j, field in enumerate(("order", "prediction", "derivative", "corrector")):
             if field in self.searchable:
-                redraw = jax.random.bernoulli(mk, rate, g[field].shape)
+                redraw = rest[m1 + j * n: m1 + (j + 1) * n] < rate
                 out[field] = jnp.where(redraw, fresh[field], g[field])
         return out
 
     def crossover(self, key, a: Genotype, b: Genotype) -> Genotype:
         """Uniform crossover: every entry from ``a`` or ``b`` with probability 1/2."""
-        keys = jax.random.split(key, len(a))
-        return {k: jnp.where(jax.random.bernoulli(kk, 0.5, a[k].shape), a[k], b[k])
-                for kk, k in zip(keys, sorted(a))}
+        names = sorted(a)
+        sizes = [a[k].size for k in names]
+        u = jax.random.uniform(key, (sum(sizes),))
+        out, o = {}, 0
+        for k, sz in zip(names, sizes):
+            out[k] = jnp.where(u[o:o + sz].reshape(a[k].shape) < 0.5, a[k], b[k])
+            o += sz
+        return out
 
     # ------------------------------------------------------------------ features
     def features(self, g: Genotype) -> jnp.ndarray:
         """(F,) float32 features for a predictor: the logSNR fractions of the
-        intervals (softmax of the logits), then per step the effective order
-        scaled to [0, 1], the prediction type, the corrector flag and a one-hot
-        derivative choice."""
+        intervals (softmax of the logits, times the number of intervals), then per
+        step the effective order scaled to [0, 1], the prediction type, the
+        corrector flag and a one-hot derivative choice (F = m - 1 + 7 n)."""
         n = self.n_steps
         logits = jnp.clip(jnp.asarray(g["logits"], jnp.float32), -LOGIT_BOUND, LOGIT_BOUND)
         w = jax.nn.softmax(logits) * max(self.n_nodes - 1, 1) if self.n_nodes > 1 else logits

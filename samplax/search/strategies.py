@@ -10,7 +10,8 @@ A :class:`Strategy` is four pure functions (blackjax style):
 * ``best(state) -> (genotype, score)``;
 * ``evaluations(state) -> int array``: real evaluations so far.
 
-``score_fn`` is the function of :func:`samplax.search.evaluate.make_scorer` (or any
+Each ``step`` is propose (jitted) -> ``score_fn`` -> update (jitted).  ``score_fn``
+is the function of :func:`samplax.search.evaluate.make_scorer` (or any
 ``genotypes -> dict(score=(P,), ...)``, lower is better).  ``seeds`` (optional, a
 batch of genotypes, e.g. :meth:`SearchSpace.from_schedule` of hand-designed solvers)
 replace the first random members of the initial population.
@@ -99,17 +100,24 @@ def random_search(space: SearchSpace, score_fn: Callable, population: int = 64, 
     def init(key):
         return _common_state(space, key, population, seeds)
 
-    def step(state, key):
+    @jax.jit
+    def propose(state, key):
         cand = jax.vmap(space.init)(jax.random.split(key, population))
         # The first step evaluates the initial population (random + seeds).
         first = state["generation"] == 0
-        cand = jax.tree.map(lambda p, c: jnp.where(first, p, c), state["population"], cand)
-        rec = dict(score_fn(cand))
+        return jax.tree.map(lambda p, c: jnp.where(first, p, c), state["population"], cand)
+
+    @jax.jit
+    def update(state, cand, rec):
         score = _clean(rec["score"]).astype(jnp.float32)
         best_g, best_s = _update_best(state, cand, score)
         new = dict(state, population=cand, scores=score, best_genotype=best_g, best_score=best_s,
                    n_eval=state["n_eval"] + population, generation=state["generation"] + 1)
         return new, dict(rec, genotypes=cand, score=score)
+
+    def step(state, key):
+        cand = propose(state, key)
+        return update(state, cand, dict(score_fn(cand)))
 
     return Strategy(init, step, _best, _evaluations)
 
@@ -119,12 +127,13 @@ def offspring(space: SearchSpace, key, parents, n: int, mutation_rate: float, cr
     crossover with probability ``crossover`` (else the first parent), then
     :meth:`SearchSpace.mutate`."""
     n_par = jax.tree.leaves(parents)[0].shape[0]
-    ka, kb, kx, kc, km = jax.random.split(key, 5)
-    ia = jax.random.randint(ka, (n,), 0, n_par)
-    ib = jax.random.randint(kb, (n,), 0, n_par)
+    ks, kx, km = jax.random.split(key, 3)
+    u = jax.random.uniform(ks, (3, n))
+    ia = jnp.minimum(jnp.floor(u[0] * n_par), n_par - 1).astype(jnp.int32)
+    ib = jnp.minimum(jnp.floor(u[1] * n_par), n_par - 1).astype(jnp.int32)
     a, b = take(parents, ia), take(parents, ib)
     mixed = jax.vmap(space.crossover)(jax.random.split(kx, n), a, b)
-    use = jax.random.bernoulli(kc, crossover, (n,))
+    use = u[2] < crossover
     child = jax.tree.map(lambda m, p: jnp.where(use.reshape((n,) + (1,) * (p.ndim - 1)), m, p), mixed, a)
     return jax.vmap(lambda k, g: space.mutate(k, g, mutation_rate))(jax.random.split(km, n), child)
 
@@ -144,14 +153,17 @@ def evolution(space: SearchSpace, score_fn: Callable, population: int = 64, pare
     def init(key):
         return _common_state(space, key, population, seeds)
 
-    def step(state, key):
+    @jax.jit
+    def propose(state, key):
         par = take(state["population"], jnp.arange(parents))  # the population is kept sorted
         kids = offspring(space, key, par, population, mutation_rate, crossover)
-        first = state["generation"] == 0
-        cand = jax.tree.map(lambda p, c: jnp.where(first, p, c), state["population"], kids)
-        rec = dict(score_fn(cand))
+        first = state["generation"] == 0  # the first step evaluates the initial population
+        return jax.tree.map(lambda p, c: jnp.where(first, p, c), state["population"], kids)
+
+    @jax.jit
+    def update(state, cand, rec):
         score = _clean(rec["score"]).astype(jnp.float32)
-        old_scores = jnp.where(first, jnp.inf, state["scores"])
+        old_scores = jnp.where(state["generation"] == 0, jnp.inf, state["scores"])
         pop, scores = _keep_best(_concat(state["population"], cand), jnp.concatenate([old_scores, score]),
                                  population)
         best_g, best_s = _update_best(state, cand, score)
@@ -159,12 +171,20 @@ def evolution(space: SearchSpace, score_fn: Callable, population: int = 64, pare
                    n_eval=state["n_eval"] + population, generation=state["generation"] + 1)
         return new, dict(rec, genotypes=cand, score=score)
 
+    def step(state, key):
+        cand = propose(state, key)
+        return update(state, cand, dict(score_fn(cand)))
+
     return Strategy(init, step, _best, _evaluations)
 
 
-def run(strategy: Strategy, key, n_steps: int, state=None, callback: Optional[Callable] = None, jit: bool = True):
+def run(strategy: Strategy, key, n_steps: int, state=None, callback: Optional[Callable] = None, jit: bool = False):
     """Run ``n_steps`` iterations with ``key_i = fold_in(key, i)`` (the runner's
-    convention); ``callback(i, state, records)`` after each.  Returns the state."""
+    convention); ``callback(i, state, records)`` after each.  Returns the state.
+
+    ``step`` is jit-able as a whole, but each strategy already compiles its
+    proposal and update separately around the (jitted) score function, so with
+    ``jit=False`` strategies sharing a score function share its compiled program."""
     step = jax.jit(strategy.step) if jit else strategy.step
     if state is None:
         state = strategy.init(jax.random.fold_in(key, 2**31 - 1))
