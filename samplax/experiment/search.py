@@ -455,6 +455,7 @@ class Setup(NamedTuple):
     x_eval: np.ndarray
     ref_eval: np.ndarray
     dtype: object
+    memo: dict  # the baselines' metrics, computed once per run
 
 
 def _call(fn, what: str, *args, **kwargs):
@@ -531,7 +532,7 @@ def setup(config) -> Setup:
             kwargs["seeds"] = seeds
         strategy = _call(factory, f"strategy {s['strategy']!r}", space, score_fn, **kwargs)
     return Setup(cfg, ident, settings_hash(ident), loaded, space, strategy, baselines, x_search, ref_search,
-                 x_eval, ref_eval, dtype)
+                 x_eval, ref_eval, dtype, {})
 
 
 # ---------------------------------------------------------------------------------------
@@ -685,10 +686,11 @@ def write_outputs(st: Setup, wd, state, done: int, final: bool = True, report: b
     ns, model = st.loaded.schedule, st.loaded.model
     gmm = st.loaded.gmm if cfg["reference"]["kind"] == "exact" else None
     best_eval = evaluate_schedule(model, ns, sched, st.x_eval, st.ref_eval, gmm)
-    base = {}
-    for name, b in st.baselines.items():
-        base[name] = dict(eval=evaluate_schedule(model, ns, b, st.x_eval, st.ref_eval, gmm),
-                          search=evaluate_schedule(model, ns, b, st.x_search, st.ref_search, gmm))
+    if "baselines" not in st.memo:
+        st.memo["baselines"] = {name: dict(eval=evaluate_schedule(model, ns, b, st.x_eval, st.ref_eval, gmm),
+                                           search=evaluate_schedule(model, ns, b, st.x_search, st.ref_search, gmm))
+                                for name, b in st.baselines.items()}
+    base = st.memo["baselines"]
     evaluations = int(st.strategy.evaluations(state))
     meta = dict(problem=cfg["model"]["name"], nfe=cfg["nfe"], end=cfg["end"], afs=cfg["afs"],
                 strategy=s["strategy"], iterations=done, evaluations=evaluations, score=score, metric=s["metric"],
