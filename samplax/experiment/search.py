@@ -303,9 +303,13 @@ def search_identity(cfg: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 def start_points(seed: int, stream: int, n: int, shape, dtype, scale: float = 1.0) -> np.ndarray:
     """x_T of samples 0..n-1: N(0, scale^2 I) from fold_in(fold_in(PRNGKey(seed), stream), i)."""
-    k = jax.random.fold_in(jax.random.PRNGKey(seed), stream)
-    x = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k, i), tuple(shape), dtype))(jnp.arange(n))
-    return np.asarray(x * jnp.asarray(scale, dtype))
+    shape = tuple(int(v) for v in shape)
+
+    @jax.jit
+    def draw(seed):
+        k = jax.random.fold_in(jax.random.PRNGKey(seed), stream)
+        return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k, i), shape, dtype))(jnp.arange(n))
+    return np.asarray(draw(jnp.uint32(seed))) * np.asarray(scale, np.dtype(dtype))
 
 
 def _exact_reference(loaded, x_T: np.ndarray, steps: int, key: dict) -> np.ndarray:
@@ -397,6 +401,11 @@ def _run_schedule(model, noise_schedule, sched, x_T):
     return run_table(model, x_T, schedule_table(sched, noise_schedule, dtype=x_T.dtype), diagnostics=False)[0]
 
 
+@jax.jit
+def _modes(gmm, x0):
+    return jnp.argmax(gmm.component_log_posterior(x0, 0.0), axis=-1)
+
+
 def evaluate_schedule(model, noise_schedule, sched: SolverSchedule, x_T, reference, gmm=None) -> dict:
     """mean_l2 / max_l2 (and mode_flip for a mixture) of a schedule's samples from x_T
     against ``reference`` (errors in float64 on the host); non-finite samples give None."""
@@ -406,10 +415,10 @@ def evaluate_schedule(model, noise_schedule, sched: SolverSchedule, x_T, referen
     if not np.all(np.isfinite(err)):
         return dict(mean_l2=None, max_l2=None, n_nonfinite=int(np.sum(~np.isfinite(err))))
     out = dict(mean_l2=float(err.mean()), max_l2=float(err.max()))
-    if gmm is not None:
-        with jax.enable_x64(True):
-            m = _mode_fn(gmm.astype(jnp.float64))
-            out["mode_flip"] = float(np.mean(np.asarray(m(jnp.asarray(x0))) != np.asarray(m(jnp.asarray(ref)))))
+    if gmm is not None:  # the most likely component at noise level 0 (float32), sample vs reference
+        g32 = gmm.astype(jnp.float32)
+        mode = lambda x: np.asarray(_modes(g32, jnp.asarray(x, jnp.float32)))  # noqa: E731
+        out["mode_flip"] = float(np.mean(mode(x0) != mode(ref)))
     return out
 
 
@@ -538,8 +547,16 @@ def setup(config) -> Setup:
 # ---------------------------------------------------------------------------------------
 # Rows
 # ---------------------------------------------------------------------------------------
-def _decode_batch(space, genotypes):
-    return jax.jit(jax.vmap(space.decode))(genotypes)
+def _decoder(st: "Setup"):
+    """jit(genotypes -> (schedules, lambdas, effective orders)), compiled once per run."""
+    if "decode" not in st.memo:
+        ns = st.loaded.schedule
+
+        def one(g):
+            sched = st.space.decode(g)
+            return sched, ns.lambda_(sched.times), effective_orders(sched)
+        st.memo["decode"] = jax.jit(jax.vmap(one))
+    return st.memo["decode"]
 
 
 def record_rows(st: Setup, iteration: int, records: dict, n_before: int) -> list:
@@ -549,16 +566,20 @@ def record_rows(st: Setup, iteration: int, records: dict, n_before: int) -> list
     p = scores.shape[0]
     metrics = {k: np.asarray(v, np.float64) for k, v in rec.items()
                if k not in ("genotypes", "score") and np.ndim(v) == 1 and np.shape(v)[0] == p}
-    scheds = jax.device_get(_decode_batch(st.space, rec["genotypes"]))
+    scheds, lams, orders = jax.device_get(_decoder(st)(rec["genotypes"]))
+    times, pred = np.asarray(scheds.times, np.float64), np.asarray(scheds.prediction)
+    der, corr = np.asarray(scheds.derivative), np.asarray(scheds.corrector, bool)
     rows = []
     for j in range(p):
-        sched = jax.tree.map(lambda a: a[j], scheds)
+        summary = dict(times=times[j].tolist(), lambdas=np.asarray(lams[j], np.float64).tolist(),
+                       order=np.asarray(orders[j]).tolist(), prediction=[PREDICTIONS[int(v)] for v in pred[j]],
+                       derivative=[DERIVATIVES[int(v)] for v in der[j]], corrector=corr[j].tolist())
         m = {k: float(v[j]) for k, v in metrics.items()}
         m["score"] = float(scores[j])
         rows.append(dict(hash=settings_hash(dict(config=st.config_hash, iteration=iteration, index=j)), run="search",
                          strategy=st.cfg["search"]["strategy"], iteration=iteration, index=j,
                          evaluation=n_before + j, score=float(scores[j]), metrics=m,
-                         schedule=schedule_summary(sched, st.loaded.schedule), nfe=st.cfg["nfe"],
+                         schedule=summary, nfe=st.cfg["nfe"],
                          problem=st.cfg["model"]["name"]))
     return rows
 
@@ -673,8 +694,8 @@ def _run_locked(st: Setup, wd, fresh, restored, damaged, report: bool) -> dict:
 # ---------------------------------------------------------------------------------------
 def best_schedule(st: Setup, state) -> tuple:
     g, score = st.strategy.best(state)
-    sched = concrete(jax.device_get(st.space.decode(jax.device_get(g))))
-    return sched, float(score)
+    scheds, _, _ = _decoder(st)(jax.tree.map(lambda a: jnp.asarray(a)[None], g))
+    return concrete(jax.device_get(jax.tree.map(lambda a: a[0], scheds))), float(score)
 
 
 def write_outputs(st: Setup, wd, state, done: int, final: bool = True, report: bool = True, timing=None) -> dict:
