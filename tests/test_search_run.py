@@ -194,6 +194,15 @@ def test_bad_config_fields_are_refused_naming_the_field(field, value, match):
         search.validate_search(c)
 
 
+def test_the_command_line_refuses_a_bad_value_in_one_line(tmp_path):
+    """Validation runs before the model is built: exit status 2, one line, nothing written."""
+    bad = subprocess.run(_cmd(str(tmp_path / "bad"), **{"search.strategy": "nope"}), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: config.search.strategy: unknown strategy 'nope'")
+    assert not os.path.exists(str(tmp_path / "bad"))
+
+
 def test_the_gradient_strategy_takes_only_mean_l2():
     c = _config(**{"search.strategy": "gradient", "search.metric": "max_l2"})
     with pytest.raises(ConfigError, match="config.search.metric: the 'gradient' strategy differentiates 'mean_l2'"):
@@ -281,13 +290,6 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_best(reference_run, tmp_path):
     assert _best(wd) == _best(ref_wd)                              # same best score and schedule, bitwise
     strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
     assert strip(_rows(wd)) == strip(_rows(ref_wd))                # every row once, the same numbers
-
-    # the command line: a bad value is one line and exit status 2, nothing written
-    bad = subprocess.run(_cmd(str(tmp_path / "bad"), **{"search.strategy": "nope"}), cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: config.search.strategy: unknown strategy 'nope'")
-    assert not os.path.exists(str(tmp_path / "bad"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -467,10 +467,13 @@ class Setup(NamedTuple):
     memo: dict  # the baselines' metrics, computed once per run
 
 
+OPTIONAL_ARGUMENTS = ("seeds",)  # passed only to factories that take them
+
+
 def _call(fn, what: str, *args, **kwargs):
     accepted = inspect.signature(fn).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted or k not in OPTIONAL_ARGUMENTS}
     try:
         return fn(*args, **kwargs)
     except (TypeError, ValueError) as e:
