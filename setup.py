@@ -41,5 +41,6 @@ setup(
         "samplax-sample=experiments.sample:cli",
         "samplax-sweep=experiments.sweep:cli",
         "samplax-train=experiments.train:cli",
+        "samplax-search=experiments.search:cli",
     ]},
 )

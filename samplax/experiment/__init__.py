@@ -14,6 +14,7 @@ from samplax.experiment.config import ConfigError, sample_config, sweep_config
 from samplax.experiment.plan import make_plan
 from samplax.experiment.results import WorkdirConflict, WorkdirLock, WorkdirLocked, load_results, read_results
 from samplax.experiment.runner import run, run_sample, run_sweep
+from samplax.experiment.search import run_search, search_config
 
 __all__ = ["ConfigError", "WorkdirConflict", "WorkdirLock", "WorkdirLocked", "read_results", "sample_config", "sweep_config", "make_plan", "load_results", "run",
-           "run_sample", "run_sweep"]
+           "run_sample", "run_sweep", "run_search", "search_config"]
