@@ -1,13 +1,21 @@
-"""Solver overhead: wall time per jitted sampling call relative to Euler at the same NFE.
+"""Solver overhead against the true floor: a hand-written DDIM on the exact model.
 
-Every solver runs the exact gmm64d model for NFE 10 on the time-quadratic grid
-ending at sigma = 0 (AFS only where NFE 10 is otherwise impossible), at batch
-size 1 (where the per-step scalar work and the scan dominate) and 4096 (where
-the model evaluations dominate).  Programs are compiled first; then each
-repeat times every solver once, round-robin (the starting solver rotates from
-repeat to repeat), each call followed by block_until_ready.  Reported: the
-median time per call and the median over repeats of time / Euler's time in
-the same repeat (with its interquartile range).
+The floor is a plain ``lax.scan`` DDIM (data prediction) with precomputed
+per-step coefficients calling the exact gmm64d model directly, in two forms:
+``model.data(x, t)`` (the DiffusionModel view, schedule lookup at t inside) and
+the raw mixture denoiser ``gmm.denoise_ve(x / alpha, sigma / alpha)`` with
+1 / alpha and sigma / alpha precomputed (the cheapest direct call); each as a
+scan and unrolled under jit.  The floor is the fastest of the four in the same
+repeat.  Every multistep solver runs through ``samplax.sample`` (jitted, the grid
+a constant) and through ``run_table(..., diagnostics=False)`` on its precomputed
+table, at B = 1 and B = 4096, NFE 10 and 20, float32, end "zero",
+time-quadratic grid.
+
+Both XLA flag settings are measured in separate processes: the default and
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`` (YNNPACK fusions off).
+Within one process, each repeat times every program once (round-robin, the
+starting program rotated); ratio = median over repeats of time / floor's time
+in the same repeat.
 
     python -m benchmarks.solver_overhead
 
@@ -16,8 +24,11 @@ Writes docs/benchmarks/solver_overhead.md (or --out) and a .json next to it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -26,235 +37,229 @@ from benchmarks import _common as C
 
 MODULE = "benchmarks.solver_overhead"
 PROBLEM = "gmm64d"
-NFE = 10
+NFES = (10, 20)
 SPACING = "time_quadratic"
 END = "zero"
-TARGET = 1.1  # every multistep solver: <= 1.1 x Euler
-
-# (solver, options, kind); kind "multistep" rows carry the target.
+TARGET = 1.1
+SETTINGS = {"default": None, "ynn_off": "--xla_cpu_experimental_ynn_fusion_type="}
 SOLVERS = [
-    ("euler", {}, "baseline"),
-    ("ddim", {}, "multistep"),
-    ("dpm_solver_multistep", {"order": 2}, "multistep"),
-    ("dpm_solver_multistep", {"order": 3}, "multistep"),
-    ("dpm_solver_pp", {"order": 2}, "multistep"),
-    ("dpm_solver_pp", {"order": 3}, "multistep"),
-    ("unipc", {"variant": "bh2", "order": 2}, "multistep"),
-    ("unipc", {"variant": "bh2", "order": 3}, "multistep"),
-    ("deis", {"order": 3}, "multistep"),
-    ("ipndm", {"order": 3}, "multistep"),
-    ("ipndm_v", {"order": 3}, "multistep"),
-    ("heun", {}, "singlestep"),
-    ("dpm_solver", {"order": 2}, "singlestep"),
-    ("dpm_solver", {"order": 3}, "singlestep"),
-    ("dpm_solver_pp_singlestep", {"order": 2}, "singlestep"),
-    ("dpm_solver_pp_singlestep", {"order": 3}, "singlestep"),
-    ("ddim_eta", {}, "sde"),
-    ("sde_dpm_solver_pp_2m", {}, "sde"),
-    ("euler_maruyama", {}, "sde"),
+    ("ddim", {}),
+    ("dpm_solver_multistep", {"order": 2}),
+    ("dpm_solver_multistep", {"order": 3}),
+    ("dpm_solver_pp", {"order": 2}),
+    ("dpm_solver_pp", {"order": 3}),
+    ("unipc", {"variant": "bh2", "order": 2}),
+    ("unipc", {"variant": "bh2", "order": 3}),
+    ("deis", {"order": 3}),
+    ("ipndm", {"order": 3}),
+    ("ipndm_v", {"order": 3}),
 ]
+NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}  # per-program compiler option (CPU)
+FLOORS = ("floor: scan model.data", "floor: unrolled model.data", "floor: scan raw", "floor: unrolled raw")
 
 
 def label(name, opts):
-    parts = [name] + [f"{k}={v}" for k, v in opts.items()]
-    return " ".join(parts)
+    return " ".join([name] + [f"{k}={v}" for k, v in opts.items()])
 
 
 def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def build(schedule, gmm, x_T_full, batches):
-    """Compiled programs: {(label, batch): (callable, args)} and the row metadata."""
+def build(nfe, batches):
+    """{batch: {name: (compiled, x)}} for the floors, sample and run_table programs."""
     import jax
     import jax.numpy as jnp
 
     import samplax as sx
+    from samplax.solvers.unified import run_table
 
-    progs, meta = {}, []
-    key = jax.random.PRNGKey(0)
-    for name, opts, kind in SOLVERS:
-        solver, n_steps, afs = None, None, False
-        for afs in (False, True):
-            s = sx.get_solver(name, **opts, afs=afs)
-            try:
-                n_steps = sx.steps_for_nfe(s, NFE, END)
-                solver = s
-                break
-            except ValueError:
-                continue
+    gmm, schedule, info = sx.load_problem(PROBLEM, dtype=jnp.float32)
+    x_all = jnp.asarray(sx.problem_start_points(info), jnp.float32)
+    model = gmm.model(schedule)
+    grid = sx.time_grid(schedule, nfe, SPACING, end=END, dtype=jnp.float32)
+    t, al, si = (np.asarray(v, np.float64) for v in (grid.t, grid.alpha, grid.sigma))
+    ratio = si[1:] / si[:-1]
+    cx = al[1:] - ratio * al[:-1]
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    ratio, cx, inv_a, st, tt = f32(ratio), f32(cx), f32(1.0 / al[:-1]), f32(si[:-1] / al[:-1]), f32(t[:-1])
+
+    def step_data(x, i):
+        return ratio[i] * x + cx[i] * model.data(x, tt[i])
+
+    def step_raw(x, i):
+        return ratio[i] * x + cx[i] * gmm.denoise_ve(x * inv_a[i], st[i])[0]
+
+    def floor(step, unroll):
+        def f(x):
+            if unroll:
+                for i in range(nfe):
+                    x = step(x, i)
+                return x
+            return jax.lax.scan(lambda x, i: (step(x, i), None), x, jnp.arange(nfe))[0]
+        return f
+
+    fns = {FLOORS[0]: floor(step_data, False), FLOORS[1]: floor(step_data, True),
+           FLOORS[2]: floor(step_raw, False), FLOORS[3]: floor(step_raw, True)}
+    for name, opts in SOLVERS:
+        solver = sx.get_solver(name, **opts)
         lab = label(name, opts)
-        if solver is None:
-            _log(f"skip {lab}: NFE {NFE} impossible with end={END!r}")
-            continue
-        grid = sx.time_grid(schedule, n_steps, SPACING, end=END)
-
-        def run(x, g, k, grid=grid, solver=solver):
-            x0, info = sx.sample(solver, g.model(schedule), x, grid, key=k if solver.stochastic else None)
-            return x0
-
-        fn = jax.jit(run)
-        compile_s = {}
-        for b in batches:
-            x = jnp.asarray(x_T_full[:b], jnp.float32)
-            t0 = time.perf_counter()
-            compiled = fn.lower(x, gmm, key).compile()
-            compile_s[b] = time.perf_counter() - t0
-            for _ in range(2):  # warm-up
-                out = jax.block_until_ready(compiled(x, gmm, key))
-            if not np.all(np.isfinite(np.asarray(out))):
-                _log(f"warning: {lab} at B={b} gives non-finite samples")
-            progs[(lab, b)] = (compiled, (x, gmm, key))
-        meta.append(dict(label=lab, solver=name, options=opts, kind=kind, afs=afs, nfe=NFE, n_steps=int(n_steps),
-                         stochastic=bool(solver.stochastic), compile_s=compile_s))
-        _log(f"compiled {lab} (n_steps={n_steps}, afs={afs})")
-    return progs, meta
+        tab = solver.table(grid, schedule)
+        fns["sample " + lab] = lambda x, s=solver: sx.sample(s, model, x, grid)[0]
+        fns["run_table " + lab] = lambda x, tab=tab: run_table(model, x, tab, diagnostics=False)[0]
+    progs = {}
+    for b in batches:
+        x = x_all[:b]
+        progs[b] = {}
+        for k, f in fns.items():
+            c = jax.jit(f).lower(x).compile()
+            jax.block_until_ready(c(x))
+            progs[b][k] = (c, x)
+            if k.startswith("sample"):  # the same program with YNNPACK fusions off for it alone
+                c = jax.jit(f).lower(x).compile(compiler_options=NO_YNN)
+                jax.block_until_ready(c(x))
+                progs[b][k.replace("sample", "sample[no-ynn]", 1)] = (c, x)
+    return progs
 
 
-def time_batch(progs, labels, batch, repeats, target_s):
-    """Round-robin timing.  Returns {label: array of per-call seconds, one per repeat}."""
+def time_round_robin(progs, repeats, target_s):
     import jax
 
-    # Calls per measurement so that one measurement lasts about target_s (>= 1).
+    names = list(progs)
     inner = {}
-    for lab in labels:
-        fn, args = progs[(lab, batch)]
+    for k in names:
+        c, x = progs[k]
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        dt = time.perf_counter() - t0
-        inner[lab] = max(1, int(round(target_s / max(dt, 1e-7))))
-    k = min(inner.values())  # the same count for every solver
-    times = {lab: [] for lab in labels}
+        jax.block_until_ready(c(x))
+        inner[k] = time.perf_counter() - t0
+    calls = max(1, int(round(target_s / max(min(inner.values()), 1e-7))))
+    times = {k: [] for k in names}
     for r in range(repeats):
-        order = labels[r % len(labels):] + labels[:r % len(labels)]
-        for lab in order:
-            fn, args = progs[(lab, batch)]
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            c, x = progs[k]
             t0 = time.perf_counter()
-            for _ in range(k):
-                jax.block_until_ready(fn(*args))
-            times[lab].append((time.perf_counter() - t0) / k)
-    return {lab: np.asarray(v) for lab, v in times.items()}, k
+            for _ in range(calls):
+                jax.block_until_ready(c(x))
+            times[k].append((time.perf_counter() - t0) / calls)
+    return times, calls
+
+
+def worker(args):
+    t0 = time.perf_counter()
+    out = dict(xla_flags=os.environ.get("XLA_FLAGS", ""), results={})
+    for nfe in NFES:
+        progs = build(nfe, (1, 4096))
+        for b, p in progs.items():
+            times, calls = time_round_robin(p, args.repeats_small if b == 1 else args.repeats_large,
+                                            args.measure_ms / 1e3)
+            out["results"][f"{nfe}/{b}"] = dict(times=times, calls=calls)
+            _log(f"  NFE {nfe} B={b}: {calls} call(s) per measurement")
+    out["wall_s"] = time.perf_counter() - t0
+    with open(args.worker, "w") as f:
+        json.dump(out, f)
+
+
+def summarise(res):
+    """Per (nfe, batch): floor time and per-program median time and ratio to the floor."""
+    rows = {}
+    for key, r in res["results"].items():
+        t = {k: np.asarray(v) for k, v in r["times"].items()}
+        floor = np.min(np.stack([t[f] for f in FLOORS]), 0)  # fastest floor in each repeat
+        rows[key] = {k: dict(median_s=float(np.median(v)), ratio=float(np.median(v / floor)),
+                             ratio_p25=float(np.percentile(v / floor, 25)),
+                             ratio_p75=float(np.percentile(v / floor, 75))) for k, v in t.items()}
+        rows[key]["floor"] = dict(median_s=float(np.median(floor)), ratio=1.0)
+    return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join("docs", "benchmarks", "solver_overhead.md"),
-                    help="markdown output path; the JSON goes next to it with the same stem")
-    ap.add_argument("--repeats-small", type=int, default=20, help="repeats at B=1")
+    ap.add_argument("--out", default=os.path.join("docs", "benchmarks", "solver_overhead.md"))
+    ap.add_argument("--repeats-small", type=int, default=9, help="repeats at B=1")
     ap.add_argument("--repeats-large", type=int, default=5, help="repeats at B=4096")
-    ap.add_argument("--measure-ms", type=float, default=20.0,
-                    help="target duration of one measurement (calls per measurement are chosen to reach it)")
+    ap.add_argument("--measure-ms", type=float, default=10.0, help="target duration of one measurement")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
 
     t_start = time.perf_counter()
-    import jax.numpy as jnp  # noqa: F401
-
-    import samplax as sx
-
-    load_start = loadavg()
-    gmm, schedule, info = sx.load_problem(PROBLEM)
-    x_T = sx.problem_start_points(info)
-    batches = (1, x_T.shape[0])
-    repeats = {1: args.repeats_small, x_T.shape[0]: args.repeats_large}
-    progs, meta = build(schedule, gmm, x_T, batches)
-    t_compiled = time.perf_counter()
-    labels = [m["label"] for m in meta]
-    base = label("euler", {})
-    ddim = label("ddim", {})
-    results = {}
-    for b in batches:
-        times, k = time_batch(progs, labels, b, repeats[b], args.measure_ms / 1e3)
-        results[b] = (times, k)
-        _log(f"B={b}: {repeats[b]} repeats x {k} call(s) per measurement, euler median "
-              f"{np.median(times[base]) * 1e3:.3f} ms")
+    raw = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, flag in SETTINGS.items():
+            env = dict(os.environ)
+            env.pop("XLA_FLAGS", None)
+            if flag:
+                env["XLA_FLAGS"] = flag
+            path = os.path.join(tmp, name + ".json")
+            _log(f"setting {name}: XLA_FLAGS={flag or '(unset)'}")
+            cmd = [sys.executable, "-m", MODULE, "--worker", path, "--repeats-small", str(args.repeats_small),
+                   "--repeats-large", str(args.repeats_large), "--measure-ms", str(args.measure_ms)]
+            subprocess.run(cmd, env=env, check=True)
+            with open(path) as f:
+                raw[name] = json.load(f)
     wall = time.perf_counter() - t_start
-    load_end = loadavg()
+    summ = {name: summarise(r) for name, r in raw.items()}
 
-    rows = []
-    for m in meta:
-        row = dict(m)
-        for b in batches:
-            times, k = results[b]
-            ratios = times[m["label"]] / times[base]  # paired: same repeat
-            row[f"B{b}"] = dict(median_s=float(np.median(times[m["label"]])), min_s=float(np.min(times[m["label"]])),
-                                ratio=float(np.median(ratios)), ratio_p25=float(np.percentile(ratios, 25)),
-                                ratio_p75=float(np.percentile(ratios, 75)), repeats=int(len(ratios)),
-                                calls_per_measurement=int(k),
-                                ratio_to_ddim=float(np.median(times[m["label"]] / times[ddim])),
-                                ratio_of_min=float(np.min(times[m["label"]]) / np.min(times[base])))
-        if m["kind"] == "multistep":
-            row["target"] = TARGET
-            row["meets_target"] = all(row[f"B{b}"]["ratio"] <= TARGET for b in batches)
-        rows.append(row)
-
+    keys = [f"{nfe}/{b}" for nfe in NFES for b in (1, 4096)]
+    progs = ["floor"] + list(FLOORS) + [p + " " + label(n, o) for n, o in SOLVERS
+                                     for p in ("sample", "sample[no-ynn]", "run_table")]
+    table = []
+    for p in progs:
+        cells = [f"`{p}`"]
+        for name in SETTINGS:
+            for key in keys:
+                d = summ[name][key][p]
+                miss = p.startswith("sample ") and d["ratio"] > TARGET
+                cells.append(f"**{d['ratio']:.2f}**" if miss else f"{d['ratio']:.2f}")
+        table.append(cells)
+    floor_rows = [[name] + [f"{summ[name][k]['floor']['median_s'] * 1e6:.0f}" for k in keys] for name in SETTINGS]
+    met = {name: all(summ[name][k][p]["ratio"] <= TARGET for k in keys for p in progs if p.startswith("sample "))
+           for name in SETTINGS}
     machine = C.machine_info()
     command = C.command_line(MODULE)
     date = C.utc_now()
-    b_small, b_large = batches
-    table = []
-    for r in rows:
-        cells = [f"`{r['label']}`", r["kind"], f"{r['n_steps']}{' (AFS)' if r['afs'] else ''}"]
-        for b, unit, scale in ((b_small, "µs", 1e6), (b_large, "ms", 1e3)):
-            d = r[f"B{b}"]
-            miss = r["kind"] == "multistep" and d["ratio"] > TARGET
-            ratio = f"{d['ratio']:.2f} ({d['ratio_p25']:.2f}–{d['ratio_p75']:.2f}; min {d['ratio_of_min']:.2f})"
-            cells += [f"{d['median_s'] * scale:.4g}", f"**{ratio}**" if miss else ratio, f"{d['ratio_to_ddim']:.2f}"]
-        if r["kind"] == "multistep":
-            cells.append("yes" if r["meets_target"] else "**MISS**")
-        else:
-            cells.append("—")
-        table.append(cells)
-    misses = [r["label"] for r in rows if r.get("meets_target") is False]
-    md = [
-        "# Solver overhead vs Euler", "",
+    hdr = ["program"] + [f"{s} NFE {k.split('/')[0]} B={k.split('/')[1]}" for s in SETTINGS for k in keys]
+    md = "\n".join([
+        "# Solver overhead vs the true floor", "",
         C.machine_md(machine, command, date),
-        f"* Runtime: {wall:.0f} s wall ({t_compiled - t_start:.0f} s building and compiling "
-        f"{len(progs)} programs); load average (1/5/15 min) {load_start} at the start, {load_end} at the end "
-        "(a shared machine: other jobs may run).",
-        f"* Problem: exact `{PROBLEM}` model (K = {gmm.weights.shape[0]} components, d = {gmm.dim}), float32; "
-        f"NFE {NFE}, grid `{SPACING}`, end `{END}`; x_T = the benchmark start points (first 1 / all "
-        f"{b_large}). Stochastic solvers get a PRNG key.",
-        f"* Method: all programs compiled and warmed up first; then {repeats[b_small]} repeats at B={b_small} "
-        f"and {repeats[b_large]} at B={b_large}. Each repeat times every solver once, round-robin with the "
-        f"starting solver rotated, a measurement being {results[b_small][1]} (B={b_small}) / "
-        f"{results[b_large][1]} (B={b_large}) consecutive calls, each followed by `block_until_ready`. "
-        "Time = median per call; ratio = median over repeats of time / Euler's time in the same repeat "
-        "(in parentheses: its interquartile range, and `min` = fastest call / Euler's fastest call, the "
-        "least disturbed by other jobs); `(vs DDIM)` = the same median ratio against DDIM, for context "
-        "(Euler evaluates both the data and the noise prediction at every step, DDIM only the data prediction).",
-        f"* Target: every multistep solver (kind `multistep`) <= {TARGET}x Euler at both batch sizes; "
-        "**bold** = misses it. Singlestep and SDE rows are for information.",
+        f"* Runtime: {wall:.0f} s wall, two processes (XLA flag settings `default` and `ynn_off` = "
+        f"`XLA_FLAGS={SETTINGS['ynn_off']}`, YNNPACK fusions off). A shared 2-core machine: absolute times "
+        "are noisy, ratios are paired within one repeat of one process.",
+        f"* Problem: exact `{PROBLEM}` model (K = 8, d = 64), float32, grid `{SPACING}`, end `{END}`, "
+        "x_T = the benchmark start points (first 1 / all 4096).",
+        "* Floor = fastest, in each repeat, of four hand-written DDIMs with precomputed coefficients: "
+        "`lax.scan` or unrolled under jit, calling `model.data(x, t)` or the raw mixture denoiser "
+        "`gmm.denoise_ve(x / alpha, sigma / alpha)` (the cheapest direct call). `sample X` = "
+        "`jax.jit(lambda x: samplax.sample(X, model, x, grid)[0])` (table computed inside, SampleInfo "
+        "diagnostics on); `run_table X` = `run_table(model, x, X.table(grid, schedule), diagnostics=False)` "
+        "on the precomputed table; `sample[no-ynn] X` = the `sample X` program compiled with "
+        "`.lower(x).compile(compiler_options={'xla_cpu_experimental_ynn_fusion_type': ''})`, i.e. YNNPACK "
+        "fusions off for that program alone (no environment variable).",
+        f"* Method: {args.repeats_small} repeats at B=1 and {args.repeats_large} at B=4096, round-robin; "
+        "cell = median over repeats of time / floor time in the same repeat. **bold** = a `sample` row "
+        f"above the {TARGET}x target.",
         "",
-        C.md_table(["solver", "kind", "steps", f"B={b_small} time (µs)", f"B={b_small} ratio", "(vs DDIM)",
-                    f"B={b_large} time (ms)", f"B={b_large} ratio", "(vs DDIM)", f"<= {TARGET}x"], table,
-                   ["l", "l", "r", "r", "r", "r", "r", "r", "r", "c"]),
+        "Floor time per call (µs):", "",
+        C.md_table(["setting"] + [f"NFE {k.split('/')[0]} B={k.split('/')[1]}" for k in keys], floor_rows,
+                   ["l"] + ["r"] * len(keys)),
         "",
-        (f"Multistep solvers missing the {TARGET}x target: " + ", ".join(f"`{m}`" for m in misses) + ".")
-        if misses else f"Every multistep solver is within {TARGET}x of Euler at both batch sizes.",
+        "Ratio to the floor:", "",
+        C.md_table(hdr, table, ["l"] + ["r"] * (len(hdr) - 1)),
         "",
-    ]
-    md = "\n".join(md)
-    out_md = args.out
-    out_json = os.path.splitext(out_md)[0] + ".json"
+        "Target (every `sample` row <= 1.1x the floor): " + ", ".join(
+            f"{name}: {'met' if ok else 'not met'}" for name, ok in met.items()) + ".",
+        "",
+    ])
+    out_json = os.path.splitext(args.out)[0] + ".json"
     C.atomic_write_json(out_json, dict(meta=dict(command=command, date=date, machine=machine, problem=PROBLEM,
-                                                 nfe=NFE, grid=SPACING, end=END, target=TARGET,
-                                                 batches=list(batches), repeats={str(k): v for k, v in repeats.items()},
-                                                 calls_per_measurement={str(b): results[b][1] for b in batches},
-                                                 wall_s=wall, loadavg_start=load_start, loadavg_end=load_end),
-                                       rows=rows,
-                                       raw_times_s={str(b): {lab: results[b][0][lab].tolist() for lab in labels}
-                                                    for b in batches}))
-    C.atomic_write_text(out_md, md + "\n")
+                                                 nfes=list(NFES), grid=SPACING, end=END, target=TARGET,
+                                                 settings=SETTINGS, wall_s=wall,
+                                                 repeats={"1": args.repeats_small, "4096": args.repeats_large}),
+                                       summary=summ, raw=raw))
+    C.atomic_write_text(args.out, md + "\n")
     print(md)
-    _log(f"wrote {out_md} and {out_json} ({wall:.0f} s)")
+    _log(f"wrote {args.out} and {out_json} ({wall:.0f} s)")
     return 0
 
 

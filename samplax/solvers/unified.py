@@ -88,12 +88,14 @@ def _view_arg(views: Sequence[str]) -> str:
 
 
 def _evaluate(model, views, x, t):
-    """Model output at (x, t) as a (V, B, ...) stack in ``views`` order, in x's dtype."""
+    """Model output at (x, t) as a list of V arrays (B, ...) in ``views`` order, in x's dtype.
+    One view asks the model for that view only (no both-view conversion)."""
     if len(views) == 1:
-        return model.view(views[0])(x, t).astype(x.dtype)[None]
+        out = model.view(views[0])(x, t)
+        return [out if out.dtype == x.dtype else out.astype(x.dtype)]
     x0, eps = model.data_noise(x, t)
     outs = {"data": x0, "noise": eps}
-    return jnp.stack([outs[v] for v in views]).astype(x.dtype)
+    return [outs[v] if outs[v].dtype == x.dtype else outs[v].astype(x.dtype) for v in views]
 
 
 def _initial(model, tab: Table, x):
@@ -102,7 +104,17 @@ def _initial(model, tab: Table, x):
     a0, s0 = tab.alpha[0], tab.sigma[0]
     eps = x / jnp.sqrt(a0 * a0 + s0 * s0)
     outs = {"noise": eps, "data": (x - s0 * eps) / a0}
-    return jnp.stack([outs[v] for v in tab.views]).astype(x.dtype)
+    return [outs[v].astype(x.dtype) for v in tab.views]
+
+
+def _combine(a, x, coeffs, slots):
+    """a x + sum_s coeffs[s] slots[s], a static sum in slot order that skips empty
+    (None) slots: no stacked history, no tensordot, no concatenate."""
+    out = bcast(a, x) * x
+    for s, h in enumerate(slots):
+        if h is not None:
+            out = out + coeffs[s] * h
+    return out
 
 
 def run_table(model, x_T: Array, tab: Table, return_trajectory: bool = False, diagnostics: bool = True):
@@ -112,41 +124,57 @@ def run_table(model, x_T: Array, tab: Table, return_trajectory: bool = False, di
     but the last, and once more at t_n with a "denoise" end; nothing else.  With
     ``diagnostics=False`` the per-step non-finite counts are not computed
     (``SampleInfo`` then reports only the final state; for searches and
-    benchmarks that want the bare program)."""
+    benchmarks that want the bare program).
+
+    Loop structure (what the CPU compiler handles well): step 0 is peeled (its
+    empty history slots skipped); then each iteration i = 1 .. n-1 evaluates the
+    model at the predicted x_i, applies step i-1's corrector there, and predicts
+    x_{i+1}.  So the model output is consumed in the iteration that computes it
+    and only the older outputs a step needs are carried, as separate arrays
+    (DDIM / first-order tables carry x alone); the history shift is a static
+    renaming, not a concatenate."""
     from samplax.solvers.base import SampleInfo
 
     dt = x_T.dtype
     n, k, v = tab.n_steps, tab.k, len(tab.views)
-    cast = lambda a: a.astype(dt)  # noqa: E731
+    cast = lambda a: a if a.dtype == dt else a.astype(dt)  # noqa: E731
     a, c, ca, cc, cw = cast(tab.a), cast(tab.c), cast(tab.ca), cast(tab.cc), cast(tab.cw)
-    m0 = _initial(model, tab, x_T)
-    hist = m0 if k == 1 else jnp.concatenate([m0, jnp.zeros(((k - 1) * v,) + x_T.shape, dt)], 0)
+    corr = tab.has_corrector
+    # carried history: the slots step i's predictor reads besides the fresh output
+    # (and, with a corrector, the oldest slot too: the corrector of step i-1 reads
+    # the full history of step i-1).
+    n_keep = (k - 1) * v if not corr else k * v
 
-    def advance(x, hist, i, last):
-        x_new = bcast(a[i], x) * x + jnp.tensordot(c[i], hist, axes=1)
-        if last:
-            return x_new, hist
-        m_new = _evaluate(model, tab.views, x_new, tab.t[i + 1])
-        if tab.has_corrector:
-            x_corr = bcast(ca[i], x) * x + jnp.tensordot(cc[i], hist, axes=1) + jnp.tensordot(cw[i], m_new, axes=1)
-            x_new = jnp.where(tab.corrected[i], x_corr, x_new)
-        hist = m_new if k == 1 else jnp.concatenate([m_new, hist[:-v]], 0)
-        return x_new, hist
+    m0 = _initial(model, tab, x_T)
+    hist0 = m0 + [None] * ((k - 1) * v)
+    x1 = _combine(a[0], x_T, c[0], hist0)
+
+    def zeros_like_slots(slots):
+        return [jnp.zeros_like(x_T) if h is None else h for h in slots]
 
     def body(carry, i):
-        x, hist = advance(*carry, i, False)
-        out = (x if return_trajectory else None, _count_nonfinite(x) if diagnostics else None)
-        return (x, hist), out
+        x_prev, x_p, h_prev = carry  # x_{i-1} (corrector only), predicted x_i, history of step i-1
+        m = _evaluate(model, tab.views, x_p, tab.t[i])
+        x_i = x_p
+        if corr:
+            x_corr = _combine(ca[i - 1], x_prev, cc[i - 1], h_prev)
+            for j in range(v):
+                x_corr = x_corr + cw[i - 1, j] * m[j]
+            x_i = jnp.where(tab.corrected[i - 1], x_corr, x_p)
+        hist = m + list(h_prev[:(k - 1) * v])
+        x_next = _combine(a[i], x_i, c[i], hist)
+        out = (x_i if return_trajectory else None, _count_nonfinite(x_i) if diagnostics else None)
+        return (x_i if corr else None, x_next, hist[:n_keep]), out
 
-    x = x_T
     traj, bad = None, None
+    x = x1
     if n > 1:
-        (x, hist), (traj, bad) = jax.lax.scan(body, (x, hist), jnp.arange(n - 1))
+        h0 = zeros_like_slots(hist0)[:n_keep]
+        (_, x, _), (traj, bad) = jax.lax.scan(body, (x_T if corr else None, x1, h0), jnp.arange(1, n))
     elif return_trajectory:
         traj = x_T[None][:0]
-    x, _ = advance(x, hist, n - 1, True)
     if tab.end == "denoise":
-        x = model.data(x, tab.t[-1]).astype(dt)
+        x = cast(model.data(x, tab.t[-1]))
     if diagnostics and bad is not None:
         bad = jnp.concatenate([bad.astype(jnp.int32), _count_nonfinite(x)[None].astype(jnp.int32)])
     else:
