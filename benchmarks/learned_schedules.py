@@ -48,7 +48,7 @@ def learned_rows(problems, nfes, steps, n_train, log=print):
     import jax.numpy as jnp
 
     import samplax as sx
-    from samplax.search.gradient import learn_times, learned_table, sample_error
+    from samplax.search.gradient import learn_times, learned_table
     from samplax.solvers.schedule import constant_schedule, schedule_table
     from samplax.solvers.unified import run_table
 
@@ -132,7 +132,8 @@ def render(res) -> str:
            "Setup: UniPC-3 (bh2, UniC corrector) schedules on grids ending at sigma = 0, float32. Learned: the time "
            "points (softmax logSNR increments, exact ends), then also per-step corrections of the table's predictor "
            "and corrector coefficients (L2 penalty 1e-3), by Adam through the sampler on "
-           f"{res['n_train']} training start points (seed 12345, {res['steps']} iterations, start: time-quadratic grid); "
+           f"{res['n_train']} training start points (seed 12345, {res['steps']} iterations, start: time-quadratic "
+           "grid); "
            "errors on the 4096 benchmark start points (never trained on) to the exact PF-ODE solution. "
            "`best hand` = best hand-designed row of solver_accuracy.md (end=zero); `target` = half of it.", "",
            "## Learned schedules", ""]
@@ -145,9 +146,14 @@ def render(res) -> str:
                      f(r["times_mean_l2"]), f(r["times_max_l2"]), f"{r['times_seconds']:.1f}",
                      f(r["times_coef_mean_l2"]), f(r["times_coef_max_l2"]), f"{r['times_coef_seconds']:.1f}", met])
     out.append(C.md_table(hdr, rows, ["l", "r"] + ["r"] * 9 + ["c"]))
+    out += ["", "`target met` judges the mean L2 only.  The issue also asks for no higher max error and mode-flip "
+            "fraction than the best hand-designed row: the max L2 here is not lower (e.g. gmm2d NFE 5: 0.697 vs "
+            "0.616 for the best hand row; the loss is the mean L2, which does not control the worst sample), and "
+            "mode flips are not measured in this table."]
     out += ["", "## DC-Solver (gmm2d, UniPC-3 bh2, time-quadratic grid)", "",
             f"Ratios fitted on {res['dc_n_fit']} samples (Adam, per-node trajectory loss to the exact solution) vs "
-            "ratios predicted by cascade polynomial regression fitted on the *other* NFEs (the row's NFE left out).", ""]
+            "ratios predicted by cascade polynomial regression fitted on the *other* NFEs (the row's NFE left out; "
+            "degree 2 in step / NFE, 1 in NFE / 50).", ""]
     rows = [[r["nfe"], f(r["unipc"][0]), f(r["dc_fitted"][0]), f(r["dc_cpr"][0]), f(r["unipc"][1]),
              f(r["dc_fitted"][1]), f(r["dc_cpr"][1]), f"{r['fit_seconds']:.1f}",
              " ".join(f"{v:.2f}" for v in r["ratios_fitted"]), " ".join(f"{v:.2f}" for v in r["ratios_cpr"])]
@@ -163,7 +169,14 @@ def main():
     ap.add_argument("--n-train", type=int, default=256)
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--problems", default="gmm2d,gmm64d")
+    ap.add_argument("--from-json", default=None, help="re-render the .md from a written .json")
     args = ap.parse_args()
+    if args.from_json:
+        import json
+
+        with open(args.from_json) as fh:
+            C.atomic_write_text(args.out, render(json.load(fh)))
+        return
     C.enable_compilation_cache()
     t0 = time.perf_counter()
     res = dict(machine=C.machine_info(), command=C.command_line(MODULE), date=C.utc_now(), steps=args.steps,

@@ -40,7 +40,7 @@ coefficients enter linearly, so the fit is one least-squares solve.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -294,17 +294,16 @@ def learn_times(model, noise_schedule, template: SolverSchedule, x_train, ref_tr
                             learn_coefficients=learn_coefficients, coef_penalty=coef_penalty,
                             coef_scale=coef_scale, total_steps=steps)
     step = jax.jit(strat.step)
-    val_fn = None
-    if x_val is not None:
-        xv, rv = jnp.asarray(x_val, dtype), jnp.asarray(ref_val, dtype)
+    xv = None if x_val is None else jnp.asarray(x_val, dtype)
+    rv = None if x_val is None else jnp.asarray(ref_val, dtype)
 
-        @jax.jit
-        def val_fn(params):
-            g = dict(logits=params["logits"])
-            tab = schedule_table(space.decode(g), noise_schedule)
-            if learn_coefficients:
-                tab = apply_deltas(tab, {f: coef_scale * params["u"][f] for f in COEF_FIELDS})
-            return sample_error(model, xv, rv, tab, metric)
+    def _val(params):
+        tab = schedule_table(space.decode(dict(logits=params["logits"])), noise_schedule)
+        if learn_coefficients:
+            tab = apply_deltas(tab, {f: coef_scale * params["u"][f] for f in COEF_FIELDS})
+        return sample_error(model, xv, rv, tab, metric)
+
+    val_fn = None if x_val is None else jax.jit(_val)
 
     state = strat.init(None)
     hist = dict(train=[], val=[])
