@@ -35,11 +35,11 @@ def test_ratio_one_is_plain_unipc(end):
             solver = sx.get_solver("unipc", **kw)
             ref, _ = sx.sample(solver, model, x, grid)
             out = run_dc(model, x, solver.table(grid, sch), jnp.ones(grid.n_steps))
-            np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-13)
+            np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-11)  # float64 round-off: run_table orders its sums differently
             # warm-up ratios are ignored; a real ratio changes the result
             r = jnp.ones(grid.n_steps).at[:2].set(0.2)
             np.testing.assert_allclose(np.asarray(run_dc(model, x, solver.table(grid, sch), r)), np.asarray(ref),
-                                       atol=1e-13)
+                                       atol=1e-11)
             r = jnp.ones(grid.n_steps).at[3].set(1.3)
             assert float(jnp.max(jnp.abs(run_dc(model, x, solver.table(grid, sch), r) - ref))) > 1e-4
 

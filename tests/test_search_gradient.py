@@ -35,7 +35,8 @@ CONFIGS = ([("ddim", {})]
 
 
 def test_every_multistep_solver_is_covered():
-    with_table = {name for name, f in SOLVERS.items() if getattr(f(), "table", None) is not None}
+    # "schedule" runs a schedule file (tests/test_schedule_configs.py); every other table solver is here
+    with_table = {name for name, f in SOLVERS.items() if name != "schedule" and getattr(f(), "table", None) is not None}
     assert with_table == {name for name, _ in CONFIGS}
 
 
@@ -56,19 +57,6 @@ def _times(sch, n_nodes):
     return t
 
 
-# One configuration per family (the fast check); the whole registry runs under the slow marker.
-FAST = [("ddim", {}), ("dpm_solver_multistep", dict(order=3)), ("dpm_solver_pp", dict(order=3, solver_type="taylor")),
-        ("unipc", dict(order=3, variant="bh1", prediction="noise")),
-        ("unipc", dict(order=2, variant="bh2", corrector=False)), ("deis", dict(order=4)), ("ipndm", dict(order=4)),
-        ("ipndm_v", dict(order=4))]
-
-
-@pytest.mark.parametrize("end", ["zero", "denoise"])
-def test_time_gradients_match_finite_differences_one_per_family(problem64, end):
-    _check_time_gradients(problem64, end, FAST)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("end", ["zero", "denoise"])
 def test_time_gradients_match_finite_differences_for_every_solver(problem64, end):
     _check_time_gradients(problem64, end, CONFIGS)
@@ -98,13 +86,16 @@ def _check_time_gradients(problem64, end, configs):
             return jnp.sum((x0 - target) ** 2, axis=(1, 2))
 
         f = jax.jit(losses)
-        jac = jax.jit(jax.jacrev(losses))(inner)
-        assert np.all(np.isfinite(np.asarray(jac))), [configs[i] for i in np.where(~np.isfinite(jac).all(1))[0]]
+        # one reverse pass for all configurations: the gradient of sum_i w_i L_i with random
+        # positive weights (a NaN or a wrong term in any configuration shows in it)
+        w = jnp.asarray(np.random.default_rng(2).uniform(0.5, 1.5, len(configs)))
+        grad = np.asarray(jax.jit(jax.grad(lambda tin: jnp.dot(w, losses(tin))))(inner))
+        assert np.all(np.isfinite(grad)), grad
         eps = 1e-6
-        fd = np.asarray((f(inner + eps * v) - f(inner - eps * v)) / (2 * eps))
-        an = np.asarray(jac @ v)
-        bad = np.abs(an - fd) > 1e-5 * np.maximum(1.0, np.abs(fd))
-        assert not bad.any(), [(configs[i], an[i], fd[i]) for i in np.where(bad)[0]]
+        fd_each = np.asarray((f(inner + eps * v) - f(inner - eps * v)) / (2 * eps))
+        fd = float(np.dot(np.asarray(w), fd_each))
+        an = float(grad @ np.asarray(v))
+        assert abs(an - fd) <= 1e-6 * max(1.0, abs(fd)), (an, fd)
         # the stacked program is what sample() computes, configuration by configuration
         g = grid_of(inner)
         for i in (0, len(configs) // 2, len(configs) - 1):

@@ -49,7 +49,7 @@ from samplax.experiment.plan import Plan, identity, make_plan, make_grid, model_
 from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
 from samplax.solvers import stability_warning, step_orders
-from samplax.solvers.base import sample
+from samplax.solvers.base import cpu_compiler_options, sample
 from samplax.solvers.unified import run_table, widen
 from samplax.schedules import prior_std
 
@@ -458,7 +458,7 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         traced = program.trace(*args(0))
         # model evaluations per member, counted in the program that runs
         nfe_parts = [count_in_jaxpr(traced.jaxpr, _probe_name(j)) for j in range(len(parts))]
-        compiled = traced.lower().compile()
+        compiled = traced.lower().compile(compiler_options=cpu_compiler_options())  # YNNPACK fusions off on CPU
         compile_s = time.perf_counter() - t0
         if progress is not None:
             progress.compiled()

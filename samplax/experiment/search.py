@@ -51,6 +51,7 @@ from absl import logging
 from ml_collections import config_dict
 
 from samplax import io as sio
+from samplax.solvers.base import jit_cpu_fast
 from samplax.experiment import cache as refcache
 from samplax.experiment import loading
 from samplax.experiment import results as store
@@ -660,7 +661,7 @@ def _run_locked(st: Setup, wd, fresh, restored, damaged, report: bool) -> dict:
             logging.info("search: resuming after iteration %d from %s", start, ckpt.path(start))
         kept = keep_rows_before(path, start)
         logging.info("search: %d rows of the %d iterations done kept in %s", kept, start, path)
-        step = jax.jit(st.strategy.step)
+        step = jit_cpu_fast(st.strategy.step)  # compiled with samplax's CPU options (YNNPACK fusions off)
         progress = Progress(total - start, "iterations", every_s=5.0, desc=f"search {s['strategy']}")
         t0 = time.perf_counter()
         compile_s = 0.0

@@ -6,13 +6,18 @@
 * strategies (``init / step / best / evaluations``): :func:`random_search`,
   :func:`evolution`, :func:`s3` (predictor-based, Liu et al. 2023).
 
-The gradient-based search and DC-Solver live in ``samplax.search.gradient`` and
-``samplax.search.dc_solver`` (imported from there, not re-exported here).
+* gradient-based time points and coefficients: :func:`learn_times`, :func:`gradient_search`
+  (``samplax.search.gradient``);
+* DC-Solver's dynamic compensation: :func:`fit_ratios`, :func:`run_dc`, :func:`cpr_fit`,
+  :func:`cpr_predict` (``samplax.search.dc_solver``).
 """
+from samplax.search.dc_solver import cpr_fit, cpr_predict, fit_ratios, run_dc
+from samplax.search.gradient import gradient_search, learn_times
 from samplax.search.evaluate import gmm_mode_fn, gmm_reference, make_scorer, teacher_reference
 from samplax.search.s3 import s3
 from samplax.search.space import SearchSpace
 from samplax.search.strategies import Strategy, evolution, random_search
 
 __all__ = ["SearchSpace", "make_scorer", "teacher_reference", "gmm_reference", "gmm_mode_fn", "Strategy",
-           "random_search", "evolution", "s3"]
+           "random_search", "evolution", "s3", "learn_times", "gradient_search", "fit_ratios", "run_dc", "cpr_fit",
+           "cpr_predict"]

@@ -97,7 +97,7 @@ def run_dc(model, x_T: Array, tab: Table, ratios: Array, dc_order: int = 2, retu
     a, c, ca, cc, cw = cast(tab.a), cast(tab.c), cast(tab.ca), cast(tab.cc), cast(tab.cw)
     t = tab.t
     ratios = jnp.asarray(ratios, t.dtype)
-    m0 = _initial(model, tab, x_T)
+    m0 = jnp.stack(_initial(model, tab, x_T))  # (V, B, ...)
     hist = jnp.concatenate([m0, jnp.zeros(((k - 1) * v,) + x_T.shape, dt)], 0)
 
     def compensate(hist, i):
@@ -112,7 +112,7 @@ def run_dc(model, x_T: Array, tab: Table, ratios: Array, dc_order: int = 2, retu
         x_new = bcast(a[i], x) * x + jnp.tensordot(c[i], hist, axes=1)
         if last:
             return x_new, hist
-        m_new = _evaluate(model, tab.views, x_new, t[i + 1])
+        m_new = jnp.stack(_evaluate(model, tab.views, x_new, t[i + 1]))
         if tab.has_corrector:
             x_corr = bcast(ca[i], x) * x + jnp.tensordot(cc[i], hist, axes=1) + jnp.tensordot(cw[i], m_new, axes=1)
             x_new = jnp.where(tab.corrected[i], x_corr, x_new)

@@ -179,6 +179,36 @@ def sample_keys(key, batch: int, index_offset=0):
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
+def cpu_compiler_options(backend: Optional[str] = None) -> dict:
+    """XLA compiler options samplax uses for its sampling programs on CPU: XLA's
+    YNNPACK fusions off.  In jax 0.10 they are on by default and make the multistep
+    sampling loops 2-4x slower at large batches and the vmapped schedule scorer ~10x
+    slower (docs/benchmarks/solver_overhead.md, search_throughput.md).  Empty on other
+    backends.  Use as ``jax.jit(f).lower(*args).compile(compiler_options=...)`` or
+    :func:`jit_cpu_fast`."""
+    backend = backend or jax.default_backend()
+    return {"xla_cpu_experimental_ynn_fusion_type": ""} if backend == "cpu" else {}
+
+
+def jit_cpu_fast(fn: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit(fn)`` compiled with :func:`cpu_compiler_options` (one compilation per
+    argument shapes / dtypes / static structure, cached)."""
+    jitted = jax.jit(fn, **jit_kwargs)
+    cache = {}
+
+    def call(*args):
+        leaves, tree = jax.tree.flatten(args)
+        if any(isinstance(v, jax.core.Tracer) for v in leaves):  # inside another trace: inlined there
+            return jitted(*args)
+        key = (tree, tuple((getattr(v, "shape", None), str(getattr(v, "dtype", type(v)))) for v in leaves))
+        if key not in cache:
+            cache[key] = jitted.lower(*args).compile(compiler_options=cpu_compiler_options())
+        return cache[key](*args)
+
+    call.jitted = jitted
+    return call
+
+
 def _concrete(a):
     """``a`` as a numpy array, or None when it is traced (under jit / vmap)."""
     return None if isinstance(a, jax.core.Tracer) else np.asarray(a)
@@ -251,7 +281,14 @@ def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] =
     check_sample_inputs(solver, x_T, grid)
     if solver.table is not None and not stepwise:
         from samplax.solvers.unified import run_table
-        return run_table(model, x_T, solver.table(grid, model.schedule), return_trajectory=return_trajectory)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(grid)):
+            tab = solver.table(grid, model.schedule)  # a traced (learned, searched, vmapped) grid
+        else:
+            # a concrete grid: its table is computed once at trace time and becomes a constant
+            # of the compiled program (not recomputed on every call)
+            with jax.ensure_compile_time_eval():
+                tab = solver.table(grid, model.schedule)
+        return run_table(model, x_T, tab, return_trajectory=return_trajectory)
     n = grid.n_steps
     keys = None
     if solver.stochastic:
