@@ -262,3 +262,26 @@ def stacked_grids(schedule, n_steps: int, end: str, dtype_name: str = "float32",
     grid = sx.Grid(**{k: jnp.asarray(v, dtype) for k, v in arrays.items()}, end=end)
     _GRID_MEMO[key] = grid
     return grid
+
+
+def run_flag_settings(module: str, settings: dict, worker_args: Sequence[str], log=print) -> dict:
+    """Run ``python -m module --worker PATH *worker_args`` once per XLA flag setting
+    ({name: XLA_FLAGS value or ""}), each in its own process (the flags are read when
+    jax starts); returns {name: the JSON the worker wrote to PATH}."""
+    import subprocess
+    import tempfile
+
+    raw = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, flag in settings.items():
+            env = dict(os.environ)
+            env.pop("XLA_FLAGS", None)
+            if flag:
+                env["XLA_FLAGS"] = flag
+            path = os.path.join(tmp, name + ".json")
+            log(f"setting {name}: XLA_FLAGS={flag or '(unset)'}")
+            subprocess.run([sys.executable, "-m", module, "--worker", path, *map(str, worker_args)], env=env,
+                           check=True)
+            with open(path) as f:
+                raw[name] = json.load(f)
+    return raw

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -141,19 +139,8 @@ def main(argv=None):
         return worker(args)
 
     t_start = time.perf_counter()
-    raw = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, flag in SETTINGS.items():
-            env = dict(os.environ)
-            env.pop("XLA_FLAGS", None)
-            if flag:
-                env["XLA_FLAGS"] = flag
-            path = os.path.join(tmp, name + ".json")
-            _log(f"setting {name}: XLA_FLAGS={flag or '(unset)'}")
-            subprocess.run([sys.executable, "-m", MODULE, "--worker", path, "--repeats", str(args.repeats),
-                            "--loop-calls", str(args.loop_calls), "--rejit", str(args.rejit)], env=env, check=True)
-            with open(path) as f:
-                raw[name] = json.load(f)
+    raw = C.run_flag_settings(MODULE, SETTINGS, ["--repeats", args.repeats, "--loop-calls", args.loop_calls,
+                                                 "--rejit", args.rejit], log=_log)
     wall = time.perf_counter() - t_start
     names = list(raw["default"]["rates"])
     summary = {s: {n: float(np.median(raw[s]["rates"][n])) for n in names} for s in SETTINGS}

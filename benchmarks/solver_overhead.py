@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -184,20 +182,8 @@ def main(argv=None):
         return worker(args)
 
     t_start = time.perf_counter()
-    raw = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, flag in SETTINGS.items():
-            env = dict(os.environ)
-            env.pop("XLA_FLAGS", None)
-            if flag:
-                env["XLA_FLAGS"] = flag
-            path = os.path.join(tmp, name + ".json")
-            _log(f"setting {name}: XLA_FLAGS={flag or '(unset)'}")
-            cmd = [sys.executable, "-m", MODULE, "--worker", path, "--repeats-small", str(args.repeats_small),
-                   "--repeats-large", str(args.repeats_large), "--measure-ms", str(args.measure_ms)]
-            subprocess.run(cmd, env=env, check=True)
-            with open(path) as f:
-                raw[name] = json.load(f)
+    raw = C.run_flag_settings(MODULE, SETTINGS, ["--repeats-small", args.repeats_small, "--repeats-large",
+                                                 args.repeats_large, "--measure-ms", args.measure_ms], log=_log)
     wall = time.perf_counter() - t_start
     summ = {name: summarise(r) for name, r in raw.items()}
 

@@ -230,6 +230,8 @@ def make_plan(config) -> Plan:
     dtype = registry.DTYPES["float32"]  # grids are validated in float32; runs rebuild them in cfg dtype
     _check_sizes(cfg, loaded)
     _check_time_range(cfg, loaded)
+    if cfg["grid"].get("file") is not None:  # set: it must be a valid schedule file, used or not
+        schedule_file(cfg["grid"])
     rows, skipped = [], []
     if kind == "sample":
         s = cfg["solver"]

@@ -41,14 +41,13 @@ import json
 import math
 import os
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from ml_collections import config_dict
 
 from samplax import io as sio
 from samplax.solvers.base import jit_cpu_fast

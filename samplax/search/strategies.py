@@ -77,6 +77,22 @@ def _update_best(state, genotypes, scores):
     return best_g, jnp.where(better, scores[i], state["best_score"])
 
 
+def _next_generation(state, rec, cand, score, pop, scores, n_new):
+    """The state after evaluating ``cand`` (scores ``score``), with the survivors ``pop`` /
+    ``scores``, and the records of the step."""
+    best_g, best_s = _update_best(state, cand, score)
+    new = dict(state, population=pop, scores=scores, best_genotype=best_g, best_score=best_s,
+               n_eval=state["n_eval"] + n_new, generation=state["generation"] + 1)
+    return new, dict(rec, genotypes=cand, score=score)
+
+
+def _step_fn(propose, update, score_fn):
+    def step(state, key):
+        cand = propose(state, key)
+        return update(state, cand, dict(score_fn(cand)))
+    return step
+
+
 def _common_state(space: SearchSpace, key, size, seeds):
     pop = initial_population(space, key, size, seeds)
     return dict(population=pop, scores=jnp.full((size,), jnp.inf, jnp.float32),
@@ -110,16 +126,9 @@ def random_search(space: SearchSpace, score_fn: Callable, population: int = 64, 
     @jax.jit
     def update(state, cand, rec):
         score = _clean(rec["score"]).astype(jnp.float32)
-        best_g, best_s = _update_best(state, cand, score)
-        new = dict(state, population=cand, scores=score, best_genotype=best_g, best_score=best_s,
-                   n_eval=state["n_eval"] + population, generation=state["generation"] + 1)
-        return new, dict(rec, genotypes=cand, score=score)
+        return _next_generation(state, rec, cand, score, cand, score, population)
 
-    def step(state, key):
-        cand = propose(state, key)
-        return update(state, cand, dict(score_fn(cand)))
-
-    return Strategy(init, step, _best, _evaluations)
+    return Strategy(init, _step_fn(propose, update, score_fn), _best, _evaluations)
 
 
 def offspring(space: SearchSpace, key, parents, n: int, mutation_rate: float, crossover: float = 0.5):
@@ -166,16 +175,9 @@ def evolution(space: SearchSpace, score_fn: Callable, population: int = 64, pare
         old_scores = jnp.where(state["generation"] == 0, jnp.inf, state["scores"])
         pop, scores = _keep_best(_concat(state["population"], cand), jnp.concatenate([old_scores, score]),
                                  population)
-        best_g, best_s = _update_best(state, cand, score)
-        new = dict(state, population=pop, scores=scores, best_genotype=best_g, best_score=best_s,
-                   n_eval=state["n_eval"] + population, generation=state["generation"] + 1)
-        return new, dict(rec, genotypes=cand, score=score)
+        return _next_generation(state, rec, cand, score, pop, scores, population)
 
-    def step(state, key):
-        cand = propose(state, key)
-        return update(state, cand, dict(score_fn(cand)))
-
-    return Strategy(init, step, _best, _evaluations)
+    return Strategy(init, _step_fn(propose, update, score_fn), _best, _evaluations)
 
 
 def run(strategy: Strategy, key, n_steps: int, state=None, callback: Optional[Callable] = None, jit: bool = False):

@@ -38,7 +38,6 @@ import json
 from typing import Optional
 
 import flax.struct
-import jax
 import jax.numpy as jnp
 import numpy as np
 

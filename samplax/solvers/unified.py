@@ -36,7 +36,6 @@ from typing import Callable, Optional, Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from samplax.solvers.base import _count_nonfinite, bcast
 from samplax.timesteps import Grid
