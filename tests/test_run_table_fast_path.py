@@ -9,7 +9,14 @@ import pytest
 import samplax as sx
 from samplax.solvers.unified import run_table
 
-jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    """float64 for these tests only (a global config update would leak into the other
+    tests of the same worker)."""
+    with jax.enable_x64(True):
+        yield
 
 CASES = [("ddim", {}), ("dpm_solver_pp", {"order": 3}), ("unipc", {"order": 3}), ("ipndm_v", {"order": 3})]
 
