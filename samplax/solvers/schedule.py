@@ -347,8 +347,3 @@ def schedule_solver(file: str = "", afs: bool = False):
     return Solver(name="schedule", init=unsupported, step=unsupported, nfe=nfe, order=int(np.max(sched.order)),
                   min_steps=n_file, view="both", step_orders=step_orders, table=table)
 
-
-def schedule_steps(file: str) -> tuple:
-    """(n_steps, end, afs) of a schedule file."""
-    s = load_schedule(file)
-    return s.n_steps, s.end, s.afs

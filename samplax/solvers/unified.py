@@ -82,10 +82,6 @@ class Table:
         return self.n_steps + (1 if self.end == "denoise" else 0) - (1 if self.afs else 0)
 
 
-def _view_arg(views: Sequence[str]) -> str:
-    return views[0] if len(views) == 1 else "both"
-
-
 def _evaluate(model, views, x, t):
     """Model output at (x, t) as a list of V arrays (B, ...) in ``views`` order, in x's dtype.
     One view asks the model for that view only (no both-view conversion)."""
@@ -314,8 +310,4 @@ def stack_tables(tables: Sequence[Table]) -> Table:
     wide = [widen(t, k, views, corr) for t in tables]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *wide)
 
-
-def table_key(tab: Table) -> tuple:
-    """What must agree for tables to share one compiled program."""
-    return (tab.n_steps, tab.end, tab.afs)
 
