@@ -47,6 +47,70 @@ class Solver(NamedTuple):
     # table(grid, schedule) -> samplax.solvers.unified.Table: the per-step coefficients of a
     # linear multistep method; :func:`sample` then runs the one table-driven program.
     table: Optional[Callable] = None
+    # Model-dependent solvers (DPM-Solver-v3's empirical model statistics, teleportation's Gaussian
+    # fit of the data): prepare(model, data: ModelData) -> stats, a dict of numpy arrays (expensive:
+    # the experiment layer caches it per model identity and solver options), and bind(stats) ->
+    # the runnable Solver (prepare and bind None).  sample() refuses a solver that still needs
+    # preparing; prepare_solver() does both steps.
+    prepare: Optional[Callable] = None
+    bind: Optional[Callable] = None
+    # The first grid node a bound solver wants (teleportation: the switch time, reached from x_T
+    # analytically by its init), or None.  The experiment layer builds the run's grid from it
+    # (grid.t_max = t_start) while x_T stays at the prior time; library users do the same:
+    # time_grid(schedule, n, t_max=solver.t_start).
+    t_start: Optional[float] = None
+
+
+class ModelData(NamedTuple):
+    """The data side of a model, for :attr:`Solver.prepare`.
+
+    ``samples(n, seed)``: ``n`` data samples x_0 (numpy, float64, shape (n, *sample_shape)),
+    the same for the same (n, seed).  ``moments()``: the exact (mean (d,), covariance (d, d)) of
+    the flattened data when known (analytic models), else None: callers then estimate them
+    from samples.  ``shape``: one sample's shape."""
+
+    samples: Callable
+    shape: tuple
+    moments: Optional[Callable] = None
+
+
+def model_data(x0=None, gmm=None) -> ModelData:
+    """A :class:`ModelData` from an array of data samples ``x0`` (n, ...) (``samples(n, seed)``
+    takes a seeded random subset without replacement, or all of them in order when n equals
+    their number) or from an analytic mixture ``gmm`` (exact samples and exact moments)."""
+    if gmm is not None:
+        def samples(n, seed):
+            with jax.enable_x64(True):
+                g = gmm.astype(jnp.float64)
+                return np.asarray(g.sample(jax.random.PRNGKey(seed), n, dtype=jnp.float64))
+
+        def moments():
+            with jax.enable_x64(True):
+                g = gmm.astype(jnp.float64)
+                return np.asarray(g.mean()), np.asarray(g.covariance())
+        return ModelData(samples=samples, shape=(int(gmm.dim),), moments=moments)
+    if x0 is None:
+        raise ValueError("model_data: give data samples x0 (n, ...) or an analytic mixture gmm")
+    x0 = np.asarray(x0, np.float64)
+
+    def samples(n, seed):
+        if n > len(x0):
+            raise ValueError(f"model_data: {n} samples asked for, only {len(x0)} data points given")
+        if n == len(x0):
+            return x0
+        return x0[np.random.default_rng(seed).choice(len(x0), n, replace=False)]
+    return ModelData(samples=samples, shape=tuple(x0.shape[1:]))
+
+
+def prepare_solver(solver: Solver, model, data: Optional[ModelData] = None) -> Solver:
+    """The runnable form of a model-dependent solver: ``solver.bind(solver.prepare(model, data))``.
+    Solvers that need no preparation are returned unchanged.  ``data`` may also be an array of
+    data samples (see :func:`model_data`)."""
+    if solver.prepare is None:
+        return solver
+    if data is not None and not isinstance(data, ModelData):
+        data = model_data(x0=data)
+    return solver.bind(solver.prepare(model, data))
 
 
 class SampleInfo(NamedTuple):
@@ -278,6 +342,10 @@ def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] =
     ``init`` / ``step`` instead (the reference the tables are tested against).
     """
     x_T = x_T if hasattr(x_T, "dtype") and hasattr(x_T, "shape") else jnp.asarray(x_T)
+    if solver.prepare is not None:
+        raise ValueError(f"solver: {solver.name} depends on the model (statistics of its outputs or of its data) "
+                         f"and has not been prepared; allowed: samplax.solvers.prepare_solver(solver, model, data) "
+                         f"first (the experiment runner does this and caches the result)")
     check_sample_inputs(solver, x_T, grid)
     if solver.table is not None and not stepwise:
         from samplax.solvers.unified import run_table
