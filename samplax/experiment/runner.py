@@ -190,7 +190,7 @@ def _table_capable(solver: str, order, options_json: str, afs: bool) -> bool:
 
     spec = dict(solver=solver, order=order, options=json.loads(options_json), afs=afs)
     s = rebuild_solver(spec)
-    return s.table is not None and not s.stochastic
+    return s.table is not None and not s.stochastic and s.prepare is None  # prepared solvers run bound
 
 
 def uses_tables(spec: dict) -> bool:
@@ -361,6 +361,82 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
     return jax.jit(program, out_shardings=devices.replicated(mesh))
 
 
+# ---------------------------------------------------------------------------------------
+# Model-dependent solvers (Solver.prepare / bind): their statistics, cached per model
+# ---------------------------------------------------------------------------------------
+STATS_DIR = "cache/solver_stats"
+
+
+def model_identity(spec: dict) -> dict:
+    """What identifies the model of a row (the key of model-dependent caches): the built-in
+    problem, the trained checkpoint (path, resolved step, parameters, guidance), the user
+    factory and its arguments (with its source digest), the run dtype."""
+    return {k: spec.get(k) for k in ("model", "problem", "trained", "user_model", "dtype")}
+
+
+def _model_data(ctx, loaded):
+    """The :class:`~samplax.solvers.base.ModelData` of a loaded model: the exact mixture's
+    samples and moments (analytic problems, and networks trained on them), a data set's
+    training samples, or None (a user's model without reference data)."""
+    from samplax.solvers.base import ModelData, model_data
+    if loaded.gmm is not None:
+        return model_data(gmm=loaded.gmm)
+    data = loaded.dataset
+    if data is None:
+        return None
+
+    def samples(n, seed):
+        return np.asarray(data.batch(seed, 0, n)[0], np.float64).reshape((n,) + tuple(loaded.shape))
+    return ModelData(samples=samples, shape=tuple(loaded.shape))
+
+
+def _prepared_solver(ctx, solver, loaded, spec: dict):
+    """``solver.bind(stats)`` with ``stats = solver.prepare(model, data)`` computed once per
+    model identity and solver setting and kept in ``workdir/cache/solver_stats/<key>.npz``
+    (written atomically by process 0, with the key beside it in JSON); a rerun, a resumed run
+    or another sweep row of the same model and setting loads it.  Returns (bound solver,
+    the row's ``prepared`` record: the cache key, whether it was loaded, the seconds spent)."""
+    key = dict(model=model_identity(spec), solver=spec["solver"], order=spec.get("order"),
+               options=spec["options"], afs=spec["afs"], t_max=spec.get("t_max"), t_min=spec.get("t_min"))
+    name = settings_hash(key)
+    base = sio.as_path(ctx.workdir) / STATS_DIR
+    path = base / f"{name}.npz"
+
+    def compute():
+        data = _model_data(ctx, loaded)
+        t0 = time.perf_counter()
+        stats = solver.prepare(loaded.model, data)
+        return {k: np.asarray(v) for k, v in stats.items()}, time.perf_counter() - t0
+
+    def load():
+        if not path.exists():
+            return None
+        try:
+            with path.open("rb") as f:
+                z = np.load(f)
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:  # a damaged file is recomputed
+            logging.warning("solver statistics %s unreadable (%s); recomputing", path, e)
+            return None
+
+    def get():
+        stats = load()
+        if stats is not None:
+            return stats, dict(key=name, cached=True, seconds=0.0)
+        stats, secs = compute()
+        if ctx.writer:
+            import io as _io
+            buf = _io.BytesIO()
+            np.savez(buf, **stats)
+            sio.atomic_write_bytes(path, buf.getvalue())
+            sio.atomic_write_json(base / f"{name}.json", key)
+        logging.info("%s: model statistics computed in %.1f s (%s)", spec["label"], secs, path)
+        return stats, dict(key=name, cached=False, seconds=secs)
+
+    stats, record = ctx.memo(("solver_stats", name), get)
+    return solver.bind(stats), record
+
+
 def _solver_key(spec: dict) -> str:
     return settings_hash({k: spec.get(k) for k in ("solver", "order", "options", "afs", "schedule_files")})
 
@@ -403,7 +479,12 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         loaded = loading.load_model(model_section(s0), dtype)
         tables = uses_tables(s0)
         solvers = {k: rebuild_solver(s) for k, s in enumerate(specs)}
+        prepared = None
+        if not tables and solvers[0].prepare is not None:  # a model-dependent solver: bind its statistics
+            bound, prepared = _prepared_solver(ctx, solvers[0], loaded, s0)
+            solvers = {k: bound for k in solvers}  # a group shares solver, options and model
         solver = None if tables else solvers[0]
+        t_start = getattr(solver, "t_start", None)  # teleportation: the grid starts at the switch time
         n, ms = s0["n_samples"], s0["metrics_settings"]
         n_dev = ctx.devices["n_devices"]
         chunk = devices.padded_chunk(ctx.cfg["chunk_size"], n, n_dev)
@@ -417,7 +498,8 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         ran = {}  # spec index -> (StepOrders, a-priori stability warning): what each row really runs
         for ks in by_steps.values():
             grids = [make_grid(loaded.schedule, specs[k]["n_steps"], specs[k]["grid"], s0["end"],
-                               dict(t_max=s0["t_max"], t_min=s0["t_min"], rho=s0["rho"],
+                               dict(t_max=s0["t_max"] if t_start is None else float(t_start), t_min=s0["t_min"],
+                                    rho=s0["rho"],
                                     file=specs[k].get("schedule_files", {}).get("grid", {}).get("path")), dtype)
                      for k in ks]
             for k, grid in zip(ks, grids):
@@ -513,7 +595,7 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             versions=ctx.versions, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             warning="; ".join(warnings) or None, model_source=loaded.user,
             step_orders=[int(o) for o in orders.orders], order_reasons=list(orders.reasons),
-            safeguard_lowered=bool(orders.any_safeguarded),
+            safeguard_lowered=bool(orders.any_safeguarded), prepared=prepared,
             model_kind="trained" if loaded.trained is not None else ("user" if s.get("user_model", {}).get("factory")
                                                                      else "analytic"),
             **ctx.devices)
