@@ -69,7 +69,7 @@ def run(problems, nfes, log=print):
                 err = np.linalg.norm(x - ref[None], axis=-1).mean(-1)
                 for sp, e in zip(SPACINGS, err):
                     results["errors"][f"{prob}|{nfe}|{sp}|{lab}"] = float(e)
-            log(f"[{prob}] NFE {nfe} done")
+                    log(f"[row] {prob} NFE {nfe} {sp} {lab}: {e:.4g}")
         if prob == "gmm64d":
             results["timing"] = _timing(model, xT, stats, sched, log)
     return results
@@ -82,7 +82,6 @@ def _timing(model, xT, stats, sched, log):
     from samplax.solvers.base import jit_cpu_fast
     out = {}
     for nfe in (5, 10):
-        grid = sx_grid = None  # noqa: F841
         import samplax as sx
         grid = sx.time_grid(sched, nfe, "logsnr", end="zero", dtype=xT.dtype)
         for lab, solver in (("dpm_solver_pp3", get_solver("dpm_solver_pp", order=3)),
