@@ -34,7 +34,7 @@ BASELINES += [("dpm_solver_pp", {"order": o, "third_order": "official", "lower_o
 BASELINES += [("unipc", {"variant": v, "order": o}) for v in ("bh1", "bh2") for o in (2, 3)]
 BASELINES += [("unipc", {"variant": v, "order": o, "official_rhos": True, **NO_GUARD})
               for v in ("bh1", "bh2") for o in (2, 3)]
-V3 = [("v3", {}), ("v3 no safeguard", dict(NO_GUARD)), ("v3 no safeguard, c_pseudo", dict(NO_GUARD, corrector_pseudo=True))]
+V3 = [("v3", {}), ("v3 safeguard", {"max_step_ratio": 2.0, "max_step": 2.0}), ("v3 c_pseudo", {"corrector_pseudo": True})]
 
 
 def _label(name, opts):

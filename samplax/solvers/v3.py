@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.solvers.base import ModelData, Solver, bcast, check_options
-from samplax.solvers.multistep import SAFEGUARD_MAX_STEP, SAFEGUARD_RATIO, _safe, _safeguard_order, static_orders
+from samplax.solvers.multistep import _safe, _safeguard_order, static_orders
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
 RIDGE = 1e-10  # relative ridge on Var(f) in the (s, b) regression
@@ -414,8 +414,8 @@ def _bound_solver(stats: dict, order: int, corrector: bool, corrector_pseudo: bo
 def dpm_solver_v3(order: int = 3, n_stats_samples: int = 1024, stats_grid_size: int = 256, corrector: bool = True,
                   corrector_pseudo: bool = False, predictor_pseudo: Optional[bool] = None,
                   lower_order_final: bool = True, jacobian: Literal["hutchinson", "exact"] = "hutchinson", stats_batch_size: int = 256,
-                  stats_seed: int = 0, max_step_ratio: Optional[float] = SAFEGUARD_RATIO,
-                  max_step: Optional[float] = SAFEGUARD_MAX_STEP) -> Solver:
+                  stats_seed: int = 0, max_step_ratio: Optional[float] = None,
+                  max_step: Optional[float] = None) -> Solver:
     """DPM-Solver-v3 (Zheng et al. 2023): multistep predictor of ``order`` (1-3) in the EMS-transformed
     variables, with the UniC-style corrector (no extra NFE).  NFE = steps (+1 denoise).
 
@@ -424,8 +424,9 @@ def dpm_solver_v3(order: int = 3, n_stats_samples: int = 1024, stats_grid_size: 
     [t_min, t_max] (see :func:`estimate_statistics`), ``bind(stats)`` gives the runnable solver.
     ``predictor_pseudo``: pseudo-order predictor (None: on for grids of <= 5 steps, as the
     official scripts); ``corrector_pseudo``: corrector one order higher by divided differences.
-    ``max_step_ratio`` / ``max_step``: the same order safeguard as DPM-Solver++ here (None, None:
-    the official behaviour)."""
+    ``max_step_ratio`` / ``max_step``: the order safeguard of our DPM-Solver++ / UniPC (their defaults
+    are 2.0 / 2.0); off by default here, as in the official code: on gmm2d / gmm64d it made v3 worse at
+    almost every NFE and grid (docs/benchmarks/dpm_solver_v3.md)."""
     check_options(dpm_solver_v3, locals())
     if not isinstance(order, (int, np.integer)) or not 1 <= order <= 3:
         raise ValueError(f"order: must be an integer in 1..3, got {order!r}")
