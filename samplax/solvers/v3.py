@@ -425,8 +425,8 @@ def dpm_solver_v3(order: int = 3, n_stats_samples: int = 1024, stats_grid_size: 
     ``predictor_pseudo``: pseudo-order predictor (None: on for grids of <= 5 steps, as the
     official scripts); ``corrector_pseudo``: corrector one order higher by divided differences.
     ``max_step_ratio`` / ``max_step``: the order safeguard of our DPM-Solver++ / UniPC (their defaults
-    are 2.0 / 2.0); off by default here, as in the official code: on gmm2d / gmm64d it made v3 worse at
-    almost every NFE and grid (docs/benchmarks/dpm_solver_v3.md)."""
+    are 2.0 / 2.0); off by default here, as in the official code (on gmm2d / gmm64d it mostly makes no
+    difference, helps at NFE 5 and hurts at gmm2d logSNR NFE 8-10: docs/dpm_solver_v3.md)."""
     check_options(dpm_solver_v3, locals())
     if not isinstance(order, (int, np.integer)) or not 1 <= order <= 3:
         raise ValueError(f"order: must be an integer in 1..3, got {order!r}")
