@@ -6,6 +6,7 @@ from samplax.solvers.multistep import ddim, deis, dpm_solver_multistep, dpm_solv
 from samplax.solvers.registry import MAX_NFE, SOLVERS, get_solver, solver_options, steps_for_nfe
 from samplax.solvers.sde import ddim_eta, euler_maruyama, predictor_corrector, sde_dpm_solver_pp_2m
 from samplax.solvers.singlestep import dpm_solver_pp_singlestep, dpm_solver_singlestep, euler, heun
+from samplax.solvers.v3 import dpm_solver_v3, estimate_statistics
 
 __all__ = [
     "Solver", "SampleInfo", "ModelData", "model_data", "prepare_solver", "sample", "generate", "sample_keys", "SOLVERS", "get_solver", "solver_options",
