@@ -175,7 +175,7 @@ def test_mixing_weights():
 
 
 @pytest.mark.parametrize("kw,word", [
-    (dict(base="heun"), "base"), (dict(base="ddim", order=2), "order"), (dict(order=4), "order"),
+    (dict(base="heun"), "base"), (dict(base="ddim"), "order"), (dict(order=4), "order"),
     (dict(order=True), "order"), (dict(mixing=1.5), "mixing"), (dict(mixing=float("nan")), "mixing"),
     (dict(mixing="0.5"), "mixing"), (dict(reference="last"), "reference"), (dict(decay="cosine"), "decay"),
     (dict(mix_view="score"), "mix_view"), (dict(c=0.5), "unknown option")])

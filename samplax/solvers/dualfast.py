@@ -41,9 +41,11 @@ Implementation: the base solver's step table (:mod:`samplax.solvers.unified`) gi
 the coefficients; DualFast runs them stepwise with the mixed outputs in the history
 (``Solver.table`` is None, so :func:`samplax.sample` uses ``init``/``step``).  With
 ``reference="previous"`` and ``mix_view`` equal to the base's view the method *is* a
-linear multistep table (x~_j = (1 - c_j) m_j + c_j m_{j-1}: the history one deeper,
-coefficients re-weighted), see :func:`previous_reference_table`; with ``"first"`` it is
-not (the output at t_0 would have to stay in the history for the whole solve).
+linear multistep table (m~_j = (1 - c_j) m_j + c_j m_{j-1}: the history one slot deeper
+and the coefficients re-weighted), so it could run on the one table-driven program; that
+is not done here.  With ``"first"`` it is not a fixed-depth table (the output at t_0
+would have to stay in the history for the whole solve), and with a mix view other than
+the base's the table needs both views.
 
 NFE = the base solver's: n_steps (+1 with a final denoise).  No model call is wasted
 on the last step.
@@ -56,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.solvers.base import Solver, bcast, check_options, evaluate
+from samplax.solvers.base import Solver, bcast, check_options, evaluate, initial_output
 from samplax.solvers.multistep import ddim, dpm_solver_pp, unipc
 from samplax.timesteps import Grid
 
@@ -97,20 +99,20 @@ def mix_outputs(x0, eps, ref, c, alpha, sigma, mix_view: str, base_view: str):
     return eps + (alpha / sigma) * delta, raw_mix  # x0~ = x0 - delta => eps~ = eps + (alpha / sigma) delta
 
 
-def _base_solver(base: str, order: int) -> Solver:
+def _base_solver(base: str, order: int, afs: bool = False) -> Solver:
     if base == "ddim":
-        return ddim()
+        return ddim(afs=afs)
     if base == "dpm_solver_pp":
-        return dpm_solver_pp(order=order)
-    return unipc(order=order)
+        return dpm_solver_pp(order=order, afs=afs)
+    return unipc(order=order, afs=afs)
 
 
-def dualfast(base: Literal["ddim", "dpm_solver_pp", "unipc"] = "dpm_solver_pp", order: Optional[int] = None,
+def dualfast(base: Literal["ddim", "dpm_solver_pp", "unipc"] = "dpm_solver_pp", order: int = 2,
              mixing: float = 0.5, reference: Literal["first", "previous"] = "first",
              decay: Literal["linear", "constant"] = "linear",
-             mix_view: Literal["noise", "data"] = "noise") -> Solver:
+             mix_view: Literal["noise", "data"] = "noise", afs: bool = False) -> Solver:
     """DualFast over ``base`` (DDIM, DPM-Solver++ ``order``M, UniPC ``order`` with UniC;
-    ``order`` None: 1 for DDIM, 2 otherwise):
+    ``order`` must be 1 with DDIM; ``afs``: the base's analytic first step):
     the base solver run on model outputs mixed with the output at a larger step (see
     the module doc for the formula, its options and its provenance).
 
@@ -123,14 +125,13 @@ def dualfast(base: Literal["ddim", "dpm_solver_pp", "unipc"] = "dpm_solver_pp", 
     if base not in BASES:
         raise ValueError(f"base: unknown base solver {base!r}; allowed: {list(BASES)}")
     hi = _MAX_ORDER[base]
-    order = (1 if base == "ddim" else 2) if order is None else order
     if isinstance(order, (bool, np.bool_)) or not isinstance(order, (int, np.integer)) or not 1 <= order <= hi:
         raise ValueError(f"order: {order!r} is not allowed for base {base!r}; allowed: integers in 1..{hi}")
     mixing = float(mixing)
     if not np.isfinite(mixing) or not -1.0 <= mixing <= 1.0:
         raise ValueError(f"mixing: {mixing} is outside [-1, 1]; allowed: a finite number in [-1, 1] "
                          f"(0 = the base solver)")
-    solver = dualfast_over(_base_solver(base, int(order)), mixing, reference, decay, mix_view)
+    solver = dualfast_over(_base_solver(base, int(order), afs), mixing, reference, decay, mix_view)
     return solver._replace(name=f"dualfast_{solver.name}_c{mixing:g}_{reference}_{decay}_{mix_view}")
 
 
@@ -162,7 +163,10 @@ def dualfast_over(base_solver: Solver, mixing, reference: str = "first", decay: 
         arrays = dict(a=tab.a.astype(dt), c=tab.c.astype(dt), ca=tab.ca.astype(dt), cc=tab.cc.astype(dt),
                       cw=tab.cw[:, 0].astype(dt), corrected=tab.corrected,
                       mix=mixing_weights(n, mixing, decay, grid.t.dtype).astype(dt))
-        x0, eps = outputs(model, x, grid.t[0])
+        if tab.afs:  # the analytic first step: the large-noise limit instead of a model call at t_0
+            x0, eps = initial_output(model, grid, x, "both", True)
+        else:
+            x0, eps = outputs(model, x, grid.t[0])
         m0 = x0 if base_view == "data" else eps
         ref = eps if mix_view == "noise" else x0
         hist = jnp.zeros((k,) + x.shape, dt).at[0].set(m0)
