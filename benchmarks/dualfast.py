@@ -228,6 +228,29 @@ def _has_checkpoint(path):
     return os.path.isdir(d) and any(s.isdigit() for s in os.listdir(d))
 
 
+def verdict_lines(res):
+    """Plain counts over the summary tables: where the default helps, and the oracle."""
+    def stats(summ, name):
+        d = np.array([x["default"] / x["base_value"] for x in summ])
+        b = np.array([x["best"] / x["base_value"] for x in summ])
+        neg = sum(x["best_c"] < 0 for x in summ)
+        gain = [f"{x['base']} {x['grid']} NFE {x['nfe']} ({x['default'] / x['base_value']:.2f})" for x in summ
+                if x["default"] / x["base_value"] < 0.98]
+        return (f"* {name}: DualFast default better than its base (ratio < 0.98) in {len(gain)} of {len(d)} rows, "
+                f"worse (> 1.02) in {int(np.sum(d > 1.02))}; geometric-mean ratio {np.exp(np.mean(np.log(d))):.2f} "
+                f"(range {d.min():.2f}-{d.max():.2f}).  Oracle best c: geometric-mean ratio "
+                f"{np.exp(np.mean(np.log(b))):.2f}, with c < 0 (extrapolation) in {neg} of {len(b)} rows."
+                + (f"  Default gains: {'; '.join(gain)}." if gain else ""))
+    out = []
+    for problem in ("gmm2d", "gmm64d"):
+        if problem in res.get("exact", {}):
+            out.append(stats(res["exact"][problem]["summary"], f"{problem} exact, mean L2"))
+    if res.get("trained"):
+        out.append(stats(res["trained"]["summary_l2"], "gmm2d trained MLP, mean L2 to the exact solution"))
+        out.append(stats([x for x in res["trained"]["summary_sw2"] if x["base_value"]], "gmm2d trained MLP, SW2"))
+    return "\n".join(out)
+
+
 def render(res, command, info, date):
     L = ["# DualFast vs its base solvers", "", C.machine_md(info, command, date), ""]
     L += ["What is measured: see the docstring of benchmarks/dualfast.py and docs/dualfast.md (method, "
@@ -235,6 +258,7 @@ def render(res, command, info, date):
           f"\"DualFast default\" = c = {DEFAULT_C}, tau = t_0 (`reference=\"{DEFAULT_REF}\"`), linear decay, noise view.  "
           f"\"best c\" = the best of c in {list(C_VALUES[1:])} x tau in {{t_0, t_(j-1)}} for that row: an oracle tuned "
           "on the test metric itself, not a usable setting.", ""]
+    L += ["## Counts", "", verdict_lines(res), ""]
     if "verdict" in res:
         L += ["## Verdict", "", res["verdict"], ""]
     for problem in ("gmm2d", "gmm64d"):
@@ -269,18 +293,24 @@ def main(argv=None) -> int:
     p.add_argument("--no-digits", action="store_true")
     p.add_argument("--digits-only", action="store_true",
                    help="add the digits rows to an existing report (its .json) and re-render it")
+    p.add_argument("--render-only", action="store_true", help="re-render an existing report from its .json")
+    p.add_argument("--verdict", default=None, help="a text file: the report's written verdict (with --render-only)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     C.enable_compilation_cache()
-    if args.digits_only:
+    if args.digits_only or args.render_only:
         import json
         out = args.out or OUT
         with open(out.replace(".md", ".json")) as f:
             res = json.load(f)
-        res["digits"] = digits_part(args.digits, log)
-        res.pop("digits_note", None)
-        res["digits_command"] = C.command_line(MODULE)
+        if args.digits_only:
+            res["digits"] = digits_part(args.digits, log)
+            res.pop("digits_note", None)
+            res["digits_command"] = C.command_line(MODULE)
+        if args.verdict:
+            with open(args.verdict) as f:
+                res["verdict"] = f.read().strip()
         md = render(res, res["command"], res["machine"], res["date"])
         C.atomic_write_json(out.replace(".md", ".json"), res)
         with open(out, "w") as f:
