@@ -56,6 +56,11 @@ def test_mixing_zero_is_the_base_solver(x64, base, order, end):
     out, info = jax.jit(lambda x_: sx.sample(solver, model, x_, grid))(x)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=1e-12)
     assert int(info.first_nonfinite_step) == -1
+    if base == "ddim":  # with the analytic first step too (one model call fewer)
+        solver_afs = sx.get_solver("dualfast", base=base, order=order, mixing=0.0, afs=True)
+        assert solver_afs.nfe(6, end) == 5
+        np.testing.assert_allclose(np.asarray(_run(solver_afs, model, x, grid)),
+                                   np.asarray(_run(sx.get_solver(base, afs=True), model, x, grid)), rtol=0, atol=1e-12)
     if base == "unipc":  # the stepwise base (its own init / step, corrector included) too
         ref_step = _run(sx.get_solver(base, **opts), model, x, grid, stepwise=True)
         np.testing.assert_allclose(np.asarray(out), np.asarray(ref_step), rtol=0, atol=1e-12)
