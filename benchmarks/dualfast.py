@@ -245,13 +245,28 @@ def verdict_lines(res):
                 f"(range {d.min():.2f}-{d.max():.2f}).  Oracle best c: geometric-mean ratio "
                 f"{np.exp(np.mean(np.log(b))):.2f}, with c < 0 (extrapolation) in {neg} of {len(b)} rows."
                 + (f"  Default gains: {'; '.join(gain)}." if gain else ""))
+    def fixed(rows, metric, name):
+        base = {(x["base"], x["grid"], x["nfe"]): x[metric] for x in rows if x["c"] == 0.0}
+        parts = []
+        for c, ref in ((EXTRAP_C, "first"), (EXTRAP_C, "previous"), (-0.3, "first")):
+            r = np.array([x[metric] / base[(x["base"], x["grid"], x["nfe"])] for x in rows
+                          if x["c"] == c and x["reference"] == ref and x[metric] is not None])
+            if len(r):
+                parts.append(f"c = {c:g}, tau = {'t_0' if ref == 'first' else 't_(j-1)'}: better in "
+                             f"{int(np.sum(r < 0.98))}/{len(r)}, worse in {int(np.sum(r > 1.02))}, geometric mean "
+                             f"{np.exp(np.mean(np.log(r))):.2f}, worst {r.max():.2f}")
+        return f"* {name}, one fixed negative c for all rows: " + "; ".join(parts) + "."
+
     out = []
     for problem in ("gmm2d", "gmm64d"):
         if problem in res.get("exact", {}):
             out.append(stats(res["exact"][problem]["summary"], f"{problem} exact, mean L2"))
+            out.append(fixed(res["exact"][problem]["rows"], "mean_l2", f"{problem} exact, mean L2"))
     if res.get("trained"):
         out.append(stats(res["trained"]["summary_l2"], "gmm2d trained MLP, mean L2 to the exact solution"))
+        out.append(fixed(res["trained"]["rows"], "mean_l2", "gmm2d trained MLP, mean L2"))
         out.append(stats([x for x in res["trained"]["summary_sw2"] if x["base_value"]], "gmm2d trained MLP, SW2"))
+        out.append(fixed(res["trained"]["rows"], "sw2", "gmm2d trained MLP, SW2"))
     return "\n".join(out)
 
 
