@@ -187,3 +187,17 @@ def test_mixing_weights():
 def test_bad_options(kw, word):
     with pytest.raises(ValueError, match=word):
         sx.get_solver("dualfast", **kw)
+
+
+def test_previous_reference_table_equals_the_stepwise_solve(x64):
+    """tau = t_{j-1} in the base's view is a linear multistep table (one slot deeper): the
+    table program and the stepwise init / step give the same samples."""
+    gmm, sch, _ = sx.load_problem("gmm2d", dtype=jnp.float64)
+    model = gmm.model(sch)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((16, 2)))
+    grid = sx.time_grid(sch, 7, "time_uniform", end="zero", dtype=jnp.float64)
+    for base, order in (("dpm_solver_pp", 3), ("unipc", 2)):
+        solver = dualfast(base, order, mixing=0.4, reference="previous", mix_view="data", decay="constant")
+        assert solver.table is not None and dualfast(base, order).table is None
+        a, b = _run(solver, model, x, grid), _run(solver, model, x, grid, stepwise=True)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-12)

@@ -38,14 +38,15 @@ an option so that the alternatives can be measured:
 it vanishes bit for bit).
 
 Implementation: the base solver's step table (:mod:`samplax.solvers.unified`) gives
-the coefficients; DualFast runs them stepwise with the mixed outputs in the history
-(``Solver.table`` is None, so :func:`samplax.sample` uses ``init``/``step``).  With
-``reference="previous"`` and ``mix_view`` equal to the base's view the method *is* a
-linear multistep table (m~_j = (1 - c_j) m_j + c_j m_{j-1}: the history one slot deeper
-and the coefficients re-weighted), so it could run on the one table-driven program; that
-is not done here.  With ``"first"`` it is not a fixed-depth table (the output at t_0
-would have to stay in the history for the whole solve), and with a mix view other than
-the base's the table needs both views.
+the coefficients; DualFast runs them stepwise with the mixed outputs in the history.
+With ``reference="previous"`` and ``mix_view`` equal to the base's view the method *is*
+a linear multistep table (m~_j = (1 - c_j) m_j + c_j m_{j-1}: the history one slot
+deeper and the coefficients re-weighted, :func:`previous_reference_table`), so that case
+sets ``Solver.table`` and :func:`samplax.sample` runs the one table-driven program
+(``stepwise=True`` runs ``init``/``step``; the two agree to rounding).  With ``"first"``
+it is not a fixed-depth table (the output at t_0 would have to stay in the history for
+the whole solve), and with a mix view other than the base's the table would need both
+views: those run stepwise.
 
 NFE = the base solver's: n_steps (+1 with a final denoise).  No model call is wasted
 on the last step.
@@ -97,6 +98,33 @@ def mix_outputs(x0, eps, ref, c, alpha, sigma, mix_view: str, base_view: str):
     if base_view == "data":  # eps~ = eps - delta  =>  x0~ = x0 + (sigma / alpha) delta
         return x0 + (sigma / alpha) * delta, raw_mix
     return eps + (alpha / sigma) * delta, raw_mix  # x0~ = x0 - delta => eps~ = eps + (alpha / sigma) delta
+
+
+def previous_reference_table(tab, gamma):
+    """The step table of DualFast with tau = t_{j-1}, mixing in the base's view: the base
+    table ``tab`` (history depth K) made one slot deeper, for the raw outputs.
+
+    m~_j = (1 - g_j) m_j + g_j m_{j-1} (g_j = ``gamma[j]``, g_0 unused: m~_0 = m_0), so a
+    predictor weight c_{i,k} on m~_{i-k} becomes c_{i,k} (1 - g_{i-k}) on m_{i-k} plus
+    c_{i,k} g_{i-k} on m_{i-k-1}; the corrector's weight w_i on the new output m~_{i+1}
+    becomes w_i (1 - g_{i+1}) on m_{i+1} plus w_i g_{i+1} on m_i."""
+    n, k = tab.n_steps, tab.k
+    i = jnp.arange(n)
+    gamma = jnp.asarray(gamma, tab.c.dtype)
+
+    def g(j):  # g_j for node j; 0 at node 0 (nothing to mix with) and for nodes that do not exist
+        return jnp.where(j >= 1, gamma[jnp.clip(j, 0, n - 1)], 0.0)
+
+    def deepen(cm):
+        out = jnp.zeros((n, k + 1), cm.dtype)
+        for s in range(k):
+            gs = g(i - s)
+            out = out.at[:, s].add(cm[:, s] * (1 - gs)).at[:, s + 1].add(cm[:, s] * gs)
+        return out
+    g_new = g(i + 1)
+    cc = deepen(tab.cc).at[:, 0].add(tab.cw[:, 0] * g_new)
+    cw = tab.cw * (1 - g_new)[:, None]
+    return tab.replace(c=deepen(tab.c), cc=cc, cw=cw, k=k + 1)
 
 
 def _base_solver(base: str, order: int, afs: bool = False) -> Solver:
@@ -196,5 +224,12 @@ def dualfast_over(base_solver: Solver, mixing, reference: str = "first", decay: 
         ref = raw if reference == "previous" else state.ref
         return DualFastState(x=x_new, hist=hist, ref=ref, tab=tab)
 
+    table = None
+    if reference == "previous" and mix_view == base_view:
+        def table(grid: Grid, schedule):
+            """The one table-driven program runs this case (see :func:`previous_reference_table`)."""
+            tab = base_solver.table(grid, schedule)
+            return previous_reference_table(tab, mixing_weights(tab.n_steps, mixing, decay, tab.c.dtype))
+
     return Solver(name=base_solver.name, init=init, step=step, nfe=base_solver.nfe, order=base_solver.order,
-                  min_steps=base_solver.min_steps, view=base_view, step_orders=base_solver.step_orders)
+                  min_steps=base_solver.min_steps, view=base_view, step_orders=base_solver.step_orders, table=table)
