@@ -274,7 +274,8 @@ def render(res, command, info, date):
     L = ["# DualFast vs its base solvers", "", C.machine_md(info, command, date), ""]
     L += ["What is measured: see the docstring of benchmarks/dualfast.py and docs/dualfast.md (method, "
           "provenance of the formula, options).  `ratio` = DualFast / base (< 1 is a gain).  "
-          f"\"DualFast default\" = c = {DEFAULT_C}, tau = t_0 (`reference=\"{DEFAULT_REF}\"`), linear decay, noise view.  "
+          f"\"DualFast default\" = c = {DEFAULT_C}, tau = t_0 (`reference=\"{DEFAULT_REF}\"`), linear decay, "
+          "noise view.  "
           f"\"best c\" = the best of c in {list(C_VALUES[1:])} x tau in {{t_0, t_(j-1)}} for that row: an oracle tuned "
           "on the test metric itself, not a usable setting.", ""]
     L += ["## Counts", "", verdict_lines(res), ""]

@@ -138,7 +138,8 @@ def test_convergence_orders(x64):
     def errs(base, reference, n, cs):  # max error for each c (one program, vmapped over c)
         grid = sx.time_grid(sch, n, "logsnr", end="t_min", dtype=jnp.float64)
         ref = g.ode_solution(x, sch.t_max, grid.t[-1], sch)
-        run = lambda c: jnp.max(jnp.abs(sx.sample(dualfast_over(base, c, reference), model, x, grid)[0] - ref))  # noqa: E731
+        def run(c):
+            return jnp.max(jnp.abs(sx.sample(dualfast_over(base, c, reference), model, x, grid)[0] - ref))
         return np.asarray(jax.jit(jax.vmap(run))(jnp.asarray(cs)))
 
     ddim_prev = np.log2(errs(ddim(), "previous", 32, [0.3]) / errs(ddim(), "previous", 64, [0.3]))

@@ -53,7 +53,7 @@ on the last step.
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
