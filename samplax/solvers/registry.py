@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 
-from samplax.solvers import multistep, schedule, sde, singlestep, v3
+from samplax.solvers import dualfast, multistep, schedule, sde, singlestep, v3
 from samplax.solvers.base import Solver
 
 SOLVERS = {
@@ -26,6 +26,7 @@ SOLVERS = {
     "sde_dpm_solver_pp_2m": sde.sde_dpm_solver_pp_2m,
     "deis": multistep.deis,
     "unipc": multistep.unipc,
+    "dualfast": dualfast.dualfast,
     "ipndm": multistep.ipndm,
     "ipndm_v": multistep.ipndm_v,
     "euler_maruyama": sde.euler_maruyama,
