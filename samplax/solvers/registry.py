@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 
-from samplax.solvers import multistep, schedule, sde, singlestep
+from samplax.solvers import multistep, schedule, sde, singlestep, teleport
 from samplax.solvers.base import Solver
 
 SOLVERS = {
@@ -31,6 +31,7 @@ SOLVERS = {
     "euler_maruyama": sde.euler_maruyama,
     "pc_langevin": sde.predictor_corrector,
     "schedule": schedule.schedule_solver,
+    "teleport": teleport.teleport,
 }
 
 
