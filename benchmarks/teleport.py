@@ -40,11 +40,12 @@ MODULE = "benchmarks.teleport"
 OUT = os.path.join("docs", "benchmarks", "teleport.md")
 PROBLEMS = ("gmm2d", "gmm64d")
 SWITCH_LAMBDAS = (-4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 1.0)
+TOL = 1e-3  # the rule's default tolerance
 N_A = 1024  # start points used in (a) (the first of the 4096)
 BASES = (("dpm_solver_pp", 2, {}), ("unipc", 2, {}))
 BASE_NFES = tuple(range(5, 21))
 TELE_NFES = tuple(range(3, 21))
-FIXED_SWITCHES = (-3.0, -2.0, -1.0)
+FIXED_SWITCHES = (-3.0, -2.0, -1.0, 0.0)
 SPACINGS = ("logsnr", "time_quadratic")
 N_PROJ = 128
 DIGITS_DIR = "/work/runs/train_digits"
@@ -91,7 +92,7 @@ def part_a(problem, log=print):
     st = _state(problem)
     rows = []
     sch32 = st["schedule"]
-    rule = auto_switch(st["model"], st["mean"], st["eigvals"], st["eigvecs"], 1.0, 0.02, 64)
+    rule = auto_switch(st["model"], st["mean"], st["eigvals"], st["eigvecs"], 1.0, TOL, 64)
     scale = math.sqrt(st["eigvals"].sum())
     with jax.enable_x64(True):
         gmm, sch, _ = sx.load_problem(problem, dtype=jnp.float64)
@@ -113,7 +114,7 @@ def part_a(problem, log=print):
                 f"sw2={m['sw2']:.3g} est={est:.3g} ({time.perf_counter() - t0:.1f}s)")
     del sch32
     return rows, dict(problem=problem, rule_lambda=float(rule["probe_lambda"][np.searchsorted(
-        rule["probe_accumulated"], 0.02, side="right") - 1]), rule_t=float(rule["t_switch"]))
+        rule["probe_accumulated"], TOL, side="right") - 1]), rule_t=float(rule["t_switch"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def render(res) -> str:
         lines += ["## (a) Error introduced by the jump itself", "",
                   "x_T jumped to lambda_s by the Gaussian closed form, then solved exactly (float64 RK4) to sigma = 0. "
                   "The first row of each problem (lambda_s = lambda(t=1)) is no jump: the reference's own error. "
-                  "`rule estimate` = E(lambda_s) sqrt(tr C) of the switch rule (its default tolerance 0.02 switches "
+                  "`rule estimate` = E(lambda_s) sqrt(tr C) of the switch rule (its default tolerance 1e-3 switches "
                   "at the lambda given below).", ""]
         for prob in PROBLEMS:
             rs = [r for r in res["a"] if r["problem"] == prob]

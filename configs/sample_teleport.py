@@ -1,5 +1,5 @@
 """One sampling run with Gaussian-score teleportation on gmm64d (exact model, exact moments):
-the Gaussian closed form carries x_T from t = 1 to the switch (the rule's, tolerance 0.02),
+the Gaussian closed form carries x_T from t = 1 to the switch (the rule's, tolerance 1e-3),
 then DPM-Solver++(2M) runs from there (docs/teleport.md).
 
     python -m experiments.sample --config=configs/sample_teleport.py --workdir=runs/teleport \\
@@ -17,7 +17,7 @@ def get_config():
     config.model.name = "gmm64d"
     config.solver.name = "teleport"
     config.solver.options.base = "dpm_solver_pp"
-    config.solver.options.tolerance = 0.02      # the switch rule; or set switch (+ switch_kind)
+    config.solver.options.tolerance = 1e-3      # the switch rule; or set switch (+ switch_kind)
     config.grid.spacing = "logsnr"
     config.nfe = 10
     config.n_samples = 4096

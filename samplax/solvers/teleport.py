@@ -32,15 +32,16 @@ the data level): that ratio is taken as 1.
 
 The switch time (``switch=None``): the Gaussian model's denoiser D_G is compared with the
 model's own D on ``n_probes`` prior draws x_T (no data needed) carried by the Gaussian flow
-to a ladder of noise levels, uniform in logSNR lambda.  At level lambda the relative
-discrepancy is e(lambda) = RMS_probes |D(x) - D_G(x)| / sqrt(tr C).  Since
-du / dlog(sigma_tilde) = u - D(u), a denoiser error e along the skipped part moves the
-trajectory by about the integral of e over log sigma_tilde = the integral over lambda, so the
-switch is the largest lambda whose accumulated estimate E(lambda) = int_{lambda_max}^{lambda}
-e dlambda stays <= ``tolerance`` (relative to the data scale sqrt(tr C)).  The flow
-afterwards contracts each mode by sqrt(lam_k / (lam_k + s^2)) <= 1, so E over-estimates the
-first-order effect on the final sample.  A fixed switch is given as a logSNR lambda
-(``switch_kind="lambda"``), a sigma_tilde, or a time t.
+to a ladder of noise levels, uniform in logSNR lambda.  Since du / dlog(sigma_tilde) = u - D,
+a denoiser error delta at level s moves u by delta dlog(s), and the (Gaussian) flow from s to
+sigma = 0 multiplies eigen-mode k of that perturbation by w_k(s) = sqrt(lam_k / (lam_k + s^2))
+(its exact linearisation for the Gaussian model): the propagated discrepancy is
+e(lambda) = RMS_probes |W(s) V^T (D(x) - D_G(x))| / sqrt(tr C).  (W matters: at the largest
+noise levels a network's x0 prediction is ill-conditioned -- its noise error divided by alpha --
+but the flow damps it by sqrt(lam) / s.)  The switch is the largest lambda whose accumulated
+E(lambda) = int_{lambda_max}^{lambda} e dlambda stays <= ``tolerance``: a first-order estimate
+of the jump's error at sigma = 0 relative to the data scale sqrt(tr C).  A fixed switch is
+given as a logSNR lambda (``switch_kind="lambda"``), a sigma_tilde, or a time t.
 """
 from __future__ import annotations
 
@@ -212,15 +213,16 @@ def probe_errors(model, mean, eigvals, eigvecs, t_prior: float, lams, n_probes: 
                  prior_scale: float = 1.0, shape=None):
     """e(lambda) of the switch rule (module doc) at each logSNR in ``lams``: RMS over
     ``n_probes`` prior draws (N(0, prior_scale^2 I) at t_prior, carried by the Gaussian flow)
-    of |model.data - Gaussian denoiser|, divided by sqrt(tr C).  n_probes x len(lams) model
-    evaluations, in float32."""
+    of |W V^T (model.data - Gaussian denoiser)|, W = diag(sqrt(lam_k / (lam_k + s^2))) the
+    Gaussian flow's damping from s = sigma / alpha to 0, divided by sqrt(tr C).
+    n_probes x len(lams) model evaluations, in float32."""
     schedule = model.schedule
     d = mean.shape[0]
     shape = tuple(shape or (d,))
     x_T = prior_scale * np.random.default_rng(seed).standard_normal((n_probes, d))
     a0, s0 = _f(schedule, "alpha", t_prior), _f(schedule, "sigma", t_prior)
     scale = math.sqrt(max(float(np.sum(eigvals)), 1e-300))
-    stats = tuple(jnp.asarray(a, jnp.float32) for a in (mean, eigvals, eigvecs))
+    stats = tuple(jnp.asarray(a, jnp.float32) for a in (mean, np.maximum(eigvals, 0), eigvecs))
 
     @jax.jit
     def one(lam_):
@@ -229,7 +231,9 @@ def probe_errors(model, mean, eigvals, eigvecs, t_prior: float, lams, n_probes: 
         x = gaussian_jump(*stats, jnp.asarray(x_T, jnp.float32), a0, s0, a, s)
         dm = model.data(x.reshape((n_probes,) + shape), t).reshape(n_probes, d)
         dg = gaussian_denoiser(*stats, x, a, s)
-        return jnp.sqrt(jnp.mean(jnp.sum((dm - dg) ** 2, -1)))
+        st = s / a
+        w = jnp.sqrt(stats[1] / (stats[1] + st * st))
+        return jnp.sqrt(jnp.mean(jnp.sum(((dm - dg) @ stats[2] * w) ** 2, -1)))
 
     return np.array([float(one(jnp.asarray(v, jnp.float32))) for v in lams]) / scale
 
@@ -260,7 +264,7 @@ def _unprepared(*_args, **_kw):
 
 
 def teleport(base: str = "dpm_solver_pp", order: Optional[int] = None, switch: Optional[float] = None,
-             switch_kind: Literal["lambda", "sigma_tilde", "t"] = "lambda", tolerance: float = 0.02,
+             switch_kind: Literal["lambda", "sigma_tilde", "t"] = "lambda", tolerance: float = 1e-3,
              n_fit_samples: int = 20000, n_probes: int = 64, afs: bool = False) -> Solver:
     """Gaussian-score teleportation (Wang & Vastola 2024, Sec. 6) in front of the registry
     solver ``base`` (with ``order`` when given).
