@@ -52,18 +52,18 @@ DIGITS_DIR = "/work/runs/train_digits"
 
 
 def _state(problem):
+    import jax
     import jax.numpy as jnp
 
     import samplax as sx
     from samplax.metrics import projections
     from samplax.solvers.teleport import eigh_psd
-    import jax
 
     gmm, schedule, info = sx.load_problem(problem)
     x_T, ref, _ = C.reference_solution(problem)
     mu, cov = sx.solvers.model_data(gmm=gmm).moments()
     lam, vecs = eigh_psd(cov)
-    proj = np.asarray(projections(jax.random.PRNGKey(0), info["dim"], N_PROJ, jnp.float64 if False else jnp.float32))
+    proj = np.asarray(projections(jax.random.PRNGKey(0), info["dim"], N_PROJ, jnp.float32))
     return dict(gmm=gmm, schedule=schedule, x_T=x_T, ref=ref, mean=mu, eigvals=lam, eigvecs=vecs, proj=proj,
                 model=gmm.model(schedule), data=sx.solvers.model_data(gmm=gmm))
 
@@ -91,7 +91,6 @@ def part_a(problem, log=print):
 
     st = _state(problem)
     rows = []
-    sch32 = st["schedule"]
     rule = auto_switch(st["model"], st["mean"], st["eigvals"], st["eigvecs"], 1.0, TOL, 64)
     scale = math.sqrt(st["eigvals"].sum())
     with jax.enable_x64(True):
@@ -112,7 +111,6 @@ def part_a(problem, log=print):
                              rule_estimate=est, **m))
             log(f"[a] {problem} lambda_s={lam_s:+.2f} t={float(t_s):.3f} mean_l2={m['mean_l2']:.3g} "
                 f"sw2={m['sw2']:.3g} est={est:.3g} ({time.perf_counter() - t0:.1f}s)")
-    del sch32
     return rows, dict(problem=problem, rule_lambda=float(rule["probe_lambda"][np.searchsorted(
         rule["probe_accumulated"], TOL, side="right") - 1]), rule_t=float(rule["t_switch"]))
 
