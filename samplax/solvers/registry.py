@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 
-from samplax.solvers import dualfast, multistep, schedule, sde, singlestep, v3
+from samplax.solvers import dualfast, multistep, schedule, sde, singlestep, teleport, v3
 from samplax.solvers.base import Solver
 
 SOLVERS = {
@@ -33,6 +33,7 @@ SOLVERS = {
     "pc_langevin": sde.predictor_corrector,
     "schedule": schedule.schedule_solver,
     "dpm_solver_v3": v3.dpm_solver_v3,
+    "teleport": teleport.teleport,
 }
 
 
