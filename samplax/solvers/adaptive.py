@@ -292,7 +292,7 @@ class AdaptiveState(NamedTuple):
 
 def dpm_solver_adaptive(order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                         theta: float = 0.9, prediction: Literal["noise", "data"] = "noise",
-                        norm: Literal["max", "rms"] = "max", per_sample: bool = False) -> Solver:
+                        norm: Literal["max", "rms"] = "max", per_sample: bool = False, afs: bool = False) -> Solver:
     """Adaptive DPM-Solver-12 / -23 as a samplax :class:`Solver` (see :func:`adaptive_sample`).
 
     The grid only gives the interval: the solve runs from grid.t[0] to the last node above
@@ -301,8 +301,12 @@ def dpm_solver_adaptive(order: int = 3, rtol: float = 0.05, atol: float = 0.0078
     ignored.  ``solver.nfe(n, end)`` is the NFE *cap* (n, +1 for end="denoise"), so the runner's
     ``steps_for_nfe(solver, nfe, end)`` turns the config's ``nfe`` into the cap; the NFE really
     spent is smaller and only known after the run: use :func:`sample_with_info` to get it
-    (:func:`samplax.sample` returns the sample only)."""
+    (:func:`samplax.sample` returns the sample only).  ``afs`` exists because the experiment
+    layer passes it to every solver; only False is supported."""
     check_options(dpm_solver_adaptive, locals())
+    if afs:
+        raise ValueError("afs: the adaptive solver has no analytic first step (its first evaluation is reused by "
+                         "every trial from x_T); allowed: False")
     _check(order, rtol, atol, h_init, theta, order + 1, prediction, norm, True)
     opts = dict(order=order, rtol=rtol, atol=atol, h_init=h_init, theta=theta, prediction=prediction, norm=norm,
                 per_sample=per_sample)
