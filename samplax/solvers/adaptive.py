@@ -215,7 +215,9 @@ def _solve(model, x_T, t_start, t_end, order, rtol, atol, h_init, max_nfe, theta
         a_s, s_s = sch.alpha(st.t), sch.sigma(st.t)
 
         def inner_cond(it):
-            return ~it.accepted & ~bad
+            # st.done: under vmap (per_sample) the body also runs for samples already at t_end,
+            # whose trials would have h = 0; they must not loop
+            return ~it.accepted & ~bad & ~st.done
 
         def inner_body(it):
             rem = lam1 - st.lam  # signed
