@@ -153,3 +153,17 @@ def test_bad_options_name_the_argument():
     gmm, schedule, info = load_problem("gmm2d")
     with pytest.raises(ValueError, match="max_nfe"):
         adaptive_sample(gmm.model(schedule), jnp.zeros((2, 2)), 1.0, T_END, order=3, max_nfe=3, denoise=True)
+
+
+def test_per_sample_control_equals_solving_each_sample_alone(gmm2d):
+    """per_sample=True (vmapped) gives each sample exactly the solve and the NFE it gets alone."""
+    gmm, schedule, x, _, _ = gmm2d
+    with jax.enable_x64(True):
+        model = gmm.model(schedule)
+        run = jax.jit(lambda x, ps: adaptive_sample(model, x, 1.0, T_END, order=2, rtol=1e-2, atol=1e-2,
+                                                    per_sample=ps), static_argnums=1)
+        out, info = run(x[:3], True)
+        for i in range(3):
+            one, one_info = run(x[i:i + 1], False)
+            np.testing.assert_allclose(np.asarray(out[i]), np.asarray(one[0]), rtol=1e-12, atol=1e-12)
+            assert int(info.nfe[i]) == int(one_info.nfe) and int(info.n_reject[i]) == int(one_info.n_reject)
