@@ -111,6 +111,31 @@ def hutchinson_part(log=print) -> dict:
                 delta_mean=float(np.mean(info.delta)))
 
 
+def trained_gmm2d_part(path: str, log=print) -> dict:
+    """The trained gmm2d MLP: mean log-likelihood of 2048 exact data samples against the
+    mixture's exact log-density at t_min; the difference estimates KL(p_t_min || model)."""
+    import jax
+    import jax.numpy as jnp
+
+    from samplax.experiment import loading
+    from samplax.likelihood import log_likelihood
+
+    loaded = loading.load_model(loading.resolve_model({"name": "gmm2d", "checkpoint": path}), jnp.float32)
+    gmm, sch = loaded.gmm, loaded.schedule
+    x = gmm.sample(jax.random.PRNGKey(5), 2048)
+    exact = np.asarray(gmm.log_prob(x, sch.t_min, sch), np.float64)
+    rows = []
+    for n_steps in (50, 100):
+        lp, info = jax.jit(lambda x: log_likelihood(loaded.model, x, n_steps=n_steps))(x)
+        lp = np.asarray(lp, np.float64)
+        diff = exact - lp
+        rows.append(dict(n_steps=n_steps, nfe=int(info.nfe), model_mean=float(lp.mean()),
+                         model_se=float(lp.std(ddof=1) / math.sqrt(lp.size)), exact_mean=float(exact.mean()),
+                         kl=float(diff.mean()), kl_se=float(diff.std(ddof=1) / math.sqrt(diff.size))))
+        log(f"[gmm2d trained] RK4 {n_steps}: model {lp.mean():.4f} exact {exact.mean():.4f} KL {diff.mean():.4f}")
+    return dict(checkpoint=path, step=loaded.trained["step"], n=int(x.shape[0]), rows=rows)
+
+
 def digits_part(path: str, n_images: int, log=print) -> dict:
     import jax
     import jax.numpy as jnp
@@ -127,8 +152,10 @@ def digits_part(path: str, n_images: int, log=print) -> dict:
     res = dict(checkpoint=path, step=loaded.trained["step"], n_images=int(x.shape[0]), dim=d,
                schedule=type(loaded.schedule).__name__, t_start=float(loaded.schedule.t_min),
                t_end=float(loaded.schedule.t_max), rows=[])
-    for name, xs in (("dequantised (bound)", dequantize(jax.random.PRNGKey(7), x)), ("bin centres", x)):
-        for n_steps in (25, 50):
+    xd = dequantize(jax.random.PRNGKey(7), x)
+    for name, xs, n_steps in (("dequantised (bound)", xd, 25), ("dequantised (bound)", xd, 50),
+                              ("dequantised (bound)", xd, 100), ("bin centres", x, 50), ("bin centres", x, 100)):
+        if True:
             f = jax.jit(lambda x: log_likelihood(model, x, key=jax.random.PRNGKey(11), divergence="hutchinson",
                                                  n_steps=n_steps))
             t0 = time.perf_counter()
@@ -176,6 +203,16 @@ def render(res: dict) -> str:
              f"{r['mean_z']:+.2f}", f"{r['seconds_per_point']:.2g}"] for r in h["rows"]]
     out += [C.md_table(["probes", "sd (nats, mean over points)", "max sd", "sd x sqrt(probes)", "max |z|", "mean z",
                         "s / point"], rows, ["r"] * 7), ""]
+    tg = res.get("gmm2d_trained")
+    if tg:
+        out += ["## gmm2d: the trained MLP", "",
+                f"Checkpoint `{tg['checkpoint']}` (step {tg['step']}), {tg['n']} exact data samples, RK4 in lambda, "
+                f"exact divergence, N(0, I) prior, float32.  `exact - model` = mean of log p_(t_min)(x) - "
+                f"log p_model(x): an estimate of KL(p_(t_min) || model) (>= 0).", ""]
+        rows = [[r["n_steps"], r["nfe"], f"{r['model_mean']:.4f} ± {r['model_se']:.4f}", f"{r['exact_mean']:.4f}",
+                 f"{r['kl']:.4f} ± {r['kl_se']:.4f}"] for r in tg["rows"]]
+        out += [C.md_table(["RK4 steps", "NFE", "model mean log p", "exact mean log p", "exact - model"], rows,
+                           ["r"] * 5), ""]
     out += ["## digits: bits/dim", ""]
     dg = res.get("digits")
     if not dg:
@@ -203,7 +240,8 @@ def main():
     ap.add_argument("--from-json", default=None)
     ap.add_argument("--digits", default=None, help="a training workdir of the digits U-Net")
     ap.add_argument("--n-digits", type=int, default=300)
-    ap.add_argument("--digits-only", action="store_true", help="keep the gmm parts of the existing .json")
+    ap.add_argument("--gmm2d-trained", default=None, help="a training workdir of the gmm2d MLP")
+    ap.add_argument("--trained-only", action="store_true", help="keep the analytic parts of the existing .json")
     args = ap.parse_args()
     if args.from_json:
         with open(args.from_json) as fh:
@@ -211,13 +249,15 @@ def main():
         return
     C.enable_compilation_cache()
     res = dict(machine=C.machine_info(), command=C.command_line(MODULE), date=C.utc_now())
-    if args.digits_only:
+    if args.trained_only:
         with open(os.path.splitext(args.out)[0] + ".json") as fh:
             old = json.load(fh)
         res.update(gmm2d=old["gmm2d"], gmm64d=old["gmm64d"], gmm_date=old["date"], gmm_command=old["command"])
     else:
         res["gmm2d"] = gmm2d_part()
         res["gmm64d"] = hutchinson_part()
+    if args.gmm2d_trained:
+        res["gmm2d_trained"] = trained_gmm2d_part(args.gmm2d_trained)
     if args.digits:
         res["digits"] = digits_part(args.digits, args.n_digits)
     else:
