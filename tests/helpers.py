@@ -1,6 +1,10 @@
 """Small assertion helpers shared by the tests."""
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
+
+from samplax.models import DiffusionModel
 
 
 def max_rel(a, b):
@@ -23,3 +27,17 @@ def set_dotted(config, dotted: str, value) -> None:
     for p in parents:
         config = config[p]
     config[leaf] = value
+
+
+def counting_model(model, counter):
+    """The same model, with a host callback that counts its evaluations at run time."""
+    def bump(_):
+        counter[0] += 1
+        return np.int32(0)
+
+    def apply(params, x, t):
+        z = io_callback(bump, jax.ShapeDtypeStruct((), jnp.int32), t, ordered=True)
+        x0, eps = model.data_noise(x, t)
+        return x0 + 0 * z, eps
+
+    return DiffusionModel(apply=apply, params=model.params, schedule=model.schedule, prediction="data_noise")

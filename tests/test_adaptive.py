@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental import io_callback
+from helpers import counting_model
 
 from samplax.models import DiffusionModel, load_problem, problem_start_points
 from samplax.models.analytic import Gaussian
@@ -32,19 +32,6 @@ def gmm2d():
         ref = gmm.ode_solution(x, 1.0, T_END, schedule, n_steps=1000)
         lam_end = float(schedule.lambda_(jnp.asarray(T_END)))
     return gmm, schedule, x, ref, lam_end
-
-
-def _counting_model(model, counter):
-    def bump(_):
-        counter[0] += 1
-        return np.int32(0)
-
-    def apply(params, x, t):
-        z = io_callback(bump, jax.ShapeDtypeStruct((), jnp.int32), t, ordered=True)
-        x0, eps = model.data_noise(x, t)
-        return x0 + 0 * z, eps
-
-    return DiffusionModel(apply=apply, params=model.params, schedule=model.schedule, prediction="data_noise")
 
 
 @pytest.mark.parametrize("order", [2, 3])
@@ -81,7 +68,7 @@ def test_gmm2d_nfe_exact_and_rejections_handled(gmm2d, order, denoise):
     gmm, schedule, x, ref, lam_end = gmm2d
     counter = [0]
     with jax.enable_x64(True):
-        model = _counting_model(gmm.model(schedule), counter)
+        model = counting_model(gmm.model(schedule), counter)
         if denoise:
             solver = dpm_solver_adaptive(order=order, rtol=1e-3, atol=1e-3)
             grid = time_grid(schedule, 300, "logsnr", end="zero", t_min=T_END, dtype=jnp.float64)

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental import io_callback
+from helpers import counting_model
 
 from samplax.models import DiffusionModel, load_problem, problem_start_points
 from samplax.models.wrappers import classifier_free_guidance, dynamic_thresholding
@@ -113,20 +113,6 @@ def test_thresholding_p1_large_bound_is_identity(gmm2d):
                                        rtol=1e-10, atol=1e-10, err_msg=name)
 
 
-def _counting_model(model, counter):
-    """The same model, with a host callback that counts its evaluations at run time."""
-    def bump(_):
-        counter[0] += 1
-        return np.int32(0)
-
-    def apply(params, x, t):
-        z = io_callback(bump, jax.ShapeDtypeStruct((), jnp.int32), t, ordered=True)
-        x0, eps = model.data_noise(x, t)
-        return x0 + 0 * z, eps
-
-    return DiffusionModel(apply=apply, params=model.params, schedule=model.schedule, prediction="data_noise")
-
-
 SOLVER_CASES = [(n, {}) for n in sorted(SOLVERS) if n not in ("schedule", "dpm_solver_v3", "teleport")] + [
     # "schedule" needs a file; dpm_solver_v3 / teleport need preparing: their NFE tests are in their own files
     ("dpm_solver", {"order": 3}), ("unipc", {"order": 3}), ("pc_langevin", {"n_corrector": 2}),
@@ -141,7 +127,7 @@ def test_nfe_is_exact(gmm2d, name, opts, end):
     gmm, schedule, x = gmm2d
     solver = get_solver(name, **opts)
     counter = [0]
-    model = _counting_model(gmm.model(schedule), counter)
+    model = counting_model(gmm.model(schedule), counter)
     nfe = next(v for v in (7, 6, 9, 10) if _feasible(solver, v, end))
     n = steps_for_nfe(solver, nfe, end)
     grid = time_grid(schedule, n, "logsnr", end)
