@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from helpers import counting_model
 
-from samplax.models import DiffusionModel, load_problem, problem_start_points
+from samplax.models import load_problem, problem_start_points
 from samplax.models.wrappers import classifier_free_guidance, dynamic_thresholding
 from samplax.schedules import FlowLinear
 from samplax.solvers import SOLVERS, get_solver, sample, steps_for_nfe
