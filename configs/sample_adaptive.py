@@ -3,10 +3,8 @@
     python -m experiments.sample --config=configs/sample_adaptive.py --workdir=runs/adaptive \
         --config.solver.options.rtol=1e-3 --config.solver.options.atol=1e-3
 
-Needs ``"dpm_solver_adaptive": adaptive.dpm_solver_adaptive`` in samplax/solvers/registry.py
-(SOLVERS) and the runner changes of docs/adaptive_likelihood.md ("What the runner must do"):
-``nfe`` is the NFE *cap* of the adaptive solve (its grid gives only t_max and t_min), the NFE
-really spent is reported per row (``samplax.solvers.adaptive.sample_with_info``).
+``nfe`` is the NFE *cap* of the adaptive solve (its grid gives only t_max and t_min); the NFE
+really spent is in each row's ``adaptive`` record (docs/adaptive_likelihood.md, section 2).
 """
 from samplax.experiment import sample_config
 

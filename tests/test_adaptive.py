@@ -154,3 +154,41 @@ def test_per_sample_control_equals_solving_each_sample_alone(gmm2d):
             one, one_info = run(x[i:i + 1], False)
             np.testing.assert_allclose(np.asarray(out[i]), np.asarray(one[0]), rtol=1e-12, atol=1e-12)
             assert int(info.nfe[i]) == int(one_info.nfe) and int(info.n_reject[i]) == int(one_info.n_reject)
+
+
+def test_runner_records_the_spent_nfe_and_the_cap(tmp_path):
+    """From a config: ``nfe`` is the cap, the row records the NFE really spent (equal to a direct
+    ``sample_with_info`` on the same start points), and a cap that forces the last step warns."""
+    import json
+
+    from samplax.experiment import run_sample, sample_config
+    from samplax.experiment.report import nfe_text
+
+    cfg = sample_config()
+    cfg.solver.name = "dpm_solver_adaptive"
+    cfg.solver.options.rtol = 1e-3
+    cfg.solver.options.atol = 1e-3
+    cfg.update(dict(nfe=500, n_samples=64, dtype="float64", prior="problem"))
+    cfg.metrics.save_samples = 64
+    rows = run_sample(cfg, str(tmp_path / "a"))
+    (row,) = rows
+    a = row["adaptive"]
+    with jax.enable_x64(True):
+        gmm, schedule, info = load_problem("gmm2d", dtype=jnp.float64)
+        x = jnp.asarray(problem_start_points(info, 64))
+        grid = time_grid(schedule, 500, "logsnr", "zero")
+        x0, _, ainfo = sample_with_info(dpm_solver_adaptive(rtol=1e-3, atol=1e-3), gmm.model(schedule), x, grid)
+    assert a["nfe_mean"] == a["nfe_max"] == a["nfe_min"] == int(ainfo.nfe) < 500  # one step sequence per batch
+    assert row["nfe"] == 500 and row["nfe_actual"] == a["nfe_max"] and not a["cap_hit"] and row["warning"] is None
+    assert a["n_accept_mean"] == int(ainfo.n_accept) and a["n_reject_mean"] == int(ainfo.n_reject)
+    saved = np.load(tmp_path / "a" / row["samples_file"])
+    np.testing.assert_allclose(saved, np.asarray(x0, np.float32), rtol=1e-6, atol=1e-6)
+    assert row["metrics"]["mean_l2"] < 1e-2
+    assert nfe_text(row) == f"{a['nfe_mean']:.0f} (cap 500)"
+    # a cap too small for the tolerance: the last step is forced, the row says so
+    cfg.nfe = 8
+    (capped,) = run_sample(cfg, str(tmp_path / "b"))
+    assert capped["adaptive"]["cap_hit"] and capped["adaptive"]["nfe_max"] <= 8
+    assert "hit its NFE cap (8)" in capped["warning"]
+    stored = [json.loads(line) for line in open(tmp_path / "b" / "results.jsonl")]
+    assert stored[0]["adaptive"]["cap_hit"] is True

@@ -231,6 +231,15 @@ def orders_short(row: Row) -> Optional[str]:
     return f"ran o{lo}" if lo == hi else f"ran o{lo}-{hi}"
 
 
+def nfe_text(r: Row) -> str:
+    """The NFE column: the row's NFE, or for an adaptive solve (whose ``nfe`` is a cap) the
+    mean NFE it really spent and the cap, e.g. "125 (cap 500)"."""
+    a = r.get("adaptive")
+    if a:
+        return f"{a['nfe_mean']:.0f} (cap {r.get('nfe')})"
+    return str(r.get("nfe"))
+
+
 def setting_text(row: Row) -> str:
     """The row's label with its effective orders when they fall short of the nominal
     one: ``"dpm_solver_pp o2 (ran 1,1,1,1,1)"``."""
@@ -298,7 +307,7 @@ class _Cell:
         steps = [r.get("first_nonfinite_step") for r in self.rows
                  if _metric(r, metric) is None and r.get("first_nonfinite_step") is not None]
         self.first_nonfinite_step: Optional[int] = min(int(s) for s in steps) if steps else None
-        self.nfe_mismatch = any(r.get("nfe_actual") is not None and r.get("nfe") is not None
+        self.nfe_mismatch = any(r.get("nfe_actual") is not None and r.get("nfe") is not None and not r.get("adaptive")
                                 and int(r["nfe_actual"]) != int(r["nfe"]) for r in self.rows)
         self.warnings = [(r, _warning(r)) for r in self.rows if _warning(r)]
         self.short = next((orders_short(r) for r in self.rows if orders_short(r)), None)
@@ -588,7 +597,7 @@ def summary_text(rows: Sequence[Row], metric: Optional[str] = None, max_rows: in
         right += [True, True]
         body = []
         for r in shown:
-            line = [(WARN + " " if _warning(r) else "") + setting_text(r), str(r.get("grid")), str(r.get("nfe"))]
+            line = [(WARN + " " if _warning(r) else "") + setting_text(r), str(r.get("grid")), nfe_text(r)]
             if seeds:
                 line.append(str(r.get("seed")))
             for m in metrics:

@@ -22,6 +22,9 @@ Metrics per row (analytic models):
   distance between two independent exact sample sets (the noise floor).
 * ``mean_log_density``: exact mean log p_0 over all n samples (streamed).
 Non-finite samples make a metric None (null) and set ``first_nonfinite_step``.
+
+Adaptive solvers (``dpm_solver_adaptive``): the row's ``nfe`` is the cap and the NFE really
+spent is summed at run time into the row's ``adaptive`` record (docs/adaptive_likelihood.md).
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ from samplax.experiment.nfe import probe as nfe_probe
 from samplax.experiment.plan import Plan, identity, make_plan, make_grid, model_section, rebuild_solver, settings_hash
 from samplax.experiment.progress import Progress
 from samplax.metrics import projections, sliced_wasserstein2_host
-from samplax.solvers import stability_warning, step_orders
+from samplax.solvers import StepOrders, stability_warning, step_orders
+from samplax.solvers.adaptive import is_adaptive, sample_with_info
 from samplax.solvers.base import cpu_compiler_options, sample
 from samplax.solvers.unified import run_table, widen
 from samplax.schedules import prior_std
@@ -323,13 +327,25 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
     batch = devices.batch_sharding(mesh, 1)
     # a probe per part makes each part's model evaluations countable in the program's jaxpr
     models = [loaded.model.replace(apply=nfe_probe(loaded.model.apply, _probe_name(j))) for j in range(n_parts)]
+    adaptive = solver is not None and is_adaptive(solver)
 
     def member(model, grid, seed, x_T, idx, offset, valid):
         k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         if loaded.relabel is not None:  # guided class-conditional model: labels of these samples
             model = loaded.relabel(model, idx)
+        extra = {}
         if solver is None:  # ``grid`` is a step table (samplax.solvers.unified)
             x0, info = run_table(model, x_T, grid)
+        elif adaptive:  # the NFE is data-dependent: report what was spent, per sample
+            x0, info, ainfo = sample_with_info(solver, model, x_T, grid, k_solver)
+            per = lambda a: jnp.broadcast_to(a, valid.shape)  # noqa: E731  (per-batch control: a scalar)
+            nfe = per(ainfo.nfe).astype(jnp.int32)
+            extra = dict(nfe_sum=jnp.sum(jnp.where(valid, nfe, 0)),
+                         nfe_max=jnp.max(jnp.where(valid, nfe, 0)),
+                         nfe_min=jnp.min(jnp.where(valid, nfe, jnp.iinfo(jnp.int32).max)),
+                         accept_sum=jnp.sum(jnp.where(valid, per(ainfo.n_accept), 0)),
+                         reject_sum=jnp.sum(jnp.where(valid, per(ainfo.n_reject), 0)),
+                         cap_hit=jnp.any(valid & per(ainfo.cap_hit)))
         else:
             x0, info = sample(solver, model, x_T, grid, k_solver, index_offset=offset)
         flat = x0.reshape(x0.shape[0], -1)
@@ -341,7 +357,7 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
         ok = finite & valid
         return dict(head=x0[:n_heads], head_x_T=x_T[:n_heads],
                     logp_sum=jnp.sum(jnp.where(ok, logp, 0.0)),
-                    n_finite=jnp.sum(ok), first_bad=info.first_nonfinite_step)
+                    n_finite=jnp.sum(ok), first_bad=info.first_nonfinite_step, **extra)
 
     def program(parts, offset, n_valid, x_T_in):
         idx = jax.lax.with_sharding_constraint(offset + jnp.arange(chunk, dtype=jnp.int32), batch)
@@ -503,7 +519,11 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
                                     file=specs[k].get("schedule_files", {}).get("grid", {}).get("path")), dtype)
                      for k in ks]
             for k, grid in zip(ks, grids):
-                ran[k] = (step_orders(solvers[k], grid), stability_warning(solvers[k], grid))
+                if solver is not None and is_adaptive(solver):  # its steps are chosen at run time, not by the grid
+                    none = np.zeros(0, np.int32)
+                    ran[k] = (StepOrders(orders=none, nominal=none, safeguarded=none.astype(bool), reasons=()), None)
+                else:
+                    ran[k] = (step_orders(solvers[k], grid), stability_warning(solvers[k], grid))
             if tables:
                 stacked = _build_tables([solvers[k] for k in ks], [_solver_key(specs[k]) for k in ks], grids,
                                         loaded.schedule)
@@ -539,7 +559,9 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         t0 = time.perf_counter()
         traced = program.trace(*args(0))
         # model evaluations per member, counted in the program that runs
-        nfe_parts = [count_in_jaxpr(traced.jaxpr, _probe_name(j)) for j in range(len(parts))]
+        adaptive = solver is not None and is_adaptive(solver)
+        # (an adaptive solve's count is data-dependent: it is summed at run time below)
+        nfe_parts = [None if adaptive else count_in_jaxpr(traced.jaxpr, _probe_name(j)) for j in range(len(parts))]
         compiled = traced.lower().compile(compiler_options=cpu_compiler_options())  # YNNPACK fusions off on CPU
         compile_s = time.perf_counter() - t0
         if progress is not None:
@@ -548,6 +570,8 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         m = len(specs)
         logp_sum, n_finite, first_bad = np.zeros(m), np.zeros(m, np.int64), np.full(m, -1)
         head = head_x_T = None
+        spent = dict(nfe_sum=np.zeros(m), nfe_max=np.zeros(m, np.int64), nfe_min=np.full(m, np.iinfo(np.int64).max),
+                     accept_sum=np.zeros(m), reject_sum=np.zeros(m), cap_hit=np.zeros(m, bool))
         for start in range(0, n, chunk):
             out = jax.device_get(compiled(*args(start)))
             cat = {k: np.concatenate([o[k] for o in out]) for k in out[0]}  # members in `order`
@@ -556,6 +580,12 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             logp_sum += cat["logp_sum"].astype(np.float64)
             n_finite += cat["n_finite"].astype(np.int64)
             first_bad = np.where((first_bad < 0) & (cat["first_bad"] >= 0), cat["first_bad"], first_bad)
+            if adaptive:
+                for key in ("nfe_sum", "accept_sum", "reject_sum"):
+                    spent[key] += cat[key].astype(np.float64)
+                spent["nfe_max"] = np.maximum(spent["nfe_max"], cat["nfe_max"])
+                spent["nfe_min"] = np.minimum(spent["nfe_min"], cat["nfe_min"])
+                spent["cap_hit"] |= cat["cap_hit"].astype(bool)
         wall_s = time.perf_counter() - t0
     nfe_of = {}
     for j, ks in enumerate(by_steps.values()):
@@ -582,13 +612,22 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         orders, apriori = ran[k]
         warnings = ([apriori] if apriori else []) + _warnings(ctx, loaded, s, x_head[:n_sw], n - int(n_finite[g]),
                                                             n, first_bad[g])
+        adaptive_row = None
+        if adaptive:
+            adaptive_row = dict(nfe_mean=float(spent["nfe_sum"][g] / n), nfe_max=int(spent["nfe_max"][g]),
+                                nfe_min=int(spent["nfe_min"][g]), n_accept_mean=float(spent["accept_sum"][g] / n),
+                                n_reject_mean=float(spent["reject_sum"][g] / n), cap_hit=bool(spent["cap_hit"][g]),
+                                cap=int(s["nfe"]), per_sample=bool(s["options"].get("per_sample", False)))
+            if adaptive_row["cap_hit"]:
+                warnings.append(f"adaptive solve hit its NFE cap ({s['nfe']}): the last step was forced, its error "
+                                f"not controlled; raise nfe or loosen rtol/atol")
         samples_file = None
         if ctx.writer and n_save > 0:
             samples_file = f"samples/{s['hash']}.npy"
             sio.atomic_save_npy(sio.as_path(ctx.workdir) / samples_file, np.asarray(head[g][:n_save], np.float32))
         rows[k] = dict(
             s, run="sweep" if "sweep" in ctx.cfg else "sample", metrics=metrics, reference=reference,
-            nfe_actual=int(nfe_of[k]),
+            nfe_actual=int(nfe_of[k]) if not adaptive else adaptive_row["nfe_max"], adaptive=adaptive_row,
             first_nonfinite_step=None if all_finite else (int(first_bad[g]) if first_bad[g] >= 0 else None),
             n_nonfinite=int(n - n_finite[g]), wall_s=wall_s, compile_s=compile_s, program=program_id,
             rows_in_program=m, chunk=chunk, n_chunks=-(-n // chunk), samples_file=samples_file,

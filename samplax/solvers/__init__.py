@@ -1,4 +1,5 @@
 """Continuous-time diffusion ODE/SDE solvers: factories, the registry, and sample()."""
+from samplax.solvers.adaptive import adaptive_sample, dpm_solver_adaptive, is_adaptive, sample_with_info
 from samplax.solvers.base import (ModelData, SampleInfo, Solver, SolverOptionError, check_options, generate,
                                   model_data, prepare_solver, sample, sample_keys)
 from samplax.solvers.diagnostics import StepOrders, effective_orders, stability_warning, step_orders
@@ -15,4 +16,5 @@ __all__ = [
     "dpm_solver_singlestep", "dpm_solver_multistep", "dpm_solver_pp", "dpm_solver_pp_singlestep",
     "sde_dpm_solver_pp_2m", "deis", "unipc", "ipndm", "ipndm_v", "euler_maruyama", "predictor_corrector",
     "StepOrders", "step_orders", "effective_orders", "stability_warning", "gaussian_jump",
+    "dpm_solver_v3", "estimate_statistics", "adaptive_sample", "dpm_solver_adaptive", "is_adaptive", "sample_with_info",
 ]

@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 
-from samplax.solvers import dualfast, multistep, schedule, sde, singlestep, teleport, v3
+from samplax.solvers import adaptive, dualfast, multistep, schedule, sde, singlestep, teleport, v3
 from samplax.solvers.base import Solver
 
 SOLVERS = {
@@ -20,6 +20,7 @@ SOLVERS = {
     "ddim": multistep.ddim,
     "ddim_eta": sde.ddim_eta,
     "dpm_solver": singlestep.dpm_solver_singlestep,
+    "dpm_solver_adaptive": adaptive.dpm_solver_adaptive,
     "dpm_solver_multistep": multistep.dpm_solver_multistep,
     "dpm_solver_pp": multistep.dpm_solver_pp,
     "dpm_solver_pp_singlestep": singlestep.dpm_solver_pp_singlestep,
