@@ -5,8 +5,8 @@ then DPM-Solver++(2M) runs from there (docs/teleport.md).
     python -m experiments.sample --config=configs/sample_teleport.py --workdir=runs/teleport \\
         --config.solver.options.base=unipc --config.nfe=8 --config.solver.options.switch=-2.0
 
-Needs the runner's prepare / bind / t_start support (the grid starts at solver.t_start, x_T
-is drawn at the schedule's t_max).  On a trained model (e.g. --config.model.name=digits
+The runner fits the Gaussian once per model (cached in ``workdir/cache/solver_stats``) and starts
+the grid at the switch time (x_T is drawn at the schedule's t_max).  On a trained model (e.g. --config.model.name=digits
 --config.model.checkpoint=runs/train_digits) the Gaussian fit is empirical (Ledoit-Wolf).
 """
 from samplax.experiment import sample_config

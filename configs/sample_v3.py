@@ -3,8 +3,8 @@
     python -m experiments.sample --config=configs/sample_v3.py --workdir=runs/v3 --config.nfe=8
 
 The solver's empirical model statistics (``prepare``: 1024 data samples on 257 logSNR nodes) are
-estimated once per model and cached in the workdir by the runner (once the runner wires
-Solver.prepare / bind); change them with --config.solver.options.n_stats_samples=4096 /
+estimated once per model and cached in the workdir by the runner
+(``workdir/cache/solver_stats``); change them with --config.solver.options.n_stats_samples=4096 /
 --config.solver.options.stats_grid_size=512.
 """
 from samplax.experiment import sample_config

@@ -5,7 +5,7 @@ and behind the Gaussian jump (the switch rule, tolerance 1e-3), 2 grids x 5 NFEs
     # a fixed switch at logSNR -2 instead of the rule:
     #   --config.sweep.solver_options='{"teleport": {"switch": -2.0}}'
 
-Needs the runner's prepare / bind / t_start support (docs/teleport.md).  The teleport rows
+The Gaussian fit is cached per model in the workdir (docs/teleport.md).  The teleport rows
 use base dpm_solver_pp; for UniPC behind the jump add
 --config.sweep.solver_options='{"teleport": {"base": "unipc"}}'.
 """

@@ -283,6 +283,7 @@ def test_a_refused_run_leaves_the_saved_config_so_the_original_command_still_run
 @pytest.mark.parametrize("field, value, msg", [
     ("train.sample_solver", "heun", r"config\.train\.sample_nfe: nfe=20 is impossible for solver heun"),
     ("train.sample_nfe", 1, r"config\.train\.sample_nfe: nfe=1 is impossible"),
+    ("train.sample_solver", "teleport", r"config\.train\.sample_solver: 'teleport' needs model statistics"),
 ])
 def test_an_impossible_preview_nfe_is_refused_before_anything_is_written(tmp_path, field, value, msg):
     c = small_config(**SHORT, sample_count=10)

@@ -208,8 +208,14 @@ def check_preview(cfg: dict) -> None:
         return
     from samplax.solvers import get_solver, steps_for_nfe
 
+    solver = get_solver(t["sample_solver"])
+    if solver.prepare is not None:  # dpm_solver_v3, teleport: statistics of the model being trained
+        raise ConfigError("config.train.sample_solver", f"{t['sample_solver']!r} needs model statistics "
+                          f"(Solver.prepare) that change while training; allowed: a solver without a prepare "
+                          f"step, e.g. 'dpm_solver_pp' or 'unipc' (sample the trained model with "
+                          f"experiments.sample instead)")
     try:
-        steps_for_nfe(get_solver(t["sample_solver"]), int(t["sample_nfe"]))
+        steps_for_nfe(solver, int(t["sample_nfe"]))
     except ValueError as e:
         raise ConfigError("config.train.sample_nfe", f"{e} (config.train.sample_solver="
                           f"{t['sample_solver']!r}); allowed: one of those NFEs, or another solver") from None
