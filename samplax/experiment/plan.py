@@ -106,7 +106,10 @@ def _order_option(name: str, solver, order: Optional[int]) -> int:
     unset), or the fixed order of a solver without one."""
     if not _has_order_option(name):
         return int(solver.order)
-    return int(solver_options(name)["order"] if order is None else order)
+    if order is None:  # the factory's default; a default of None (teleport: its base's) is the built order
+        default = solver_options(name)["order"]
+        return int(solver.order if default is None else default)
+    return int(order)
 
 
 def _label(name: str, order: int, options: dict, afs: bool) -> str:

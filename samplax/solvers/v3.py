@@ -415,7 +415,7 @@ def dpm_solver_v3(order: int = 3, n_stats_samples: int = 1024, stats_grid_size: 
                   corrector_pseudo: bool = False, predictor_pseudo: Optional[bool] = None,
                   lower_order_final: bool = True, jacobian: Literal["hutchinson", "exact"] = "hutchinson", stats_batch_size: int = 256,
                   stats_seed: int = 0, max_step_ratio: Optional[float] = None,
-                  max_step: Optional[float] = None) -> Solver:
+                  max_step: Optional[float] = None, afs: bool = False) -> Solver:
     """DPM-Solver-v3 (Zheng et al. 2023): multistep predictor of ``order`` (1-3) in the EMS-transformed
     variables, with the UniC-style corrector (no extra NFE).  NFE = steps (+1 denoise).
 
@@ -426,8 +426,13 @@ def dpm_solver_v3(order: int = 3, n_stats_samples: int = 1024, stats_grid_size: 
     official scripts); ``corrector_pseudo``: corrector one order higher by divided differences.
     ``max_step_ratio`` / ``max_step``: the order safeguard of our DPM-Solver++ / UniPC (their defaults
     are 2.0 / 2.0); off by default here, as in the official code (on gmm2d / gmm64d it mostly makes no
-    difference, helps at NFE 5 and hurts at gmm2d logSNR NFE 8-10: docs/dpm_solver_v3.md)."""
+    difference, helps at NFE 5 and hurts at gmm2d logSNR NFE 8-10: docs/dpm_solver_v3.md).
+    ``afs``: the experiment layer passes it to every solver; only False is supported (no analytic
+    first step in the EMS variables)."""
     check_options(dpm_solver_v3, locals())
+    if afs:
+        raise ValueError("afs: DPM-Solver-v3 has no analytic first step (its first step uses the model's "
+                         "statistics); allowed: False")
     if not isinstance(order, (int, np.integer)) or not 1 <= order <= 3:
         raise ValueError(f"order: must be an integer in 1..3, got {order!r}")
     if n_stats_samples < 2:

@@ -1,0 +1,31 @@
+"""Every sample and sweep config under configs/ on an analytic model expands into a valid plan
+(its rows, labels and orders), so a config can't rot unnoticed: e.g. a solver whose order
+option defaults to None (teleport: its base's order) once broke the plan."""
+import importlib
+import os
+
+import pytest
+
+from samplax.experiment import plan as planlib
+from samplax.experiment.config import config_kind
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+               if f.startswith(("sample_", "sweep_")) or f in ("gmm.py", "gmm64d.py"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_file_plans(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    if config.model.get("checkpoint") or config.model.name not in ("gmm2d", "gmm64d"):
+        pytest.skip("a trained model's config: planned in tests/test_training_run.py")
+    plan = planlib.make_plan(config)
+    assert config_kind(config) in ("sample", "sweep") and plan.rows
+    for row in plan.rows:
+        assert isinstance(row["order"], int) and row["nfe"] >= 1 and row["n_steps"] >= 1, row["label"]
+        planlib.rebuild_solver(row)  # the row rebuilds the very solver it names
+
+
+def test_all_configs_listed():
+    assert {"sample_v3", "sample_teleport", "sample_dualfast", "sample_adaptive", "sweep_v3", "sweep_teleport",
+            "sweep_dualfast"} <= set(NAMES)
