@@ -59,7 +59,11 @@ def _times(sch, n_nodes):
 
 @pytest.mark.parametrize("end", ["zero", "denoise"])
 def test_time_gradients_match_finite_differences_for_every_solver(problem64, end):
-    _check_time_gradients(problem64, end, CONFIGS)
+    # every configuration ends at sigma = 0; with a final denoise (the same steps, another last
+    # one) every other configuration, which still covers every solver
+    configs = CONFIGS if end == "zero" else CONFIGS[::2]
+    assert {n for n, _ in configs} == {n for n, _ in CONFIGS}
+    _check_time_gradients(problem64, end, configs)
 
 
 def _check_time_gradients(problem64, end, configs):

@@ -58,18 +58,22 @@ def _stacked(schedule, n, end):
     return jax.tree.map(lambda *a: jnp.stack(a), *grids)
 
 
-# gmm64d shares gmm2d's noise schedule (the same tables): one end suffices for the 64-d model
+# gmm64d shares gmm2d's noise schedule (the same tables): one end suffices for the 64-d model.
+# Every configuration on gmm2d's sigma = 0 end; the other ends and gmm64d run every other one
+# (each solver, AFS and noise prediction are still among them), which halves the test's time.
 @pytest.mark.parametrize("name,end", [("gmm2d", e) for e in ENDS] + [("gmm64d", "zero")])
 def test_tables_reproduce_every_multistep_solver(name, end):
     """run_table(solver.table(grid)) == the solver's own step loop, to float64 round-off, for
     every multistep solver, every spacing (vmapped) and every end; the tables of all
     solvers also run as ONE vmapped program with the same results."""
     model, schedule, x = _problem(name)
+    configs = MULTISTEP if (name, end) == ("gmm2d", "zero") else MULTISTEP[::2]
+    assert {n for n, _ in configs} == {n for n, _ in MULTISTEP} and any(o.get("afs") for _, o in configs)
     with jax.enable_x64(True):
         n = 6
         grids = _stacked(schedule, n, end)
         tables, refs = [], []
-        for solver_name, opts in MULTISTEP:
+        for solver_name, opts in configs:
             solver = get_solver(solver_name, **opts)
             ref = jax.jit(jax.vmap(lambda g: sample(solver, model, x, g, stepwise=True)[0]))(grids)
             tab = jax.vmap(lambda g: solver.table(g, schedule))(grids)
