@@ -30,6 +30,7 @@ setup(
         "etils[epath]>=1.15",  # samplax.io: one path type for local and gs:// workdirs (Orbax's own)
         "fsspec>=2024.6",      # etils.epath's backend for gs://, s3:// (with gcsfs / s3fs, see [cloud])
         "tqdm>=4.66",          # progress bars in notebooks
+        "blackjax>=1.7.1",     # SMC resampling schemes (samplax.smc)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13", "pandas>=2.2"],

@@ -420,6 +420,8 @@ def _prepared_solver(ctx, solver, loaded, spec: dict):
 
     def compute():
         data = _model_data(ctx, loaded)
+        logging.info("%s: computing the model statistics of %s (once per model and setting; cached in %s)",
+                     spec["label"], spec["solver"], path)
         t0 = time.perf_counter()
         stats = solver.prepare(loaded.model, data)
         return {k: np.asarray(v) for k, v in stats.items()}, time.perf_counter() - t0
