@@ -189,6 +189,23 @@ def render(res) -> str:
                            else "—", f"{r['prepare_s']:.1f}" if r["prepare_s"] else "—", f"{r['compile_s']:.1f}"]
                           for r in p["rows"]],
                          ["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r"]), ""]
+    L += ["## Findings", ""]
+    for problem, p in res["cost"].items():
+        by = {r["label"]: r for r in p["rows"]}
+        parts = []
+        for r in p["rows"]:
+            if r["base"]:
+                b = by[r["base"]]
+                parts.append(f"{r['label']}: error x{r['mean_l2'] / b['mean_l2']:.2f} of its base at "
+                             f"{r['nfe']} vs {b['nfe']} NFE, time x{r['vs_base']:.2f}")
+        L.append(f"* {problem}: " + "; ".join(parts) + ".")
+    L += ["* DPM-Solver++ 3M equals 2M and UniPC-3 equals UniPC-2 on these grids: the step-length safeguard "
+          "(docs/solvers.md) lowers every third-order step of a 10-step logSNR grid (lambda steps > 1) to "
+          "second order; v3 runs without it (the official default).",
+          "* The adaptive row is not at equal NFE: at tolerance 1e-2 it spends about 62 evaluations (its "
+          "per-NFE cost is the `us/sample/NFE` column); docs/benchmarks/adaptive.md compares it at equal NFE.",
+          "* Timings share 2 CPU cores with other work (helpers, a CI run may have run beside): ratios are "
+          "within-repeat medians, but expect +-20%.", ""]
     if res.get("digits"):
         d = res["digits"]
         nfes = sorted({r["nfe"] for r in d})
@@ -200,6 +217,9 @@ def render(res) -> str:
               f"({C.fmt(next((r['prepared'] or {}).get('seconds') for r in d if r['prepared']))} s) and cached.", "",
               C.md_table(["solver"] + [f"NFE {n}" for n in nfes],
                          [[lab] + [C.fmt(fd.get((lab, n))) for n in nfes] for lab in labels]), ""]
+        L += ["DPM-Solver-v3 fails on digits (a bias: its FD hardly falls with NFE); the diagnosis so far is in "
+              "docs/dpm_solver_v3.md (\"Digits\").  DPM-Solver++ 3M and UniPC-3 equal their order-2 rows here "
+              "for the same safeguard reason as above.", ""]
     else:
         L += ["## digits", "", res.get("digits_note", "not measured"), ""]
     return "\n".join(L)
