@@ -93,7 +93,8 @@ def log_ess(log_weights: Array) -> Array:
     m = jnp.max(log_weights)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     shifted = log_weights - m
-    return 2.0 * logsumexp(shifted) - logsumexp(2.0 * shifted)
+    value = 2.0 * logsumexp(shifted) - logsumexp(2.0 * shifted)
+    return jnp.where(jnp.any(log_weights > -jnp.inf), value, -jnp.inf)
 
 
 def ess(log_weights: Array) -> Array:
