@@ -234,8 +234,9 @@ def test_vmap_over_runs_equals_separate_runs(x64):
         return smc.run(sampler, k1, sampler.init(particles), len(BETAS) - 1)
 
     batched = jax.jit(jax.vmap(one))(keys)
+    one_jit = jax.jit(one)
     for r in range(3):
-        single = one(keys[r])
+        single = one_jit(keys[r])
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(np.asarray(a)[r], np.asarray(b), rtol=1e-12, atol=0),
             batched, single)
@@ -279,6 +280,16 @@ def test_resampling_invalid_inside_jit_is_identity(x64):
             assert not bool(smc.log_weights_valid(bad))
         idx = f(jax.random.key(1), jnp.zeros(4), 6)
         assert idx.dtype == jnp.int32 and idx.shape == (6,)
+
+
+def test_zero_weight_picks_repaired():
+    """Exact: a pick of a zero-weight particle (what blackjax's searchsorted can return when u = 0
+    or u exceeds the rounded cumulative sum) moves to the nearest positive weight below it, or the
+    first positive one for leading zeros: where exact arithmetic puts it."""
+    from samplax.smc.resampling import _repair_zero_picks
+    w = jnp.array([0.0, 0.0, 0.25, 0.0, 0.75, 0.0, 0.0])
+    idx = jnp.array([0, 1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(np.asarray(_repair_zero_picks(idx, w)), [2, 2, 2, 2, 4, 4, 4])
 
 
 def test_bad_input():
