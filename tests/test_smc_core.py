@@ -83,10 +83,10 @@ def test_resampling_exact_count_ranges(counts):
 
 def test_resampling_variance_ordering(counts):
     """Per-index offspring-count variance.  Guaranteed orderings only: Var_res <= Var_mult and
-    Var_strat <= Var_mult (Douc, Cappé & Moulines 2005, Sec. 3.1-3.2, for any test function, so
+    Var_strat <= Var_mult (Douc, Cappé & Moulines 2005, Sec. 3, for any test function, so
     for indicators), and Var_sys = r(1-r) <= any unbiased integer count (a count with mean n w_i
     has variance >= r(1-r)).  Systematic is *not* dominated for general functionals
-    (Douc et al. 2005, Sec. 3.4; Hol, Schön & Gustafsson 2006 only report it typically best), so
+    (Douc et al. 2005, Sec. 3; Hol, Schön & Gustafsson 2006 only report it typically best), so
     we test nothing beyond indicators.  (a) the closed forms obey the ordering; (b) each scheme's
     sample variances equal its closed form (z-test with the delta-method SE of a sample variance,
     Bonferroni, family-wise alpha = 1e-3), so the implementation has those variances."""
@@ -131,7 +131,7 @@ def test_ess_identities(x64):
 # gamma_0 is normalised; Z_1 = c sqrt(2 pi) s.  pi_b is Gaussian with precision
 # (1-b) + b/s^2 and mean (b mu / s^2) / precision.  The move is an exact pi_b-invariant AR(1)
 # kernel x' = m + rho (x - m) + sqrt(1 - rho^2) sd eps; the increment log gamma_b - log gamma_{b-}
-# is evaluated *before* the move (Del Moral, Doucet & Jasra 2006, Sec. 3.3.2).
+# is evaluated *before* the move (Del Moral, Doucet & Jasra 2006, Sec. 3).
 MU, S, LOG_C, RHO = 1.5, 0.7, math.log(3.0), 0.5
 BETAS = np.linspace(0.0, 1.0, 7)
 LOG_Z = LOG_C + 0.5 * math.log(2 * math.pi) + math.log(S)

@@ -7,8 +7,8 @@ normalised weights (not logs) and reports no ESS or non-finite weights, so the
 step is ours and the resampling is blackjax's (see ``samplax.smc.resampling``).
 
 One step t = 1, 2, ... (Doucet & Johansen 2009, "A tutorial on particle filtering
-and smoothing", Sec. 3.5, adaptive resampling; Del Moral 2004, Feynman–Kac
-formulae, Prop. 7.4.1 for unbiasedness):
+and smoothing", Sec. 3, ESS-triggered resampling; Del Moral 2004, Feynman–Kac
+formulae, Ch. 7 for unbiasedness):
 
 1. ESS of the current normalised weights W_{t-1}; if ESS < threshold * n,
    resample: ancestors ~ scheme(W_{t-1}), W_{t-1} <- 1/n (else ancestors = identity).

@@ -5,7 +5,7 @@ Every scheme is a pure function ``(key, log_weights, n) -> ancestors`` with
 and ``ancestors`` an ``int32`` array of shape ``(n,)``.  Each is *unbiased*: the
 offspring count ``c_i = #{k : ancestors[k] = i}`` has ``E[c_i] = n w_i`` with
 ``w = softmax(log_weights)`` (Douc, Cappé & Moulines 2005, "Comparison of
-resampling schemes for particle filtering", Sec. 2).
+resampling schemes for particle filtering").
 
 The sampling itself is blackjax's (``blackjax.smc.resampling``, on normalised
 weights).  Our wrapper adds what blackjax does not do:
@@ -86,7 +86,7 @@ def normalise_log_weights(log_weights: Array) -> Array:
 
 def log_ess(log_weights: Array) -> Array:
     """log ESS = 2 logsumexp(l) - logsumexp(2 l), ESS = (sum w)^2 / sum w^2
-    (Kong, Liu & Wong 1994; Doucet & Johansen 2009, Eq. (35)).  Shift-invariant, so
+    (Kong, Liu & Wong 1994; Doucet & Johansen 2009, Sec. 3).  Shift-invariant, so
     stable for log-weights of any magnitude; ``-inf`` entries contribute 0.  This is
     blackjax's ``blackjax.smc.ess.log_ess`` formula; we re-state it to give all
     ``-inf`` a defined answer (log ESS = -inf, not NaN)."""
@@ -136,16 +136,16 @@ multinomial.__doc__ = """Multinomial resampling: n i.i.d. draws from w (blackjax
 Offspring counts ~ Multinomial(n, w): Var c_i = n w_i (1 - w_i)."""
 stratified = _wrap(_bj.stratified, "stratified")
 stratified.__doc__ = """Stratified resampling (Kitagawa 1996): one uniform per stratum [k/n, (k+1)/n).
-Var c_i <= multinomial's for every i (Douc, Cappé & Moulines 2005, Sec. 3.2)."""
+Var c_i <= multinomial's for every i (Douc, Cappé & Moulines 2005, Sec. 3)."""
 systematic = _wrap(_bj.systematic, "systematic")
 systematic.__doc__ = """Systematic resampling (Carpenter, Clifford & Fearnhead 1999): one shared uniform.
 c_i is floor(n w_i) or ceil(n w_i), so Var c_i = r_i (1 - r_i), r_i = frac(n w_i): the least
 any integer count with mean n w_i can have.  No ordering for general functionals (covariances
-between counts): Douc, Cappé & Moulines 2005, Sec. 3.4 give a case worse than multinomial."""
+between counts): Douc, Cappé & Moulines 2005, Sec. 3 give a case worse than multinomial."""
 residual = _wrap(_bj.residual, "residual")
 residual.__doc__ = """Residual resampling (Liu & Chen 1998): floor(n w_i) copies, the remaining
 m = n - sum floor(n w_i) drawn multinomially from the residuals.  Var c_i <= multinomial's
-(Douc, Cappé & Moulines 2005, Sec. 3.1)."""
+(Douc, Cappé & Moulines 2005, Sec. 3)."""
 
 RESAMPLING: Dict[str, ResampleFn] = {
     "multinomial": multinomial,
