@@ -1,6 +1,7 @@
 """SMC core (samplax.smc): resampling unbiasedness and variances, ESS identities, the
 unbiased normalising-constant estimate (with a mutation test), non-finite reporting,
 vmap over runs, bad input.  All statistical tests state their significance; float64."""
+import functools
 import math
 
 import jax
@@ -162,15 +163,21 @@ def _mutation(wrong=False):
     return mutate
 
 
-def _runs(sampler, seed, n_runs=N_RUNS):
+@functools.lru_cache(maxsize=None)
+def _runner(scheme, threshold, wrong=False):
+    """One compiled program of N_RUNS vmapped independent runs per setting (shared by tests)."""
+    sampler = smc.smc(_mutation(wrong), resampling=scheme, ess_threshold=threshold)
+
     def one(key):
         k0, k1 = jax.random.split(key)
         particles = {"x": jax.random.normal(k0, (N_PART,)), "tag": jnp.arange(N_PART)}
-        state, info = smc.run(sampler, k1, sampler.init(particles), len(BETAS) - 1)
-        return state, info
+        return smc.run(sampler, k1, sampler.init(particles), len(BETAS) - 1)
 
-    keys = jax.random.split(jax.random.key(seed), n_runs)
-    return jax.jit(jax.vmap(one))(keys)
+    return jax.jit(jax.vmap(one)), jax.jit(one)
+
+
+def _runs(scheme, threshold, seed, wrong=False):
+    return _runner(scheme, threshold, wrong)[0](jax.random.split(jax.random.key(seed), N_RUNS))
 
 
 def _z_stat(log_z_hat):
@@ -182,8 +189,7 @@ def _z_stat(log_z_hat):
 def test_log_z_unbiased(x64, scheme, threshold):
     """E[Z_hat] = Z: mean of Z_hat/Z over 4000 independent runs within 4 standard errors of 1
     (significance 6.3e-5).  E[log Z_hat] < log Z (Jensen) is visible at the same level."""
-    sampler = smc.smc(_mutation(), resampling=scheme, ess_threshold=threshold)
-    state, info = _runs(sampler, seed=11)
+    state, info = _runs(scheme, threshold, seed=11)
     z = _z_stat(state.log_Z)
     assert abs(z) < Z_CRIT, z
     log_ratio = np.asarray(state.log_Z) - LOG_Z
@@ -205,11 +211,9 @@ def test_log_z_mutations_detected(x64):
     """Mutation tests: the same check must reject (|z| >= 4) (a) an increment evaluated after the
     move and (b) a driver that adds the weighted mean of log-increments instead of the log of the
     weighted mean (dropping the log-mean normaliser; this estimates exp E[log], biased low)."""
-    sampler = smc.smc(_mutation(wrong=True), resampling="systematic", ess_threshold=0.5)
-    state, _ = _runs(sampler, seed=12)
+    state, _ = _runs("residual", 0.5, seed=12, wrong=True)
     assert abs(_z_stat(state.log_Z)) >= Z_CRIT
-    sampler = smc.smc(_mutation(), resampling="systematic", ess_threshold=0.5)
-    state, info = _runs(sampler, seed=13)
+    state, info = _runs("residual", 0.5, seed=13)
     # reconstruct W_{t-1} from the info: uniform after a resampling, else the previous normalised weights
     wrong = np.zeros(N_RUNS)
     log_w = np.full((N_RUNS, N_PART), -math.log(N_PART))
@@ -225,21 +229,16 @@ def test_log_z_mutations_detected(x64):
 
 
 def test_vmap_over_runs_equals_separate_runs(x64):
-    sampler = smc.smc(_mutation(), resampling="stratified", ess_threshold=0.6)
-    keys = jax.random.split(jax.random.key(5), 3)
-
-    def one(key):
-        k0, k1 = jax.random.split(key)
-        particles = {"x": jax.random.normal(k0, (N_PART,)), "tag": jnp.arange(N_PART)}
-        return smc.run(sampler, k1, sampler.init(particles), len(BETAS) - 1)
-
-    batched = jax.jit(jax.vmap(one))(keys)
-    one_jit = jax.jit(one)
-    for r in range(3):
-        single = one_jit(keys[r])
+    """Runs vmapped over keys equal the same runs done one by one (rtol 1e-12), pytree particles."""
+    batched = _runs("residual", 0.5, seed=11)
+    keys = jax.random.split(jax.random.key(11), N_RUNS)
+    single_run = _runner("residual", 0.5)[1]
+    for r in (0, 1, N_RUNS - 1):
+        single = single_run(keys[r])
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(np.asarray(a)[r], np.asarray(b), rtol=1e-12, atol=0),
             batched, single)
+    assert np.asarray(batched[1].resampled).any() and not np.asarray(batched[1].resampled).all()
 
 
 def test_nonfinite_weights_reported(x64):
