@@ -7,6 +7,7 @@ lock, so the second worker loads the first one's cache instead of training again
 import fcntl
 import json
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,10 +23,13 @@ STEPS = 1500  # the default: test accuracy 0.978 (seed 0), ~15 s on 2 CPU cores
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(params, info, cache_dir) of the default classifier (seed 0, 1500 steps)."""
+    from samplax.experiment.cache import cache_dir as reference_cache
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one run's workers share it
-    cache_dir = shared / "digits_classifier_cache"
-    cache_dir.mkdir(exist_ok=True)
+    # the runner's reference cache (tests/conftest.py points it into the work tree): the digits
+    # FD tests then load this classifier instead of training it again
+    cache_dir = Path(reference_cache())
+    cache_dir.mkdir(parents=True, exist_ok=True)
     with open(shared / "digits_classifier.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -242,7 +242,8 @@ def test_digits_unet_samples_through_the_runner_with_fd_and_guidance(tmp_path):
     assert rows["guided"]["trained"]["guidance"] == 3.0
     # the guided samples carry their labels i mod 10
     x = np.load(os.path.join(tmp_path, "guided", rows["guided"]["samples_file"]))
-    params, _ = load_or_train_digits_classifier(os.path.join(tmp_path, "guided", "cache"))
+    from samplax.experiment.cache import cache_dir
+    params, _ = load_or_train_digits_classifier(cache_dir())  # the one the runner just used (no retraining)
     pred = np.asarray(digits_predict(params, x))
     agree = float(np.mean(pred == np.arange(len(x)) % 10))
     # chance is 0.1 with a binomial std of 0.021 for 200 samples: 0.2 is 4.7 std above it
