@@ -10,6 +10,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -114,6 +115,29 @@ def atomic_write_json(path: str, obj) -> None:
 
 def atomic_save_npz(path: str, **arrays) -> None:
     atomic_write(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+
+
+def rerender_from_json(json_path: str, out: str, render) -> str:
+    """``--from-json``: the report ``render(results)`` of a benchmark's written .json, written
+    atomically to ``out`` (no measurement); returns the text."""
+    with open(json_path) as fh:
+        text = render(json.load(fh))
+    atomic_write_text(out, text)
+    return text
+
+
+def median_wall(fn, x, repeats: int) -> float:
+    """Median wall time in seconds of ``fn(x)`` over ``repeats`` calls, after one warm-up call
+    (compilation); every call waits for its result."""
+    import jax
+
+    jax.block_until_ready(fn(x))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence], align: Sequence[str] | None = None) -> str:

@@ -19,7 +19,6 @@ Writes docs/benchmarks/adaptive.md (or --out) and a .json next to it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -221,8 +220,7 @@ def main():
     ap.add_argument("--from-json", default=None)
     args = ap.parse_args()
     if args.from_json:
-        with open(args.from_json) as fh:
-            C.atomic_write_text(args.out, render(json.load(fh)))
+        C.rerender_from_json(args.from_json, args.out, render)
         return
     C.enable_compilation_cache()
     problems = ("gmm2d",) if args.quick else ("gmm2d", "gmm64d")

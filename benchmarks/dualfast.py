@@ -173,7 +173,6 @@ def trained_part(path, nfes, log):
 
 
 def timing_part(log, nfe=10, batch=4096, repeats=5):
-    import jax
     import jax.numpy as jnp
 
     import samplax as sx
@@ -189,13 +188,7 @@ def timing_part(log, nfe=10, batch=4096, repeats=5):
         for label, solver in ((_label(name, order), sx.get_solver(name, **opts)),
                               (_label(name, order) + " + DualFast", sx.get_solver("dualfast", base=name, order=order))):
             f = jit_cpu_fast(lambda x, s=solver: sx.sample(s, model, x, grid)[0])
-            jax.block_until_ready(f(x_T))
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(f(x_T))
-                ts.append(time.perf_counter() - t0)
-            med = float(np.median(ts))
+            med = C.median_wall(f, x_T, repeats)
             out.append(dict(solver=label, nfe=nfe, batch=batch, wall_s=med, us_per_sample=1e6 * med / batch))
             log(f"  timing {label}: {1e6 * med / batch:.1f} us/sample")
     return out

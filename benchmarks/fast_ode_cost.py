@@ -25,7 +25,6 @@ Writes docs/benchmarks/fast_ode_cost.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -236,24 +235,20 @@ def main(argv=None):
     p.add_argument("--from-json")
     args = p.parse_args(argv)
     if args.from_json:
-        with open(args.from_json) as f:
-            res = json.load(f)
+        print(C.rerender_from_json(args.from_json, args.out, lambda r: render(r) + "\n"), end="")
+        return
+    C.enable_compilation_cache()
+    res = dict(machine=C.machine_info(), command=C.command_line(MODULE), date=C.utc_now(), repeats=args.repeats,
+               batch=4096)
+    res["cost"] = part_cost(args.problems, args.repeats)
+    ckpt = os.path.join(args.digits, "checkpoints")
+    if args.no_digits or not (os.path.isdir(ckpt) and os.listdir(ckpt)):
+        res["digits_note"] = "not measured in this run (no --digits checkpoint, or --no-digits)"
     else:
-        C.enable_compilation_cache()
-        res = dict(machine=C.machine_info(), command=C.command_line(MODULE), date=C.utc_now(), repeats=args.repeats,
-                   batch=4096)
-        res["cost"] = part_cost(args.problems, args.repeats)
-        ckpt = os.path.join(args.digits, "checkpoints")
-        if args.no_digits or not (os.path.isdir(ckpt) and os.listdir(ckpt)):
-            res["digits_note"] = "not measured in this run (no --digits checkpoint, or --no-digits)"
-        else:
-            res["digits"] = part_digits(args.digits, args.digits_n)
-        C.atomic_write_json(os.path.splitext(args.out)[0] + ".json", res)
+        res["digits"] = part_digits(args.digits, args.digits_n)
+    C.atomic_write_json(os.path.splitext(args.out)[0] + ".json", res)
     text = render(res)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        f.write(text + "\n")
-    os.replace(args.out + ".tmp", args.out)
+    C.atomic_write_text(args.out, text + "\n")
     print(text)
 
 

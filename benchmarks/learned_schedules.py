@@ -172,10 +172,7 @@ def main():
     ap.add_argument("--from-json", default=None, help="re-render the .md from a written .json")
     args = ap.parse_args()
     if args.from_json:
-        import json
-
-        with open(args.from_json) as fh:
-            C.atomic_write_text(args.out, render(json.load(fh)))
+        C.rerender_from_json(args.from_json, args.out, render)
         return
     C.enable_compilation_cache()
     t0 = time.perf_counter()

@@ -244,8 +244,7 @@ def main():
     ap.add_argument("--trained-only", action="store_true", help="keep the analytic parts of the existing .json")
     args = ap.parse_args()
     if args.from_json:
-        with open(args.from_json) as fh:
-            C.atomic_write_text(args.out, render(json.load(fh)))
+        C.rerender_from_json(args.from_json, args.out, render)
         return
     C.enable_compilation_cache()
     res = dict(machine=C.machine_info(), command=C.command_line(MODULE), date=C.utc_now())

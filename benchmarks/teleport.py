@@ -281,7 +281,6 @@ def part_c(log=print, nfes=(5, 8, 10, 15), n_samples=1438):
 # (d) wall time
 # ---------------------------------------------------------------------------------------
 def part_d(log=print, nfe=10, reps=5):
-    import jax
     import jax.numpy as jnp
 
     import samplax as sx
@@ -300,13 +299,7 @@ def part_d(log=print, nfe=10, reps=5):
                                               ("teleport + base", tele, g_t, False)):
             fn = jit_cpu_fast(lambda x, solver=solver, grid=grid, sw=stepwise:
                               sx.sample(solver, st["model"], x, grid, stepwise=sw)[0])
-            jax.block_until_ready(fn(x_T))
-            ts = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(x_T))
-                ts.append(time.perf_counter() - t0)
-            us = 1e6 * float(np.median(ts)) / x_T.shape[0]
+            us = 1e6 * C.median_wall(fn, x_T, reps) / x_T.shape[0]
             out.append(dict(base=base, variant=label, nfe=nfe, us_per_sample=us, batch=int(x_T.shape[0])))
             log(f"[d] {base} {label}: {us:.2f} us/sample")
     return out
