@@ -34,13 +34,22 @@ Tempered-noise SDE (annealing only, option ``sde='tempered_noise'``):
 It needs the divergence of the noise prediction (d forward-mode JVPs per step, exact).
 
 Discretisation on a Grid t_0 > ... > t_n (step i -> i + 1, h = lambda_{i+1} - lambda_i):
-the weight's integrand is left-point (scores at x_i, t_i), with d lambda integrated as
-(1 - e^{-2h}) / 2 (the exact integral of d lambda weighted by sigma_tilde^2 / sigma_tilde_i^2,
-since |eps|^2 ~ sigma_tilde^2 near the data), so it stays finite on a step into sigma = 0
-(h = inf, factor 1/2).  The move is Euler–Maruyama in t (as samplax.solvers.sde) or, with
-``integrator='exponential'``, the exact solution of the linear SDE with the target's data
-prediction x0_hat = (x - sigma E) / alpha frozen (the first-order SDE-DPM-Solver++ / DDPM
-step).  A step into sigma = 0 is the denoising jump x <- x0_hat of the target.
+* weights: d lambda is integrated as (1 - e^{-2h}) / 2, the exact integral of d lambda
+  weighted by sigma_tilde^2 / sigma_tilde_i^2 (|eps|^2 ~ sigma_tilde^2 near the data), so the
+  increment stays finite on a step into sigma = 0 (h = inf, factor 1/2); the integrand is the
+  trapezoidal mean of its values at (x_i, t_i) and (x_{i+1}, t_{i+1}) (``rule='trapezoid'``,
+  default: the model outputs at x_{i+1} are the ones the next step needs, carried in ``aux``,
+  so this costs no extra NFE) or its value at (x_i, t_i) (``rule='left'``); into sigma = 0
+  only the left value is used.
+* move: Euler–Maruyama with the coefficients integrated on the grid's nodes,
+  int f dtau = log(alpha_i / alpha_{i+1}) and int g^2 dtau ~ 2 sigma_i^2 h (Euler–Maruyama in
+  lambda; samplax.solvers.sde does the same in t), or with ``integrator='exponential'`` the
+  exact solution of the linear SDE with the target's data prediction
+  x0_hat = (x - sigma E) / alpha frozen (the first-order SDE-DPM-Solver++ / DDPM step).
+* a step into sigma = 0 (grid end "zero") is the target's denoising jump x <- x0_hat; a grid
+  with end "t_min" stops at t_min; end "denoise" is refused (use "zero").
+NFE per particle: n_models per step (init evaluates node 0, each step node i + 1, none at
+sigma = 0), i.e. n_models * n_steps on an end-"zero" grid, n_models * (n_steps + 1) on "t_min".
 
 Initial weights: q_T is taken to be the prior N(0, s^2 I), s^2 = alpha_0^2 + sigma_0^2 (exact
 up to alpha_0^2 Var(data), ~4e-5 for the VP schedules at t = 1), so that x_T ~ N(0, s^2 I)
@@ -136,6 +145,9 @@ def geometric_kernel(exponents: Sequence[float], correct: bool = True, sde: str 
 
     def init(models, grid, x):
         ms = _models_tuple(models, n, name)
+        if grid.end == "denoise":
+            raise ValueError("grid: end='denoise' is not supported by the FKC kernels; allowed: 'zero' (the "
+                             "last step is the denoising jump) or 't_min'")
         P = x.shape[0]
         aux = stats(ms, x, grid.t[0])
         if not correct or B == 1.0:
