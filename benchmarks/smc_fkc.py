@@ -103,10 +103,11 @@ def _one(setup, P, steps, correct, key_seed=0, **extra):
                     for g in range(G)])
     x = np.take_along_axis(xg, idx[..., None], 1).reshape(N, -1)
     m = target_metrics(setup["target"], x, key=jax.random.PRNGKey(123))
+    m["var_ratio"] = _var_ratio(setup["target"], x)
     row = dict(P=P, steps=steps, correct=correct, nfe_particle=setup["n_models"] * steps,
                nfe_total=setup["n_models"] * steps * N, wall_s=wall, compile_s=t_compile,
                label_tv=m["label_tv"], mean_err=m["mean_err"], cov_err=m["cov_err"], sw2=m["sw2"],
-               resample_frac=float(np.asarray(info.resampled).mean()),
+               var_ratio=m["var_ratio"], resample_frac=float(np.asarray(info.resampled).mean()),
                min_ess_frac=float(np.asarray(info.ess).min() / P), **{k: v for k, v in extra.items()})
     if correct and G > 8 and setup["target"].num_labels > 1:
         row["group_p"] = group_metrics(setup["target"], x_w, info.log_weights)["label_p"]
@@ -114,6 +115,12 @@ def _one(setup, P, steps, correct, key_seed=0, **extra):
 
 
 BASELINE_STEPS = (25, 100)
+
+
+def _var_ratio(target, x):
+    """tr Cov(samples) / tr Cov(target): the spread (1 = right; the annealed 64-D Gaussian's key number)."""
+    return float(np.trace(np.atleast_2d(np.cov(np.asarray(x, np.float64), rowvar=False)))
+                 / np.trace(np.asarray(target.covariance(), np.float64)))
 
 
 def _baseline(setup, solver_name, steps):
@@ -130,7 +137,8 @@ def _baseline(setup, solver_name, steps):
     from samplax.timesteps import time_grid
 
     a = setup["kernel_args"]
-    b = {"anneal": (a.get("beta", 2.0),), "product": (1.0, 1.0), "cfg": (1.0 - a.get("w", 2.0), a.get("w", 2.0))}[a["target"]]
+    w = a.get("w", 2.0)
+    b = {"anneal": (a.get("beta", 2.0),), "product": (1.0, 1.0), "cfg": (1.0 - w, w)}[a["target"]]
     models = setup["models"] if isinstance(setup["models"], tuple) else (setup["models"],)
 
     def apply(params, x, t):
@@ -149,10 +157,11 @@ def _baseline(setup, solver_name, steps):
     x = np.asarray(jax.block_until_ready(compiled(x_T)))
     wall = time.perf_counter() - t0
     m = target_metrics(setup["target"], x, key=jax.random.PRNGKey(123))
+    m["var_ratio"] = _var_ratio(setup["target"], x)
     nfe = solver.nfe(steps, "zero") * len(b)
     return dict(sweep="baseline", P=1, steps=steps, correct=False, sampler=solver_name, nfe_particle=nfe,
                 nfe_total=nfe * N, wall_s=wall, compile_s=t_compile, label_tv=m["label_tv"], mean_err=m["mean_err"],
-                cov_err=m["cov_err"], sw2=m["sw2"], resample_frac=0.0, min_ess_frac=1.0)
+                cov_err=m["cov_err"], sw2=m["sw2"], var_ratio=m["var_ratio"], resample_frac=0.0, min_ess_frac=1.0)
 
 
 def measure(quick: bool, log=print):
@@ -193,7 +202,8 @@ def measure(quick: bool, log=print):
                 rows.append(_baseline(setup, solver_name, steps))
                 log(name, rows[-1])
         results[name] = dict(rows=rows, floor=dict(label_tv=floor["label_tv"], mean_err=floor["mean_err"],
-                                                   cov_err=floor["cov_err"], sw2=floor["sw2"]))
+                                                   cov_err=floor["cov_err"], sw2=floor["sw2"],
+                                                   var_ratio=_var_ratio(setup["target"], ref)))
     return results
 
 
@@ -208,12 +218,13 @@ TITLES = {
 def _row_cells(r):
     return [str(r["P"]), str(r["steps"]), r.get("sampler") or ("FKC" if r["correct"] else "uncorrected"),
             str(r["nfe_particle"]), f"{r['nfe_total']:.2e}", C.fmt(r["label_tv"]), C.fmt(r["mean_err"]),
-            C.fmt(r["cov_err"]), C.fmt(r["sw2"]), C.fmt(r.get("group_p")), C.fmt(r["resample_frac"]),
+            C.fmt(r["cov_err"]), C.fmt(r["sw2"]), C.fmt(r.get("var_ratio")), C.fmt(r.get("group_p")),
+            C.fmt(r["resample_frac"]),
             C.fmt(r["wall_s"]), C.fmt(r["compile_s"])]
 
 
 HEADER = ["P", "steps", "sampler", "NFE/particle", "NFE total", "label TV", "mean err", "cov err", "sliced W2",
-          "group p", "resampled", "wall s", "compile s"]
+          "var ratio", "group p", "resampled", "wall s", "compile s"]
 
 
 def render(res) -> str:
@@ -223,13 +234,21 @@ def render(res) -> str:
            "sigma = 0, float64.  Errors to the exact target: label TV, L2 mean error, Frobenius covariance "
            "error, sliced W2 to N exact samples.  `group p`: Hotelling test of the groups' weighted label "
            "frequencies (p > 1e-3: consistent with the target).  `resampled`: fraction of steps that "
-           "resampled.  Wall time: one run after compilation, all N samples.", ""]
+           "resampled.  `var ratio`: tr Cov(samples) / tr Cov(target).  Wall time: one run after compilation, "
+           "all N samples; compile time separately (both on 2 shared, loaded cores).", "",
+           "How to read it: the N samples of one row are N / P groups whose particles share ancestors, so "
+           "their pooled label TV / mean / covariance errors carry Monte Carlo noise of about N / P "
+           "independent draws (row `exact samples` is the floor for N independent ones); a larger P at "
+           "fixed N has less bias but fewer independent groups.  `group p` is the calibrated test.  "
+           "Rows `dpm_solver_pp` / `unipc`: the heuristic probability-flow ODE of the combined score "
+           "(registry defaults, same grid, from N(0, I / sum b)), no weights.", ""]
     for name, r in res["results"].items():
         fl = r["floor"]
         floor_row = ["—", "—", "exact samples", "—", "—", C.fmt(fl["label_tv"]), C.fmt(fl["mean_err"]),
-                     C.fmt(fl["cov_err"]), C.fmt(fl["sw2"]), "—", "—", "—", "—"]
+                     C.fmt(fl["cov_err"]), C.fmt(fl["sw2"]), C.fmt(fl.get("var_ratio")), "—", "—", "—", "—"]
         for sweep, title in (("particles", f"error vs particles (steps = {STEPS_AT_P})"),
-                             ("nfe", f"error vs NFE (P = {P_AT_STEPS})"), ("variants", "kernel options (P = 64, 100 steps)"),
+                             ("nfe", f"error vs NFE (P = {P_AT_STEPS})"),
+                             ("variants", "kernel options (P = 64, 100 steps)"),
                              ("baseline", "heuristic ODE baselines (the target's combined score, no weights)")):
             rows = [x for x in r["rows"] if x["sweep"] == sweep]
             if not rows:
@@ -241,7 +260,7 @@ def render(res) -> str:
                     c[2] = "FKC " + ", ".join(f"{k}={x[k]}" for k in ("integrator", "sde", "rule") if k in x)
                 cells.append(c)
             out += [f"### {TITLES[name]}: {title}", "",
-                    C.md_table(HEADER, cells + [floor_row], ["r"] * 2 + ["l"] + ["r"] * 10), ""]
+                    C.md_table(HEADER, cells + [floor_row], ["r"] * 2 + ["l"] + ["r"] * 11), ""]
     out += res.get("notes", [])
     return "\n".join(out) + "\n"
 

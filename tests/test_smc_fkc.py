@@ -85,25 +85,17 @@ def test_anneal_beta2_corrected_passes_uncorrected_fails(x64):
     assert u["p_value"] < 1e-6 and tv > 0.2, (u, tv)
 
 
-def test_product_corrected_passes_and_sign_flip_fails(x64):
-    """p_0 ∝ gmm2d * expert2 (exactly a 16-component mixture).  FKC with 2 <eps1, eps2> d lambda
-    weights passes; the same kernel with the weight increment's sign flipped (mutation) fails."""
+def test_product_corrected_passes(x64):
+    """p_0 ∝ gmm2d * expert2 (exactly a 16-component mixture): FKC with 2 <eps1, eps2> d lambda
+    weights passes (the uncorrected sum-of-scores SDE misses the label probabilities by TV
+    ~0.09 and a sign-flipped weight fails: benchmarks/smc_fkc.py and the one-step test below)."""
     gmm, schedule = _problem()
     g2 = _expert2()
-    target = product_target(gmm, g2, n_per_component=50_000)
+    target = product_target(gmm, g2, n_per_component=20_000)
     models = (gmm.model(schedule), g2.model(schedule))
-    kernel = fkc_kernel("product")
-    x, info = _run(kernel, models, schedule, P=64, G=96)
+    x, info = _run(fkc_kernel("product"), models, schedule, P=64, G=96)
     m = group_metrics(target, x, info.log_weights)
     assert m["label_p"] > 1e-3 and m["mean_p"] > 1e-3, m
-
-    def flipped(models, grid, i, x, aux, key):
-        x_next, aux_next, inc = kernel.step(models, grid, i, x, aux, key)
-        return x_next, aux_next, -inc
-
-    x, info = _run(Kernel(kernel.init, flipped, "mutant"), models, schedule, P=64, G=96)
-    bad = group_metrics(target, x, info.log_weights)
-    assert bad["label_p"] < 1e-6 and bad["label_tv"] > 0.1, bad
 
 
 def test_cfg_corrected_passes_uncorrected_fails(x64):
@@ -184,9 +176,11 @@ def test_weighted_steps_track_the_tempered_marginals(x64, sde):
     50k exact draws of p_t ∝ q_t^2 at logSNR node 150 of 400, ten kernel steps with their
     weights give the mean and variance of p at node 160 (quadrature) to 4 Monte Carlo standard
     errors.  Without weights the target-score SDE misses the variance by more than 10 of them
-    (measured -37; the corrected run: z = -2.4 on the mean, 2.0 on the variance); the tempered-noise SDE alone is within MC error here (its weights,
-    (beta - 1) sigma div(eps) dlambda, are nearly constant across particles; for a Gaussian q they
-    are exactly constant), so only its corrected run is asserted."""
+    (measured -37; the corrected run: z = -2.4 on the mean, 2.0 on the variance), and so does
+    the mutant with the weight increment's sign flipped (the mutation test; measured -56).  The
+    tempered-noise SDE alone is within MC error here (its weights, (beta - 1) sigma div(eps)
+    dlambda, are nearly constant across particles; for a Gaussian q they are exactly constant),
+    so only its corrected run is asserted."""
     _, schedule = _problem()
     gmm = GaussianMixture.create([0.3, 0.7], [[-0.8], [0.6]], [0.25, 0.4], dtype=jnp.float64)
     model = gmm.model(schedule)
@@ -195,8 +189,10 @@ def test_weighted_steps_track_the_tempered_marginals(x64, sde):
     _, _, x = _exact_1d(gmm, schedule, grid.t[i0], beta, jax.random.PRNGKey(5), n)
     mean1, var1, _ = _exact_1d(gmm, schedule, grid.t[i0 + k], beta, jax.random.PRNGKey(6), 1)
     out = {}
-    for correct in ((True, False) if sde == "target_score" else (True,)):
-        kernel = fkc_kernel("anneal", beta=beta, sde=sde, correct=correct)
+    for variant in (("corrected", "uncorrected", "mutant") if sde == "target_score" else ("corrected",)):
+        kernel = fkc_kernel("anneal", beta=beta, sde=sde, correct=variant != "uncorrected")
+        if variant == "mutant":   # the weight increment with its sign flipped
+            kernel = Kernel(kernel.init, lambda *a, _k=kernel: (lambda o: (o[0], o[1], -o[2]))(_k.step(*a)), "mutant")
 
         @jax.jit
         def run(x, key):
@@ -218,7 +214,7 @@ def test_weighted_steps_track_the_tempered_marginals(x64, sde):
         m = float(w @ xs)
         v = float(w @ (xs - m) ** 2)
         ess = 1.0 / float(np.sum(w ** 2))
-        out[correct] = ((m - mean1) / np.sqrt(var1 / ess), (v - var1) / (var1 * np.sqrt(2.0 / ess)))
-    assert max(abs(z) for z in out[True]) < 4.0, out
+        out[variant] = ((m - mean1) / np.sqrt(var1 / ess), (v - var1) / (var1 * np.sqrt(2.0 / ess)))
+    assert max(abs(z) for z in out["corrected"]) < 4.0, out
     if sde == "target_score":
-        assert abs(out[False][1]) > 10.0, out
+        assert abs(out["uncorrected"][1]) > 10.0 and abs(out["mutant"][1]) > 10.0, out
