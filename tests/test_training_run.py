@@ -225,7 +225,9 @@ def test_digits_unet_samples_through_the_runner_with_fd_and_guidance(tmp_path):
     # the preview: a grid of 20 samples, two per class, drawn with the EMA parameters
     assert os.listdir(os.path.join(train, "samples")) == ["step_0000300.png"]
     rows = {}
-    for name, w in (("uncond", None), ("guided", 3.0)):
+    # the guided run only: its row carries the FD, the floor and the classifier checks as an
+    # unguided one would (unguided trained-network sampling is covered on gmm2d and two moons)
+    for name, w in (("guided", 3.0),):
         s = digits_cfg.get_config()
         s.model.checkpoint = train
         s.model.guidance = w

@@ -187,8 +187,31 @@ def _check_sizes(cfg: dict, loaded) -> None:
                                  f"min(chunk_size, n_samples) <= {most}")
 
 
+def _check_particles(cfg: dict, loaded, name: str, solver) -> None:
+    """A particle sampler (solver.smc) couples groups of ``particles`` consecutive samples: the
+    sample count and the chunk must be whole groups, its last step is its own (no 'denoise'
+    end), and a guidance target needs a model with labels."""
+    spec = getattr(solver, "smc", None)
+    if spec is None:
+        return
+    P = spec.num_particles
+    if cfg["n_samples"] % P:
+        raise ConfigError("config.n_samples", f"{name} runs groups of particles = {P}: n_samples must be a "
+                                              f"multiple of it, got {cfg['n_samples']}")
+    if cfg["chunk_size"] < cfg["n_samples"] and cfg["chunk_size"] % P:
+        raise ConfigError("config.chunk_size", f"{name} runs groups of particles = {P}: chunk_size must be a "
+                                               f"multiple of it, got {cfg['chunk_size']}")
+    if cfg["grid"]["end"] == "denoise":
+        raise ConfigError("config.grid.end", f"{name} ends its own last step; allowed: 'zero' or 't_min'")
+    if spec.needs_conditional and (loaded.gmm is None or loaded.trained is not None or loaded.user is not None):
+        raise ConfigError("config.model.name", f"{name} needs the conditional and unconditional scores of a "
+                                               f"model with labels; allowed: the analytic problems "
+                                               f"{sorted(registry.MODELS)}")
+
+
 def _row(cfg: dict, loaded, name, solver, order, options, afs, spacing, nfe, n_steps, seed) -> dict:
     g = cfg["grid"]
+    _check_particles(cfg, loaded, name, solver)
     order = _order_option(name, solver, order)
     m = {k: v for k, v in cfg["metrics"].items() if k != "save_samples"}
     spec = dict(model=cfg["model"]["name"], problem=loaded.problem, solver=name, order=order,

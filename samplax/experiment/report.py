@@ -56,7 +56,7 @@ from samplax import io as sio
 Row = Mapping[str, Any]
 
 METRICS = ("mean_l2", "fd", "sw2", "mean_log_density")
-LOWER_IS_BETTER = frozenset({"mean_l2", "fd", "sw2"})
+LOWER_IS_BETTER = frozenset({"mean_l2", "fd", "sw2", "target_sw2", "target_tv"})
 MISSING = "—"
 WARN = "⚠"
 
@@ -75,6 +75,9 @@ METRIC_AXIS = {
     "sw2": "sliced Wasserstein-2 distance to the data",
     "fd": "Fréchet distance to held-out data",
     "mean_log_density": "mean log-density of the samples",
+    "target_sw2": "sliced Wasserstein-2 distance to the sampler's exact target",
+    "target_tv": "total variation of the mode frequencies from the exact target's",
+    "target_chi2_p": "chi-square p-value of the mode counts under the exact target (small: rejected)",
 }
 # metric -> (reference key, what the reference is): drawn as a dashed line, its own TensorBoard run
 FLOORS = {
@@ -375,6 +378,11 @@ METRIC_MEANING = {
     "mean_log_density": "exact mean log-density of the samples under the data distribution",
     "fd": "Frechet distance between features (of a digits classifier trained here) of the samples and of the "
           "held-out test split; compare with fd_floor, the FD of the training split",
+    "target_sw2": "particle samplers (samplax.smc) with a closed-form target: sliced Wasserstein-2 distance "
+                  "between the samples and as many exact samples of that target (annealed, product, guided, "
+                  "posterior); the row's 'target' record has the mean / covariance errors as well",
+    "target_tv": "total variation between the samples' mode (label) frequencies and the exact target's",
+    "target_chi2_p": "Pearson chi-square p-value of the samples' mode counts under the exact target",
 }
 MAX_LISTED = 20  # warnings / short orders listed under a table
 

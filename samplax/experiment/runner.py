@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import platform
 import time
@@ -328,6 +329,8 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
     # a probe per part makes each part's model evaluations countable in the program's jaxpr
     models = [loaded.model.replace(apply=nfe_probe(loaded.model.apply, _probe_name(j))) for j in range(n_parts)]
     adaptive = solver is not None and is_adaptive(solver)
+    smc_spec = getattr(solver, "smc", None)
+    conditional = _conditional(loaded) if smc_spec is not None else None
 
     def member(model, grid, seed, x_T, idx, offset, valid):
         k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
@@ -346,6 +349,17 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
                          accept_sum=jnp.sum(jnp.where(valid, per(ainfo.n_accept), 0)),
                          reject_sum=jnp.sum(jnp.where(valid, per(ainfo.n_reject), 0)),
                          cap_hit=jnp.any(valid & per(ainfo.cap_hit)))
+        elif smc_spec is not None:  # a particle sampler: groups of P consecutive samples
+            x0, info, sinfo = smc_spec.run(model, x_T, grid, k_solver, offset, conditional)
+            P = smc_spec.num_particles
+            gvalid = valid[::P]  # chunks and n_samples are whole groups: a group is valid or padding
+            n_steps_ = sinfo.ess.shape[0]
+            extra = dict(smc_log_Z_sum=jnp.sum(jnp.where(gvalid, sinfo.log_Z, 0.0)),
+                         smc_ess_min_sum=jnp.sum(jnp.where(gvalid, jnp.min(sinfo.ess, axis=0) / P, 0.0)),
+                         smc_resampled_sum=jnp.sum(jnp.where(gvalid, jnp.sum(sinfo.resampled, axis=0), 0)),
+                         smc_invalid_groups=jnp.sum(gvalid & (sinfo.first_invalid_step > 0)),
+                         smc_first_invalid=jnp.min(jnp.where(gvalid & (sinfo.first_invalid_step > 0),
+                                                             sinfo.first_invalid_step, n_steps_ + 1)))
         else:
             x0, info = sample(solver, model, x_T, grid, k_solver, index_offset=offset)
         flat = x0.reshape(x0.shape[0], -1)
@@ -375,6 +389,21 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
         return outs
 
     return jax.jit(program, out_shardings=devices.replicated(mesh))
+
+
+def _conditional(loaded):
+    """``conditional(model, label)`` for particle samplers whose target needs the conditional
+    score (classifier-free-guidance targets): the analytic mixtures condition on their
+    component labels (the probed apply is kept, so the NFE count sees both models); None for
+    other models."""
+    if loaded.gmm is None or loaded.trained is not None or loaded.user is not None:
+        return None
+
+    def conditional(model, label):
+        gmm, _, schedule = model.params
+        return model.replace(params=(gmm, jnp.asarray(label, jnp.int32), schedule))
+
+    return conditional
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,7 +534,10 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         t_start = getattr(solver, "t_start", None)  # teleportation: the grid starts at the switch time
         n, ms = s0["n_samples"], s0["metrics_settings"]
         n_dev = ctx.devices["n_devices"]
-        chunk = devices.padded_chunk(ctx.cfg["chunk_size"], n, n_dev)
+        smc_spec = getattr(solver, "smc", None)
+        # particle samplers: a chunk is whole groups, and so is every chunk's offset
+        chunk = devices.padded_chunk(ctx.cfg["chunk_size"], n, math.lcm(n_dev, smc_spec.num_particles)
+                                     if smc_spec is not None else n_dev)
         # metric sample counts from the unpadded chunk: independent of the device count
         first = min(n, ctx.cfg["chunk_size"])
         n_l2 = min(first, ms["max_l2_samples"])
@@ -574,6 +606,8 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         head = head_x_T = None
         spent = dict(nfe_sum=np.zeros(m), nfe_max=np.zeros(m, np.int64), nfe_min=np.full(m, np.iinfo(np.int64).max),
                      accept_sum=np.zeros(m), reject_sum=np.zeros(m), cap_hit=np.zeros(m, bool))
+        smc_acc = dict(smc_log_Z_sum=np.zeros(m), smc_ess_min_sum=np.zeros(m), smc_resampled_sum=np.zeros(m),
+                       smc_invalid_groups=np.zeros(m, np.int64), smc_first_invalid=np.full(m, np.iinfo(np.int64).max))
         for start in range(0, n, chunk):
             out = jax.device_get(compiled(*args(start)))
             cat = {k: np.concatenate([o[k] for o in out]) for k in out[0]}  # members in `order`
@@ -588,6 +622,10 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
                 spent["nfe_max"] = np.maximum(spent["nfe_max"], cat["nfe_max"])
                 spent["nfe_min"] = np.minimum(spent["nfe_min"], cat["nfe_min"])
                 spent["cap_hit"] |= cat["cap_hit"].astype(bool)
+            if smc_spec is not None:
+                for key in ("smc_log_Z_sum", "smc_ess_min_sum", "smc_resampled_sum", "smc_invalid_groups"):
+                    smc_acc[key] += cat[key]
+                smc_acc["smc_first_invalid"] = np.minimum(smc_acc["smc_first_invalid"], cat["smc_first_invalid"])
         wall_s = time.perf_counter() - t0
     nfe_of = {}
     for j, ks in enumerate(by_steps.values()):
@@ -604,11 +642,13 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             exact_ode = loaded.info.get("exact_schedule", True)  # same schedule: the exact PF-ODE solution
             metrics = dict(
                 mean_l2=_mean_l2(ctx, loaded, s, x_head[:n_l2], np.asarray(head_x_T[g][:n_l2], np.float64))
-                if exact_ode else None,
+                if exact_ode and smc_spec is None else None,
                 sw2=_sw2(ctx, loaded, s, x_head[:n_sw]),
                 mean_log_density=float(logp_sum[g] / n) if all_finite else None,
             )
             reference = _reference_metrics(ctx, loaded, s, n_sw)
+            if smc_spec is not None:  # particle samplers sample another target: no ODE solution to compare with
+                metrics.pop("mean_l2")
         else:  # a trained network on data without an analytic model
             metrics, reference = _data_metrics(ctx, loaded, s, x_head[:n_sw])
         orders, apriori = ran[k]
@@ -623,6 +663,26 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             if adaptive_row["cap_hit"]:
                 warnings.append(f"adaptive solve hit its NFE cap ({s['nfe']}): the last step was forced, its error "
                                 f"not controlled; raise nfe or loosen rtol/atol")
+        smc_row = target_row = None
+        if smc_spec is not None:
+            P = smc_spec.num_particles
+            groups = n // P
+            first_inv = int(smc_acc["smc_first_invalid"][g])
+            smc_row = dict(particles=P, groups=groups, resampling=smc_spec.resampling,
+                           ess_threshold=smc_spec.ess_threshold,
+                           log_Z_mean=float(smc_acc["smc_log_Z_sum"][g] / groups),
+                           ess_min_mean=float(smc_acc["smc_ess_min_sum"][g] / groups),
+                           resample_rate=float(smc_acc["smc_resampled_sum"][g] / (groups * s["n_steps"])),
+                           invalid_groups=int(smc_acc["smc_invalid_groups"][g]),
+                           first_invalid_step=first_inv if first_inv <= s["n_steps"] else None)
+            if smc_row["invalid_groups"]:
+                warnings.append(f"{smc_row['invalid_groups']} of {groups} SMC groups had invalid weights (NaN/+inf "
+                                f"or all zero), first at step {smc_row['first_invalid_step']}")
+            if smc_spec.exact_target is not None and loaded.gmm is not None and loaded.trained is None:
+                target_row = _target_metrics(ctx, loaded, smc_spec, s, x_head[:n_sw])
+                if target_row is not None:  # the headline numbers as metrics (report columns)
+                    metrics.update(target_sw2=target_row["sw2"], target_tv=target_row["label_tv"],
+                                   target_chi2_p=target_row["chi2_p"])
         samples_file = None
         if ctx.writer and n_save > 0:
             samples_file = f"samples/{s['hash']}.npy"
@@ -636,7 +696,7 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
             versions=ctx.versions, time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             warning="; ".join(warnings) or None, model_source=loaded.user,
             step_orders=[int(o) for o in orders.orders], order_reasons=list(orders.reasons),
-            safeguard_lowered=bool(orders.any_safeguarded), prepared=prepared,
+            safeguard_lowered=bool(orders.any_safeguarded), prepared=prepared, smc=smc_row, target=target_row,
             model_kind="trained" if loaded.trained is not None else ("user" if s.get("user_model", {}).get("factory")
                                                                      else "analytic"),
             **ctx.devices)
@@ -654,6 +714,18 @@ def _cached(ctx, name: str, key: dict, compute):
     (:func:`samplax.experiment.cache.cached_array`, content-addressed and checksummed;
     process 0 writes)."""
     return ctx.memo((name, settings_hash(key)), lambda: refcache.cached_array(name, key, compute, write=ctx.writer))
+
+
+def _target_metrics(ctx, loaded, smc_spec, s, x0) -> Optional[dict]:
+    """The samples of a particle sampler against its exact target (samplax.smc.targets):
+    label chi-square, label TV, mean / covariance errors, sliced W2 to exact target samples."""
+    from samplax.smc.targets import target_metrics
+    with _on_cpu(), jax.enable_x64(True):
+        target = smc_spec.exact_target(loaded.gmm.astype(jnp.float64), _schedule64(loaded, s))
+        if target is None or len(x0) < 2:
+            return None
+        out = target_metrics(target, x0, jax.random.PRNGKey(EXACT_KEY))
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
 
 
 # a-posteriori stability check: samples whose RMS is this far from the data's are garbage

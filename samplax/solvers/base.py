@@ -59,6 +59,30 @@ class Solver(NamedTuple):
     # (grid.t_max = t_start) while x_T stays at the prior time; library users do the same:
     # time_grid(schedule, n, t_max=solver.t_start).
     t_start: Optional[float] = None
+    # Particle samplers (samplax.smc.samplers): an :class:`SMCSpec`; sample() hands the whole batch
+    # to ``smc.run`` (groups of ``smc.num_particles`` consecutive samples are coupled by resampling),
+    # and init / step are unused.
+    smc: Optional["SMCSpec"] = None
+
+
+class SMCSpec(NamedTuple):
+    """How a particle sampler runs (built by :func:`samplax.smc.samplers.smc_solver`).
+
+    run(model, x_T, grid, key, index_offset, conditional) -> (x_0, SampleInfo, DiffusionSMCInfo):
+        ``conditional(model, label) -> DiffusionModel`` gives the model conditioned on a label
+        (None when the model has no labels); the batch must be a whole number of groups.
+    num_particles: samples per group (the unit of independence: batch sizes, offsets and device
+        shards must be multiples of it).
+    exact_target(gmm, schedule) -> an exact target (samplax.smc.targets protocol) for an analytic
+        mixture, or None when the method has no closed-form target.
+    needs_conditional: the method needs ``conditional`` (classifier-free-guidance targets).
+    """
+    run: Callable
+    num_particles: int
+    exact_target: Optional[Callable] = None
+    needs_conditional: bool = False
+    resampling: str = "systematic"
+    ess_threshold: float = 0.5
 
 
 class ModelData(NamedTuple):
@@ -347,6 +371,9 @@ def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] =
                          f"and has not been prepared; allowed: samplax.solvers.prepare_solver(solver, model, data) "
                          f"first (the experiment runner does this and caches the result)")
     check_sample_inputs(solver, x_T, grid)
+    if solver.smc is not None:  # a particle sampler runs its own program over the whole batch
+        x, info, _ = solver.smc.run(model, x_T, grid, key, index_offset, None)
+        return x, info
     if solver.table is not None and not stepwise:
         from samplax.solvers.unified import run_table
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(grid)):
