@@ -15,7 +15,7 @@ import pytest
 from samplax.models.analytic import GaussianMixture, load_problem
 from samplax.smc import diffusion_smc
 from samplax.smc.diffusion import Kernel
-from samplax.smc.fkc import fkc_kernel, fkc_nfe, geometric_kernel
+from samplax.smc.fkc import fkc, fkc_kernel, fkc_nfe, geometric_kernel
 from samplax.smc.targets import (GridTarget, annealed_gaussian_target, cfg_mixture_target, group_metrics,
                                  label_chi_square, product_mixture, product_target, tempered_mixture_target)
 from samplax.timesteps import time_grid
@@ -153,6 +153,13 @@ def test_bad_options():
         kernel.init(gmm.model(schedule), time_grid(schedule, 4), jnp.zeros((3, 2)))
     assert fkc_nfe("product", 50) == 100 and fkc_nfe("anneal", 50) == 50
     assert fkc_nfe("anneal", 50, dim=2, sde="tempered_noise") == 150
+    # the registered particle-sampler form
+    for kwargs, name in [(dict(target="cfg", label=-1), "label"), (dict(target="anneal", beta=-1.0), "beta"),
+                         (dict(target="product", particles=0), "fkc_product: particles")]:
+        with pytest.raises(ValueError, match=f"^{name}"):
+            fkc(**kwargs)
+    s = fkc("cfg", w=3.0, particles=16)
+    assert s.nfe(50) == 100 and s.smc.num_particles == 16 and s.smc.needs_conditional
 
 
 def _exact_1d(gmm, schedule, t, beta, key, n):

@@ -70,7 +70,7 @@ import numpy as np
 
 from samplax.smc.diffusion import Kernel
 
-__all__ = ["fkc_kernel", "geometric_kernel", "fkc_nfe", "FKC_TARGETS", "FKC_SDES", "FKC_INTEGRATORS", "FKC_RULES"]
+__all__ = ["fkc", "fkc_kernel", "geometric_kernel", "fkc_nfe", "FKC_TARGETS", "FKC_SDES", "FKC_INTEGRATORS", "FKC_RULES"]
 
 FKC_TARGETS = ("anneal", "product", "cfg")
 FKC_SDES = ("target_score", "tempered_noise")
@@ -251,3 +251,45 @@ def fkc_nfe(target: str, n_steps: int, dim: int = 1, sde: str = "target_score") 
     k = 1 if target == "anneal" else 2
     extra = dim if sde == "tempered_noise" else 0
     return (k + extra) * int(n_steps)
+
+
+def fkc(target: Literal["anneal", "product", "cfg"] = "anneal", beta: float = 2.0, w: float = 2.0,
+        label: int = 0, correct: bool = True, sde: Literal["target_score", "tempered_noise"] = "target_score",
+        integrator: Literal["euler_maruyama", "exponential"] = "euler_maruyama",
+        rule: Literal["trapezoid", "left"] = "trapezoid", particles: int = 64,
+        resampling: Literal["systematic", "stratified", "multinomial", "residual"] = "systematic",
+        ess_threshold: float = 0.5):
+    """FKC as a registered particle sampler (:func:`samplax.smc.samplers.smc_solver`), for configs
+    and the runner.  The models it runs on, from the runner's ``model`` and ``conditional``:
+
+    * anneal: ``model`` (target q^beta);
+    * product: ``(model, conditional(model, label))`` (target q(x) q(x | label));
+    * cfg: ``(model, conditional(model, label))`` (target q(x)^(1 - w) q(x | label)^w).
+
+    Exact targets on an analytic mixture (``exact_target(gmm, schedule)``): anneal in 2-D by
+    quadrature (a one-component mixture in any dimension in closed form), product in closed
+    form, cfg in 2-D by quadrature; None otherwise.  NFE = (1 or 2) x steps per particle."""
+    from samplax.smc.samplers import smc_solver
+    from samplax.smc.targets import (annealed_gaussian_target, cfg_mixture_target, conditional_mixture,
+                                     product_target, tempered_mixture_target)
+
+    kernel = fkc_kernel(target, beta=beta, w=w, correct=correct, sde=sde, integrator=integrator, rule=rule)
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
+        raise ValueError(f"label: must be an int >= 0 (the class of the conditional model), got {label!r}")
+    two = target != "anneal"
+
+    def models(model, conditional):
+        return (model, conditional(model, int(label))) if two else model
+
+    def exact(gmm, schedule):
+        if target == "anneal":
+            if int(gmm.weights.shape[0]) == 1:
+                return annealed_gaussian_target(np.asarray(gmm.means[0]), float(gmm.stds[0]), float(beta))
+            return tempered_mixture_target(gmm, float(beta)) if gmm.dim == 2 else None
+        if target == "product":
+            return product_target(gmm, conditional_mixture(gmm, int(label)))
+        return cfg_mixture_target(gmm, int(label), float(w)) if gmm.dim == 2 else None
+
+    return smc_solver(kernel.name, lambda: kernel, num_particles=particles, resampling=resampling,
+                      ess_threshold=ess_threshold, nfe_per_step=2 if two else 1, models=models,
+                      exact_target=exact, needs_conditional=two)
