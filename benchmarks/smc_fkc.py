@@ -261,8 +261,37 @@ def render(res) -> str:
                 cells.append(c)
             out += [f"### {TITLES[name]}: {title}", "",
                     C.md_table(HEADER, cells + [floor_row], ["r"] * 2 + ["l"] + ["r"] * 11), ""]
-    out += res.get("notes", [])
+    out += _summary(res["results"])
     return "\n".join(out) + "\n"
+
+
+def _summary(results):
+    """The gain (or its absence) at P = 64, 100 steps, read off the rows above."""
+    lines = ["### Summary (P = 64, 100 steps unless stated)", ""]
+    for name, r in results.items():
+        rows = {(x["sweep"], x["P"], x["steps"], x["correct"], x.get("sampler")): x for x in r["rows"]}
+        fk = rows.get(("nfe", P_AT_STEPS, STEPS_AT_P, True, None))
+        un = rows.get(("nfe", P_AT_STEPS, STEPS_AT_P, False, None))
+        ode = rows.get(("baseline", 1, STEPS_AT_P, False, "dpm_solver_pp"))
+        if fk is None or un is None:
+            continue
+        if name == "anneal64":
+            lines.append(f"* {TITLES[name]}: var ratio FKC {C.fmt(fk['var_ratio'])} vs uncorrected "
+                         f"{C.fmt(un['var_ratio'])} (1 = exact), sliced W2 {C.fmt(fk['sw2'])} vs {C.fmt(un['sw2'])} "
+                         f"(floor {C.fmt(r['floor']['sw2'])}); mean error worse with FKC ({C.fmt(fk['mean_err'])} vs "
+                         f"{C.fmt(un['mean_err'])}: fewer effective samples).")
+            continue
+        ok = sorted({(x["P"], x["steps"]) for x in r["rows"] if x["sweep"] in ("particles", "nfe") and x["correct"]
+                     and x.get("group_p") is not None and x["group_p"] > 1e-3})
+        tried = sorted({(x["P"], x["steps"]) for x in r["rows"] if x["sweep"] in ("particles", "nfe") and x["correct"]})
+        lines.append(f"* {TITLES[name]}: label TV FKC {C.fmt(fk['label_tv'])} (group p {C.fmt(fk.get('group_p'))}) "
+                     f"vs uncorrected SDE {C.fmt(un['label_tv'])}"
+                     + (f" vs PF-ODE heuristic {C.fmt(ode['label_tv'])} (var ratio {C.fmt(ode['var_ratio'])})"
+                        if ode else "")
+                     + f"; same NFE, wall {C.fmt(fk['wall_s'])} s vs {C.fmt(un['wall_s'])} s.  Group test p > 1e-3 at "
+                     + ", ".join(f"P={a}/{b} steps" for a, b in ok) + "; fails at "
+                     + (", ".join(f"P={a}/{b} steps" for a, b in tried if (a, b) not in ok) or "none") + ".")
+    return lines + [""]
 
 
 def main():
