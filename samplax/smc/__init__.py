@@ -12,3 +12,5 @@ __all__ = [
     "ess", "log_ess", "log_weights_valid", "normalise_log_weights",
     "Kernel", "DiffusionSMCInfo", "diffusion_smc", "MixtureTarget", "label_chi_square", "target_metrics",
 ]
+from samplax.smc.fkc import fkc, fkc_kernel, fkc_nfe, geometric_kernel  # noqa: E402  (Feynman–Kac correctors)
+__all__ += ["fkc", "fkc_kernel", "fkc_nfe", "geometric_kernel"]
