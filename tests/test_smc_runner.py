@@ -74,7 +74,7 @@ def test_runner_rows_match_a_direct_call_and_ignore_the_chunking(toy, tmp_path):
     assert 0 < smc["ess_min_mean"] <= 1 and smc["resample_rate"] > 0 and smc["invalid_groups"] == 0
     t = row["target"]
     assert row["metrics"]["target_tv"] == t["label_tv"] and "mean_l2" not in row["metrics"]
-    assert t["n"] == 64 and set(t) >= {"chi2_p", "label_tv", "mean_err", "cov_err", "sw2"}
+    assert t["n"] == 64 and t["chi2_n"] == 8 and set(t) >= {"chi2_p", "label_tv", "mean_err", "cov_err", "sw2"}
     # the same numbers from a direct call: the runner's prior (key) and solver key
     import samplax as sx
     gmm, schedule, _ = sx.load_problem("gmm2d")

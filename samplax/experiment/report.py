@@ -382,7 +382,9 @@ METRIC_MEANING = {
                   "between the samples and as many exact samples of that target (annealed, product, guided, "
                   "posterior); the row's 'target' record has the mean / covariance errors as well",
     "target_tv": "total variation between the samples' mode (label) frequencies and the exact target's",
-    "target_chi2_p": "Pearson chi-square p-value of the samples' mode counts under the exact target",
+    "target_chi2_p": "Pearson chi-square p-value of the mode counts under the exact target, from one sample per "
+                     "SMC group (a group's resampled particles share ancestors: only one per group is an "
+                     "independent draw); small values reject the sampler",
 }
 MAX_LISTED = 20  # warnings / short orders listed under a table
 

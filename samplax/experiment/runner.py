@@ -730,7 +730,8 @@ def _target_metrics(ctx, loaded, smc_spec, s, x0) -> Optional[dict]:
         target = smc_spec.exact_target(loaded.gmm.astype(jnp.float64), _schedule64(loaded, s))
         if target is None or len(x0) < 2:
             return None
-        out = target_metrics(target, x0, jax.random.PRNGKey(EXACT_KEY))
+        # one sample per group for the chi-square test: a group's resampled particles are not independent
+        out = target_metrics(target, x0, jax.random.PRNGKey(EXACT_KEY), independent_every=smc_spec.num_particles)
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
 
 

@@ -258,7 +258,7 @@ def fkc(target: Literal["anneal", "product", "cfg"] = "anneal", beta: float = 2.
         integrator: Literal["euler_maruyama", "exponential"] = "euler_maruyama",
         rule: Literal["trapezoid", "left"] = "trapezoid", particles: int = 64,
         resampling: Literal["systematic", "stratified", "multinomial", "residual"] = "systematic",
-        ess_threshold: float = 0.5):
+        ess_threshold: float = 0.5, afs: bool = False):
     """FKC as a registered particle sampler (:func:`samplax.smc.samplers.smc_solver`), for configs
     and the runner.  The models it runs on, from the runner's ``model`` and ``conditional``:
 
@@ -273,6 +273,9 @@ def fkc(target: Literal["anneal", "product", "cfg"] = "anneal", beta: float = 2.
     from samplax.smc.targets import (annealed_gaussian_target, cfg_mixture_target, conditional_mixture,
                                      product_target, tempered_mixture_target)
 
+    if afs is not False:
+        raise ValueError(f"afs: fkc has no analytic first step (its first move needs the model); allowed: False, "
+                         f"got {afs!r}")
     kernel = fkc_kernel(target, beta=beta, w=w, correct=correct, sde=sde, integrator=integrator, rule=rule)
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
         raise ValueError(f"label: must be an int >= 0 (the class of the conditional model), got {label!r}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from samplax.solvers import adaptive, dualfast, guided, multistep, schedule, sde, singlestep, teleport, v3
 from samplax.solvers.base import Solver
+from samplax.smc.fkc import fkc as _fkc  # particle samplers (samplax.smc.samplers) are solvers too
 
 SOLVERS = {
     "euler": singlestep.euler,
@@ -37,6 +38,7 @@ SOLVERS = {
     "teleport": teleport.teleport,
     "autoguided": guided.autoguided,
     "minority": guided.minority,
+    "fkc": _fkc,
 }
 
 
