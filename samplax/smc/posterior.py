@@ -41,7 +41,8 @@ from samplax.smc.targets import MixtureTarget  # noqa: F401  (same protocol; see
 
 __all__ = ["LinearMeasurement", "measurement", "inpainting_matrix", "random_projection_matrix",
            "simulate_measurement", "log_likelihood", "PosteriorMixture", "posterior_mixture",
-           "dps_kernel", "tds_kernel", "reverse_coefficients", "one_per_group", "TWISTS", "DPS_STEPS"]
+           "dps_kernel", "tds_kernel", "reverse_coefficients", "one_per_group", "TWISTS", "DPS_STEPS",
+           "OPERATORS", "option_measurement", "dps", "tds"]
 
 TWISTS = ("plain", "noise")
 DPS_STEPS = ("likelihood", "dps")
@@ -174,7 +175,7 @@ class PosteriorMixture:
     Exact target (samplax.smc.targets protocol).  label(x) = argmax_k of the posterior
     responsibility w'_k N(x; mu'_k, S'_k) / p(x | y).  label_probs(): ``assignment='monte_carlo'``
     (default) integrates the label regions by stratified Monte Carlo, ``n_per_component`` exact
-    draws from each posterior component with a fixed key: standard error of each probability at most
+    draws from each posterior component (numpy.random.default_rng(20251205); components of weight < 1e-12 skipped): standard error of each probability at most
     0.5 / sqrt(n_per_component) (1.1e-3 at the default 2e5); ``'weights'`` returns w'_k (exact in
     the limit of disjoint components).  Parameters are computed in float64 (numpy)."""
 
@@ -453,3 +454,81 @@ def one_per_group(key, x, log_weights) -> jnp.ndarray:
     G, P = log_weights.shape
     idx = jax.random.categorical(key, log_weights, axis=-1)
     return x.reshape((G, P) + x.shape[1:])[jnp.arange(G), idx]
+
+
+# --------------------------------------------------------------------------------------------
+# registered solvers (samplax.smc.samplers.smc_solver): the measurement is given by options
+# --------------------------------------------------------------------------------------------
+OPERATORS = ("inpaint", "projection")
+
+
+def option_measurement(operator: str, m: int, noise_std: float, y_value: float, measurement_seed: int,
+                       dim: int, dtype=None) -> LinearMeasurement:
+    """The measurement a config names: ``operator='inpaint'`` keeps coordinates 0..m-1 of the flattened
+    signal, ``'projection'`` is an (m, dim) N(0, 1/m) matrix from numpy.random.default_rng(measurement_seed);
+    y = y_value * ones(m), noise s_y = noise_std.  Built with numpy (also inside a trace)."""
+    if operator not in OPERATORS:
+        raise ValueError(f"operator: must be one of {list(OPERATORS)}, got {operator!r}")
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= dim:
+        raise ValueError(f"m: the number of measurements must be an int in [1, {dim}] (the signal's dimension), "
+                         f"got {m!r}")
+    if operator == "inpaint":
+        A = inpainting_matrix(dim, np.arange(m))
+    else:
+        A = np.random.default_rng(int(measurement_seed)).standard_normal((m, dim)) / np.sqrt(m)
+    return measurement(A, np.full(m, float(y_value)), noise_std, dtype=dtype)
+
+
+def _with_options_measurement(kernel: Kernel, spec: tuple) -> Kernel:
+    """The kernel with models = the run's model; the measurement is built from ``spec`` at trace time."""
+    def both(model, x):
+        return model, option_measurement(*spec, dim=int(np.prod(x.shape[1:])), dtype=x.dtype)
+
+    return Kernel(lambda model, grid, x: kernel.init(both(model, x), grid, x),
+                  lambda model, grid, i, x, aux, key: kernel.step(both(model, x), grid, i, x, aux, key),
+                  kernel.name)
+
+
+def _common_checks(factory, values):
+    from samplax.solvers.base import check_options
+    check_options(factory, values)
+    if values.get("afs"):
+        raise ValueError(f"afs: {factory.__name__} starts from x_T with a model evaluation (no analytic first "
+                         f"step); allowed: False")
+    _check_noise(values["noise_std"])
+    if isinstance(values["m"], bool) or not isinstance(values["m"], int) or values["m"] < 1:
+        raise ValueError(f"m: must be an int >= 1 (number of measurements), got {values['m']!r}")
+
+
+def dps(scale: float = 1.0, step: Literal["likelihood", "dps"] = "likelihood",
+        operator: Literal["inpaint", "projection"] = "inpaint", m: int = 1, noise_std: float = 0.1,
+        y_value: float = 0.3, measurement_seed: int = 0, afs: bool = False):
+    """DPS (:func:`dps_kernel`) as a registered particle sampler (groups of one, zero weights) for the
+    measurement the options name (:func:`option_measurement`); exact target on an analytic mixture:
+    :class:`PosteriorMixture`.  NFE = n_steps (each with a backward pass)."""
+    _common_checks(dps, dict(locals()))
+    from samplax.smc.samplers import smc_solver
+    spec = (operator, m, noise_std, y_value, measurement_seed)
+    kern = _with_options_measurement(dps_kernel(float(scale), step), spec)
+    return smc_solver(f"dps_{step}{scale:g}", lambda: kern, num_particles=1, resampling="systematic",
+                      ess_threshold=0.0,
+                      exact_target=lambda gmm, schedule: PosteriorMixture(
+                          gmm, option_measurement(*spec, dim=int(gmm.dim), dtype=jnp.float64)))
+
+
+def tds(twist: Literal["plain", "noise"] = "noise", data_var: Optional[float] = None, particles: int = 16,
+        resampling: str = "systematic", ess_threshold: float = 0.5, correct: bool = True,
+        operator: Literal["inpaint", "projection"] = "inpaint", m: int = 1, noise_std: float = 0.1,
+        y_value: float = 0.3, measurement_seed: int = 0, afs: bool = False):
+    """TDS (:func:`tds_kernel`) as a registered particle sampler for the measurement the options name
+    (:func:`option_measurement`); exact target on an analytic mixture: :class:`PosteriorMixture`.
+    NFE = n_steps + 1 per particle (the runner counts n_steps: the evaluation at x_T is extra)."""
+    _common_checks(tds, dict(locals()))
+    from samplax.smc.samplers import smc_solver
+    spec = (operator, m, noise_std, y_value, measurement_seed)
+    kern = _with_options_measurement(tds_kernel(twist, None if data_var is None else float(data_var),
+                                                correct=bool(correct)), spec)
+    return smc_solver(f"tds_{twist}" + ("" if correct else "_uncorrected"), lambda: kern,
+                      num_particles=particles, resampling=resampling, ess_threshold=ess_threshold,
+                      exact_target=lambda gmm, schedule: PosteriorMixture(
+                          gmm, option_measurement(*spec, dim=int(gmm.dim), dtype=jnp.float64)))
