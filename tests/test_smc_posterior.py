@@ -174,3 +174,14 @@ def test_bad_input_names_the_argument(x64):
                       num_particles=2)
     with pytest.raises(ValueError, match="^A:"):
         post.PosteriorMixture(gmm, meas)
+    # the registered factories: options named in the error
+    with pytest.raises(ValueError, match="^m:"):
+        post.tds(m=0)
+    with pytest.raises(ValueError, match="^noise_std:"):
+        post.dps(noise_std=-0.1)
+    with pytest.raises(ValueError, match="^afs:"):
+        post.tds(afs=True)
+    with pytest.raises(ValueError, match="^operator:"):
+        post.dps(operator="blur")
+    with pytest.raises(ValueError, match="^m:"):
+        post.option_measurement("inpaint", 3, 0.1, 0.0, 0, dim=2)
