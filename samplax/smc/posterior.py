@@ -306,15 +306,19 @@ def _unpack(models, x):
     return model, meas
 
 
-def _guide_fn(model, meas, var_fn):
-    """x (P, ...), t, r2 -> (sum_p log N(y; A x0_hat, (s_y^2 + r2) I), (per-particle values, x0_hat,
-    per-particle ||y - A x0_hat||^2))."""
+def _guide_fn(model, meas):
+    """x (P, ...), t, r2 -> (sum_p log N(y; A x0_hat, s_y^2 I + r2 A A^T), (per-particle values, x0_hat,
+    per-particle ||y - A x0_hat||^2)).  The covariance is what Cov[x0 | x_t] ~ r2 I gives in y-space
+    (s_y^2 I + r2 I for inpainting, where A A^T = I); evaluated in the eigenbasis of A A^T."""
     def f(x, t, r2):
         x0 = model.data(x, t)
         A = meas.A.astype(x.dtype)
-        ax = _flat(x0) @ A.T
-        lp = _log_gauss(meas.y.astype(x.dtype), ax, meas.noise_std.astype(x.dtype) ** 2 + r2)
-        return jnp.sum(lp), (lp, x0, jnp.sum((meas.y.astype(x.dtype) - ax) ** 2, -1))
+        res = meas.y.astype(x.dtype) - _flat(x0) @ A.T                       # (P, m)
+        e, U = jnp.linalg.eigh(A @ A.T)                                      # A A^T = U diag(e) U^T
+        var = meas.noise_std.astype(x.dtype) ** 2 + r2 * jnp.maximum(e, 0.0)  # (m,)
+        rot = res @ U
+        lp = -0.5 * jnp.sum(rot ** 2 / var, -1) - 0.5 * jnp.sum(jnp.log(2 * jnp.pi * var))
+        return jnp.sum(lp), (lp, x0, jnp.sum(res ** 2, -1))
     return f
 
 
@@ -346,7 +350,7 @@ def dps_kernel(scale: float = 1.0, step: str = "likelihood") -> Kernel:
     def step_fn(models, grid, i, x, aux, key):
         model, meas = _unpack(models, x)
         a0, s0, a1, s1, e, var, shift = (v.astype(x.dtype) for v in reverse_coefficients(grid, i))
-        f = _guide_fn(model, meas, None)
+        f = _guide_fn(model, meas)
         (_, (lp, x0, rr)), g = jax.value_and_grad(f, has_aux=True)(x, grid.t[i], jnp.zeros((), x.dtype))
         eps = (x - a0 * x0) / s0
         z = jax.random.normal(key, x.shape, x.dtype)
@@ -368,7 +372,8 @@ def tds_kernel(twist: str = "noise", data_var: Optional[float] = None, correct: 
     """The Twisted Diffusion Sampler as a kernel; the driver's ``models`` is the pair
     (model, meas: :class:`LinearMeasurement`).
 
-    Twist at node i: p~_i(y | x_i) = N(y; A x0_hat(x_i), (s_y^2 + r_i^2) I) with
+    Twist at node i: p~_i(y | x_i) = N(y; A x0_hat(x_i), s_y^2 I + r_i^2 A A^T) (Cov[x0 | x_i] ~ r_i^2 I
+    mapped through A; (s_y^2 + r_i^2) I for inpainting) with
     ``twist='plain'``: r_i = 0 (TDS's p(y | x0_hat(x_t))), ``'noise'``: r_i^2 = sigma_tilde_i^2 =
     (s_i / a_i)^2, or, with ``data_var`` tau^2 given, r_i^2 = sigma_tilde_i^2 tau^2 /
     (sigma_tilde_i^2 + tau^2) (the posterior variance of x0 given x_i under an N(., tau^2 I) prior; the
@@ -404,7 +409,7 @@ def tds_kernel(twist: str = "noise", data_var: Optional[float] = None, correct: 
         return st2 * data_var / (st2 + data_var)
 
     def twist_eval(model, meas, grid, i, x):
-        f = _guide_fn(model, meas, None)
+        f = _guide_fn(model, meas)
         (_, (lp, x0, _)), g = jax.value_and_grad(f, has_aux=True)(x, grid.t[i], r2_at(grid, i, x.dtype))
         return lp, x0, g
 
