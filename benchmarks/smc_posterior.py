@@ -17,7 +17,7 @@ Twisted Diffusion Sampler, both against the exact posterior of the Gaussian-mixt
     scale 1 diverges to NaN there, 1 / s_y^2 = 400) and TDS (P = 8), 50 steps; a PNG grid.
 
     nice -n 10 python -m benchmarks.smc_posterior              # all (~10 min on 2 shared cores)
-    python -m benchmarks.smc_posterior --parts a --quick       # fewer rows
+    python -m benchmarks.smc_posterior --parts a --quick       # fewer rows (part b kept from the .json)
     python -m benchmarks.smc_posterior --from-json docs/benchmarks/smc_posterior.json
 
 Writes docs/benchmarks/smc_posterior.md and .json (and docs/benchmarks/smc_posterior_digits.png).
@@ -224,7 +224,8 @@ def _png(imgs, keep_mask, results, path):
             ax.set_yticks([])
             if j == 0 and title:
                 ax.set_title(title, fontsize=6, loc="left")
-    fig.suptitle("digits: bottom half inpainted (4 samples each); left: DPS, right: TDS", fontsize=8)
+    fig.suptitle("digits: bottom half inpainted (observed: white = missing; 4 samples each; TDS: one resampled "
+                 "group, copies = weight degeneracy)", fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -306,11 +307,17 @@ def main(argv=None) -> int:
         return 0
     C.enable_compilation_cache(1.0)
     res = dict(machine=C.machine_info(), command=C.command_line(MODULE), date=C.utc_now())
-    res["a"] = part_a(args.quick) if "a" in args.parts else []
+    json_path = args.out.replace(".md", ".json")
+    old = {}
+    if set(args.parts) != {"a", "b"} and os.path.exists(json_path):  # keep the part not rerun
+        import json
+        with open(json_path) as fh:
+            old = json.load(fh)
+    res["a"] = part_a(args.quick) if "a" in args.parts else old.get("a", [])
     res["findings"] = findings(res["a"])
-    res["b"] = part_b() if "b" in args.parts else dict(measured=False, reason="part b not run (--parts)")
+    res["b"] = part_b() if "b" in args.parts else old.get("b", dict(measured=False, reason="part b not run"))
     text = render(res)
-    C.atomic_write_json(args.out.replace(".md", ".json"), res)
+    C.atomic_write_json(json_path, res)
     C.atomic_write_text(args.out, text)
     print(text)
     return 0
