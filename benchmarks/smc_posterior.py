@@ -101,8 +101,9 @@ def part_a(quick: bool, log=print) -> list:
             d = gmm.dim
             G = 1000 if d == 2 else 400
             tgt = post.PosteriorMixture(gmm, meas, n_per_component=200_000 if d == 2 else 20_000)
-            q = tgt.label_probs()
-            log(f"{pname} {op}: posterior weights {np.round(tgt.weights, 3).tolist()}, log p(y) {tgt.log_evidence:.4f}")
+            tgt.label_probs()  # computed once here (stratified Monte Carlo), reused by every row
+            log(f"{pname} {op}: posterior weights {np.round(tgt.weights, 3).tolist()}, "
+                f"log p(y) {tgt.log_evidence:.4f}")
             for label, kind, opts, P, steps in methods(quick):
                 if kind == "exact":
                     x = tgt.sample(jax.random.PRNGKey(123), G)
@@ -138,8 +139,9 @@ def part_a(quick: bool, log=print) -> list:
                            log_Z=float(np.log(np.mean(np.exp(lz - lz.max()))) + lz.max()) if kind == "tds" else None,
                            exact_log_Z=tgt.log_evidence, resample_rate=float(rs), min_ess=float(min_ess), **m)
                 out.append(row)
-                log(f"  {label:32s} NFE {nfe:5d} wall {wall:6.2f}s  tv {m['label_tv']:.3f} chi2_p {m['chi2_p']:.1e} "
-                    f"mean_err {m['mean_err']:.3f} z {m['mean_z_max']:.1f} cov_rel {m['cov_rel']:.3f} sw2 {m['sw2']:.4f}")
+                log(f"  {label:32s} NFE {nfe:5d} wall {wall:6.2f}s  tv {m['label_tv']:.3f} "
+                    f"chi2_p {m['chi2_p']:.1e} mean_err {m['mean_err']:.3f} z {m['mean_z_max']:.1f} "
+                    f"cov_rel {m['cov_rel']:.3f} sw2 {m['sw2']:.4f}")
     return out
 
 
@@ -178,7 +180,8 @@ def part_b(log=print, n_images: int = 6, P: int = 8, steps: int = 50) -> dict:
             return x, info.ess
         return jax.jit(run)
 
-    runs = {"DPS (paper step, zeta'=0.5)": make(post.dps_kernel(0.5, "dps"), 4), f"TDS P={P}": make(post.tds_kernel("noise"), P)}
+    runs = {"DPS (paper step, zeta'=0.5)": make(post.dps_kernel(0.5, "dps"), 4),
+            f"TDS P={P}": make(post.tds_kernel("noise"), P)}
     results = {k: [] for k in runs}
     walls = {k: 0.0 for k in runs}
     errs = {k: [] for k in runs}
@@ -242,7 +245,9 @@ def render(res: dict) -> str:
              "finite-sample floor). NFE per sample = denoiser evaluations with a backward pass (DPS: steps; "
              "TDS: P (steps + 1)). Wall: the whole run of G samples, compiled. log Z: log of the mean of the G "
              "TDS evidence estimates vs the exact log p(y) (the model chain's evidence differs by its "
-             "discretisation error). No DPM-Solver++/UniPC rows: they sample the prior, not the posterior.", ""]
+             "discretisation error). Exact label-region probabilities: stratified Monte Carlo with 2e5 (gmm2d) / "
+             "2e4 (gmm64d) draws per posterior component (standard error <= 1.1e-3 / 3.5e-3). "
+             "No DPM-Solver++/UniPC rows: they sample the prior, not the posterior.", ""]
     rows = res["a"]
     for pname in ("gmm2d", "gmm64d"):
         for op in ("inpaint", "projection"):

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.smc.diffusion import Kernel
-from samplax.smc.targets import MixtureTarget  # noqa: F401  (same protocol; see PosteriorMixture)
 
 __all__ = ["LinearMeasurement", "measurement", "inpainting_matrix", "random_projection_matrix",
            "simulate_measurement", "log_likelihood", "PosteriorMixture", "posterior_mixture",
@@ -175,7 +174,8 @@ class PosteriorMixture:
     Exact target (samplax.smc.targets protocol).  label(x) = argmax_k of the posterior
     responsibility w'_k N(x; mu'_k, S'_k) / p(x | y).  label_probs(): ``assignment='monte_carlo'``
     (default) integrates the label regions by stratified Monte Carlo, ``n_per_component`` exact
-    draws from each posterior component (numpy.random.default_rng(20251205); components of weight < 1e-12 skipped): standard error of each probability at most
+    draws from each posterior component (numpy.random.default_rng(20251205); components of weight
+    < 1e-12 skipped): standard error of each probability at most
     0.5 / sqrt(n_per_component) (1.1e-3 at the default 2e5); ``'weights'`` returns w'_k (exact in
     the limit of disjoint components).  Parameters are computed in float64 (numpy)."""
 
