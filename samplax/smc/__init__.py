@@ -14,3 +14,5 @@ __all__ = [
     "Kernel", "DiffusionSMCInfo", "diffusion_smc", "MixtureTarget", "label_chi_square", "target_metrics",
     "LinearMeasurement", "PosteriorMixture", "dps_kernel", "measurement", "tds_kernel",
 ]
+from samplax.smc.fkc import fkc, fkc_kernel, fkc_nfe, geometric_kernel  # noqa: E402  (Feynman–Kac correctors)
+__all__ += ["fkc", "fkc_kernel", "fkc_nfe", "geometric_kernel"]
