@@ -138,7 +138,8 @@ class MinorityClassifier(nn.Module):
 
         b = x.shape[0]
         lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (b,))
-        h = jnp.concatenate([x.reshape(b, -1).astype(jnp.float32), sinusoidal_embedding(lam, self.embed_dim, 100.0)], -1)
+        emb = sinusoidal_embedding(lam, self.embed_dim, 100.0)
+        h = jnp.concatenate([x.reshape(b, -1).astype(jnp.float32), emb], -1)
         for width in self.hidden:
             h = nn.silu(nn.Dense(width)(h))
         return nn.Dense(self.num_levels)(h)
