@@ -207,6 +207,23 @@ def _digits_models(steps=(4000, 3000), which="ema"):
     return out
 
 
+def _runner(solver, grid):
+    """jit(sample) with the model and x_T as arguments: the U-Net weights are not baked into the program
+    as constants (XLA constant-folds convolutions of constant weights over a constant batch: minutes)."""
+    import jax
+
+    import samplax as sx
+
+    return jax.jit(lambda m, x: sx.sample(solver, m, x, grid)[0])
+
+
+def _with_scale(m, w):
+    """The same guided model (same apply: no recompilation) with its last param (the scale) replaced."""
+    import jax.numpy as jnp
+
+    return m.replace(params=tuple(m.params[:-1]) + (jnp.asarray(w, jnp.float32),))
+
+
 def _digits_classifier():
     from samplax.experiment.cache import cache_dir
     from samplax.models.classifier import digits_reference_statistics, load_or_train_digits_classifier
@@ -243,7 +260,8 @@ def digits_minority(log=print, quick=False, png=None) -> dict:
     x_T = jax.random.normal(jax.random.PRNGKey(31), (n, 8, 8, 1), jnp.float32)
     solver = sx.get_solver("dpm_solver_pp", order=2)
     grid = sx.time_grid(loaded.schedule, 10, "logsnr", end="zero")
-    run = jax.jit(lambda w: sx.sample(solver, minority_guidance(model, apply, params, w), x_T, grid)[0])
+    guided, run_m = minority_guidance(model, apply, params, 0.0), _runner(solver, grid)
+    run = lambda w: run_m(_with_scale(guided, w), x_T)  # noqa: E731
     score_fn = jax.jit(lambda x, k: minority_score(model, x, 0.06, k, 5))
     rows, grids = [], {}
     for w in (0.0, 1.0, 2.0, 4.0):
@@ -310,15 +328,16 @@ def digits_autoguidance(log=print, quick=False) -> dict:
                             ("unguided (step 4000 EMA = good)", good, g20, 20)) + tuple(
                                 (f"unguided ({k})", b, g20, 20) for k, b in bads.items()):
         t0 = time.time()
-        x = np.asarray(jax.jit(lambda m=m, g=g: sx.sample(solver, m, x_T, g)[0])())
+        x = np.asarray(_runner(solver, g)(m, x_T))
         rows.append(dict(method=name, scale=1.0, nfe=nfe, fd=float(digits_fd(cparams, x, reference=ref)),
                          wall_s=time.time() - t0))
         log(f"  {name} NFE {nfe}: FD {rows[-1]['fd']:.2f}")
+    run10 = _runner(solver, g10)
     for k, bad in bads.items():
-        run = jax.jit(lambda w, bad=bad: sx.sample(solver, autoguidance(good, bad, w), x_T, g10)[0])
+        guided = autoguidance(good, bad, 1.0)
         for w in (1.25, 1.5, 2.0):
             t0 = time.time()
-            x = np.asarray(run(jnp.float32(w)))
+            x = np.asarray(run10(_with_scale(guided, w), x_T))
             rows.append(dict(method=f"autoguidance (bad = {k})", scale=w, nfe=20,
                              fd=float(digits_fd(cparams, x, reference=ref)), wall_s=time.time() - t0))
             log(f"  autoguidance {k} w={w}: FD {rows[-1]['fd']:.2f}")
@@ -336,11 +355,10 @@ def digits_autoguidance(log=print, quick=False) -> dict:
                              sigma_data=cfg["model"]["sigma_data"])
     inner = good.params[0]
     labels = jnp.arange(n, dtype=jnp.int32) % 10
-    run = jax.jit(lambda w: sx.sample(solver, classifier_free_guidance(cond, inner, sch, prediction(cfg), labels,
-                                                                       jnp.int32(10), w), x_T, g10)[0])
+    guided = classifier_free_guidance(cond, inner, sch, prediction(cfg), labels, jnp.int32(10), jnp.float32(1.0))
     for w in (1.0, 1.5, 2.0):
         t0 = time.time()
-        x = np.asarray(run(jnp.float32(w)))
+        x = np.asarray(run10(_with_scale(guided, w), x_T))
         rows.append(dict(method="CFG (class i mod 10)", scale=w, nfe=20, fd=float(digits_fd(cparams, x, reference=ref)),
                          wall_s=time.time() - t0))
         log(f"  CFG w={w}: FD {rows[-1]['fd']:.2f}")
@@ -371,14 +389,14 @@ def digits_autoguidance_small(log=print, quick=False, small=SMALL) -> dict:
     solver = sx.get_solver("dpm_solver_pp", order=2)
     g10 = sx.time_grid(good.schedule, 10, "logsnr", end="zero")
     g20 = sx.time_grid(good.schedule, 20, "logsnr", end="zero")
-    x = np.asarray(jax.jit(lambda: sx.sample(solver, bad.model, x_T, g20)[0])())
+    x = np.asarray(_runner(solver, g20)(bad.model, x_T))
     rows = [dict(method="unguided (small bad model)", scale=1.0, nfe=20, fd=float(digits_fd(cparams, x, reference=ref)),
                  wall_s=None)]
     log(f"  small unguided: FD {rows[-1]['fd']:.2f}")
-    run = jax.jit(lambda w: sx.sample(solver, autoguidance(good.model, bad.model, w), x_T, g10)[0])
+    guided, run10 = autoguidance(good.model, bad.model, 1.0), _runner(solver, g10)
     for w in (1.25, 1.5, 2.0, 3.0):
         t0 = time.time()
-        x = np.asarray(run(jnp.float32(w)))
+        x = np.asarray(run10(_with_scale(guided, w), x_T))
         rows.append(dict(method="autoguidance (bad = small U-Net, 800 steps)", scale=w, nfe=20,
                          fd=float(digits_fd(cparams, x, reference=ref)), wall_s=time.time() - t0))
         log(f"  autoguidance small w={w}: FD {rows[-1]['fd']:.2f}")
@@ -524,7 +542,8 @@ def main(argv=None) -> int:
 
         with open(js) as fh:
             res = json.load(fh)
-    res.update(machine=C.machine_info(), date=C.utc_now(), command=C.command_line(MODULE))
+    # the parts accumulate in the .json; the command that reproduces the whole page is the plain one
+    res.update(machine=C.machine_info(), date=C.utc_now(), command=f"python -m {MODULE}" + (" --quick" * args.quick))
     png = os.path.join(os.path.dirname(args.out), "guidance_digits_minority.png")
     fns = dict(gmm_minority=gmm_minority, gmm_autoguidance=gmm_autoguidance,
                digits_minority=lambda log, quick: digits_minority(log, quick, png),
