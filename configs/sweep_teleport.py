@@ -3,11 +3,11 @@ and behind the Gaussian jump (the switch rule, tolerance 1e-3), 2 grids x 5 NFEs
 
     python -m experiments.sweep --config=configs/sweep_teleport.py --workdir=runs/sweep_teleport
     # a fixed switch at logSNR -2 instead of the rule:
-    #   --config.sweep.solver_options='{"teleport": {"switch": -2.0}}'
+    #   --config.sweep.solver_options.teleport.switch=-2.0
 
 The Gaussian fit is cached per model in the workdir (docs/teleport.md).  The teleport rows
 use base dpm_solver_pp; for UniPC behind the jump add
---config.sweep.solver_options='{"teleport": {"base": "unipc"}}'.
+--config.sweep.solver_options.teleport.base=unipc.
 """
 from configs import sweep_solvers
 

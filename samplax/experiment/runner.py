@@ -441,8 +441,14 @@ def _prepared_solver(ctx, solver, loaded, spec: dict):
     (written atomically by process 0, with the key beside it in JSON); a rerun, a resumed run
     or another sweep row of the same model and setting loads it.  Returns (bound solver,
     the row's ``prepared`` record: the cache key, whether it was loaded, the seconds spent)."""
-    key = dict(model=model_identity(spec), solver=spec["solver"], order=spec.get("order"),
-               options=spec["options"], afs=spec["afs"], t_max=spec.get("t_max"), t_min=spec.get("t_min"))
+    # options a factory declares bind-only (``factory.bind_options``: e.g. a guidance strength or the
+    # base solver) do not change the statistics: rows that differ only in them share one computation
+    from samplax.solvers.registry import SOLVERS
+    bind_only = set(getattr(SOLVERS.get(spec["solver"]), "bind_options", ()))
+    key = dict(model=model_identity(spec), solver=spec["solver"],
+               order=None if "order" in bind_only else spec.get("order"),
+               options={k: v for k, v in spec["options"].items() if k not in bind_only},
+               afs=None if "afs" in bind_only else spec["afs"], t_max=spec.get("t_max"), t_min=spec.get("t_min"))
     name = settings_hash(key)
     base = sio.as_path(ctx.workdir) / STATS_DIR
     path = base / f"{name}.npz"

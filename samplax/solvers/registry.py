@@ -11,7 +11,7 @@ import inspect
 
 import numpy as np
 
-from samplax.solvers import adaptive, dualfast, multistep, schedule, sde, singlestep, teleport, v3
+from samplax.solvers import adaptive, dualfast, guided, multistep, schedule, sde, singlestep, teleport, v3
 from samplax.solvers.base import Solver
 
 SOLVERS = {
@@ -35,6 +35,8 @@ SOLVERS = {
     "schedule": schedule.schedule_solver,
     "dpm_solver_v3": v3.dpm_solver_v3,
     "teleport": teleport.teleport,
+    "autoguided": guided.autoguided,
+    "minority": guided.minority,
 }
 
 

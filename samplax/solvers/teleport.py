@@ -354,3 +354,8 @@ def teleport(base: str = "dpm_solver_pp", order: Optional[int] = None, switch: O
 
 __all__ = ["teleport", "gaussian_jump", "gaussian_denoiser", "gaussian_model", "empirical_moments", "gaussian_fit", "eigh_psd",
            "switch_time", "auto_switch", "probe_errors", "SWITCH_KINDS"]
+
+
+# the base solver does not enter the Gaussian fit or the switch rule (see prepare): rows differing
+# only in it share one preparation in the runner's statistics cache
+teleport.bind_options = ("base", "order", "afs")
