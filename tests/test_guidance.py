@@ -204,6 +204,7 @@ def test_autoguidance_identities():
         x0g, eg = autoguidance(good, wide, w).data_noise(x, t)
         (x01, e1), (x00, e0) = good.data_noise(x, t), wide.data_noise(x, t)
         np.testing.assert_allclose(np.asarray(eg), np.asarray(e0 + w * (e1 - e0)), rtol=1e-13)
+        np.testing.assert_allclose(np.asarray(x0g), np.asarray(x00 + w * (x01 - x00)), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(np.asarray(sch.alpha(t) * x0g + sch.sigma(t) * eg), np.asarray(x), rtol=1e-12)
         # mixed prediction types go through (x0, eps): same numbers
         noise_good = good.as_prediction("noise")

@@ -35,8 +35,8 @@ Autoguidance (Karras, Aittala, Kynkaanniemi, Lehtinen, Aila & Laine, "Guiding a 
 model with a bad version of itself", NeurIPS 2024, arXiv 2406.02507)
 --------------------------------------------------------------------------------------
 * :func:`autoguidance` -- ``D_w(x; sigma) = D_bad + w (D_good - D_bad)`` (the paper's guided
-  denoiser, Sec. 3 / Eq. 1 with D_0 the bad model).  w = 1 is the good model, w = 0 the bad
-  one.  The combination is affine with weights summing to 1, so guiding the denoiser, the
+  denoiser, Sec. 3, with the guiding model D_0 the bad one).  w = 1 is the good model, w = 0
+  the bad one.  The combination is affine with weights summing to 1, so guiding the denoiser, the
   noise or the score is the same thing and the pair (x0, eps) stays consistent with
   x = alpha x0 + sigma eps.  **NFE: 2 model calls per solver evaluation** (one of each).
   Two Gaussians N(mu, s1^2) (good) and N(mu, s0^2) (bad): the guided probability-flow ODE
@@ -138,7 +138,8 @@ class MinorityClassifier(nn.Module):
 
         b = x.shape[0]
         lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (b,))
-        h = jnp.concatenate([x.reshape(b, -1).astype(jnp.float32), sinusoidal_embedding(lam, self.embed_dim, 100.0)], -1)
+        emb = sinusoidal_embedding(lam, self.embed_dim, 100.0)
+        h = jnp.concatenate([x.reshape(b, -1).astype(jnp.float32), emb], -1)
         for width in self.hidden:
             h = nn.silu(nn.Dense(width)(h))
         return nn.Dense(self.num_levels)(h)
