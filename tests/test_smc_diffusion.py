@@ -76,7 +76,7 @@ def test_equal_weights_give_the_plain_particle_system(x64):
     np.testing.assert_allclose(np.asarray(info.ess), P, rtol=1e-12)
     assert not bool(np.any(info.resampled))
     np.testing.assert_allclose(np.asarray(info.log_Z), 0.0, atol=1e-12)
-    # no resampling and a systematic final pass on equal weights is the identity: out = the walk itself
+    # no resampling, and a systematic final pass on equal weights picks each particle once: out = the walk
     group_keys = [jax.random.fold_in(jax.random.PRNGKey(3), g) for g in range(3)]
     expect = []
     for g, gk in enumerate(group_keys):
@@ -85,7 +85,11 @@ def test_equal_weights_give_the_plain_particle_system(x64):
             _, k_move = jax.random.split(jax.random.fold_in(gk, k))
             xg = xg + 0.3 * jax.random.normal(k_move, xg.shape)
         expect.append(xg)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(jnp.concatenate(expect)), rtol=0, atol=1e-12)
+    # (shuffled within each group: the same particles in a random order)
+    got = np.asarray(out).reshape(3, P, 2)
+    want = np.asarray(jnp.concatenate(expect)).reshape(3, P, 2)
+    for g in range(3):
+        np.testing.assert_allclose(got[g][np.lexsort(got[g].T)], want[g][np.lexsort(want[g].T)], rtol=0, atol=1e-12)
 
 
 def test_normalising_constant_is_unbiased_on_a_tilted_target(x64):
@@ -148,3 +152,23 @@ def test_target_metrics_pass_exact_samples_and_fail_shifted_ones(x64):
     bad = np.asarray(x).copy()
     bad[:3] = np.nan
     assert target_metrics(target, bad)["n_nonfinite"] == 3
+
+
+@pytest.mark.parametrize("scheme", ["systematic", "stratified"])
+def test_one_sample_per_group_is_an_unbiased_draw(x64, scheme):
+    """After the final resampling the first sample of each group is one draw from the weights
+    (sorted systematic ancestors would favour low indices): 4000 groups of 4 static particles
+    with weights (0.1, 0.2, 0.3, 0.4), chi-square at significance 1e-3."""
+    from scipy import stats
+    P, G = 4, 4000
+    w = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
+
+    def init(models, grid, x):
+        return (), jnp.broadcast_to(w, (x.shape[0],))
+
+    k = Kernel(init, lambda m, g, i, x, aux, key: (x, aux, jnp.zeros(x.shape[0])), "fixed")
+    x = jnp.tile(jnp.arange(P, dtype=jnp.float64)[:, None], (G, 1))
+    out, _ = diffusion_smc(k, None, x, _grid(1), jax.random.PRNGKey(3), num_particles=P, resampling=scheme,
+                           ess_threshold=0.0)
+    counts = np.bincount(np.asarray(out[::P, 0]).astype(int), minlength=P)
+    assert stats.chisquare(counts, G * np.array([0.1, 0.2, 0.3, 0.4])).pvalue > 1e-3, counts

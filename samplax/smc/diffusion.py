@@ -75,7 +75,9 @@ def diffusion_smc(kernel: Kernel, models: Any, x_T: Array, grid, key: Array, *, 
 
     Returns (x0 (B, ...), :class:`DiffusionSMCInfo`).  With ``final_resample`` each group's
     particles are resampled once more with ``resampling`` so that the B returned samples are
-    equally weighted draws; otherwise they are the weighted particles (``info.log_weights``).
+    equally weighted draws (shuffled within the group, so that any one position, e.g. the first
+    sample of each group, is an unbiased single draw from the weighted particles); otherwise they
+    are the weighted particles (``info.log_weights``).
     Resampling happens before a step when ESS / P < ``ess_threshold`` (1: every step, 0: never).
     """
     if not isinstance(kernel, Kernel):
@@ -105,9 +107,12 @@ def diffusion_smc(kernel: Kernel, models: Any, x_T: Array, grid, key: Array, *, 
         state, infos = run(sampler, gkey, state, n_steps)
         x_out = state.particles[0]
         if final_resample:
-            k_final = jax.random.fold_in(gkey, n_steps + 1)
+            k_final, k_perm = jax.random.split(jax.random.fold_in(gkey, n_steps + 1))
             anc = final_fn(k_final, state.log_weights, P)
-            x_out = x_out[anc]
+            # shuffled: systematic / stratified ancestors come sorted, so a fixed position (the first
+            # sample of a group) would be a biased pick; after a uniform shuffle every position is
+            # marginally one draw from the weighted particles
+            x_out = x_out[anc[jax.random.permutation(k_perm, P)]]
         return x_out, (state.log_Z, infos.ess, infos.resampled, state.first_invalid_step, state.log_weights)
 
     xg = x_T.reshape((G, P) + x_T.shape[1:])

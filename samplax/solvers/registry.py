@@ -13,6 +13,7 @@ import numpy as np
 
 from samplax.solvers import adaptive, dualfast, guided, multistep, schedule, sde, singlestep, teleport, v3
 from samplax.solvers.base import Solver
+from samplax.smc import posterior as _posterior
 from samplax.smc.fkc import fkc as _fkc  # particle samplers (samplax.smc.samplers) are solvers too
 
 SOLVERS = {
@@ -39,6 +40,8 @@ SOLVERS = {
     "autoguided": guided.autoguided,
     "minority": guided.minority,
     "fkc": _fkc,
+    "dps": _posterior.dps,
+    "tds": _posterior.tds,
 }
 
 
