@@ -469,7 +469,9 @@ def results_markdown(rows: Sequence[Row], metric: str = "mean_l2") -> str:
                      "(non-finite if any seed is).")
     notes.append("`nan (step k)`: the samples became non-finite at solver step k; `—`: not run or not computed.")
     if mismatch:
-        notes.append("†: the solver used a different number of model evaluations than requested (`nfe_actual`).")
+        notes.append("†: the solver used a different number of model evaluations than requested (`nfe_actual`; "
+                     "samplers that differentiate through the model, e.g. DPS and TDS, count each backward pass "
+                     "as an evaluation there).")
     if warned:
         notes.append(f"{WARN}: the row has a warning (listed under its table).")
     if short:
