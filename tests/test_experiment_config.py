@@ -29,7 +29,7 @@ from samplax.experiment import (ConfigError, WorkdirConflict, make_plan, run_sam
 from samplax.experiment import results as store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_SOLVERS = "['ddim', 'ddim_eta', 'deis', 'dpm_solver', 'dpm_solver_adaptive', 'dpm_solver_multistep'"
+ALL_SOLVERS = "['autoguided', 'ddim', 'ddim_eta', 'deis', 'dpm_solver', 'dpm_solver_adaptive', 'dpm_solver_multistep'"
 
 
 # ---------------------------------------------------------------------------------------

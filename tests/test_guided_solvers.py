@@ -45,6 +45,7 @@ def test_minority_through_the_runner(tmp_path):
     (r0,) = run_sample(cfg(0.0), str(tmp_path))
     (r4,) = run_sample(cfg(6.0), str(tmp_path))
     assert not r0["prepared"]["cached"] and r4["prepared"]["cached"]  # one classifier for both strengths
+    assert r0["nfe_actual"] == r4["nfe_actual"] == 10  # the classifier's gradient is not a model evaluation
     c = sample_config()
     c.model.name = "gmm2d"
     c.nfe = 10

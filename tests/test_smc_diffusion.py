@@ -172,3 +172,16 @@ def test_one_sample_per_group_is_an_unbiased_draw(x64, scheme):
                            ess_threshold=0.0)
     counts = np.bincount(np.asarray(out[::P, 0]).astype(int), minlength=P)
     assert stats.chisquare(counts, G * np.array([0.1, 0.2, 0.3, 0.4])).pvalue > 1e-3, counts
+
+
+def test_import_does_not_initialise_the_backend():
+    """``import samplax`` (which registers the particle samplers, hence imports blackjax's users)
+    must leave JAX's backend uninitialised: multi-process runs call jax.distributed.initialize
+    after importing samplax, and that must come before any backend use."""
+    import subprocess
+    import sys
+    code = ("import jax._src.xla_bridge as xb, samplax, samplax.smc, samplax.experiment; "
+            "import samplax.smc.posterior, samplax.models.guidance; print(bool(xb._backends))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout

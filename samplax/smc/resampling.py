@@ -30,7 +30,14 @@ from typing import Callable, Dict
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.smc import resampling as _bj
+
+
+def _blackjax(name: str) -> Callable:
+    """blackjax's scheme ``name``, imported on first use: importing blackjax initialises JAX's
+    backend, which must not happen at ``import samplax`` (``jax.distributed.initialize`` has to
+    come first in multi-process runs)."""
+    from blackjax.smc import resampling as bj
+    return getattr(bj, name)
 from jax.scipy.special import logsumexp
 
 Array = jax.Array
@@ -114,7 +121,7 @@ def _repair_zero_picks(idx: Array, weights: Array) -> Array:
     return jnp.where(pos[idx], idx, fix[idx])
 
 
-def _wrap(bj_fn: Callable, name: str) -> ResampleFn:
+def _wrap(bj_name: str, name: str) -> ResampleFn:
     def resample(key: Array, log_weights: Array, n: int) -> Array:
         check_log_weights(log_weights)
         n = _check_n(n)
@@ -122,7 +129,7 @@ def _wrap(bj_fn: Callable, name: str) -> ResampleFn:
         valid = log_weights_valid(log_weights)
         safe = jnp.where(valid, log_weights, jnp.zeros_like(log_weights))
         weights = jax.nn.softmax(safe)
-        idx = _repair_zero_picks(bj_fn(key, weights, n), weights)
+        idx = _repair_zero_picks(_blackjax(bj_name)(key, weights, n), weights)
         identity = jnp.arange(n) % N
         return jnp.where(valid, idx, identity).astype(jnp.int32)
 
@@ -131,18 +138,18 @@ def _wrap(bj_fn: Callable, name: str) -> ResampleFn:
     return resample
 
 
-multinomial = _wrap(_bj.multinomial, "multinomial")
+multinomial = _wrap("multinomial", "multinomial")
 multinomial.__doc__ = """Multinomial resampling: n i.i.d. draws from w (blackjax's, sorted uniforms).
 Offspring counts ~ Multinomial(n, w): Var c_i = n w_i (1 - w_i)."""
-stratified = _wrap(_bj.stratified, "stratified")
+stratified = _wrap("stratified", "stratified")
 stratified.__doc__ = """Stratified resampling (Kitagawa 1996): one uniform per stratum [k/n, (k+1)/n).
 Var c_i <= multinomial's for every i (Douc, Cappé & Moulines 2005, Sec. 3)."""
-systematic = _wrap(_bj.systematic, "systematic")
+systematic = _wrap("systematic", "systematic")
 systematic.__doc__ = """Systematic resampling (Carpenter, Clifford & Fearnhead 1999): one shared uniform.
 c_i is floor(n w_i) or ceil(n w_i), so Var c_i = r_i (1 - r_i), r_i = frac(n w_i): the least
 any integer count with mean n w_i can have.  No ordering for general functionals (covariances
 between counts): Douc, Cappé & Moulines 2005, Sec. 3 give a case worse than multinomial."""
-residual = _wrap(_bj.residual, "residual")
+residual = _wrap("residual", "residual")
 residual.__doc__ = """Residual resampling (Liu & Chen 1998): floor(n w_i) copies, the remaining
 m = n - sum floor(n w_i) drawn multinomially from the residuals.  Var c_i <= multinomial's
 (Douc, Cappé & Moulines 2005, Sec. 3)."""
