@@ -63,6 +63,9 @@ class Solver(NamedTuple):
     # to ``smc.run`` (groups of ``smc.num_particles`` consecutive samples are coupled by resampling),
     # and init / step are unused.
     smc: Optional["SMCSpec"] = None
+    # Guidance run as a solver option (samplax.solvers.guided.with_model): the model wrapper, which
+    # sample() also applies to the final denoising evaluation of an end="denoise" grid.
+    model_wrap: Optional[Callable] = None
 
 
 class SMCSpec(NamedTuple):
@@ -410,7 +413,7 @@ def sample(solver: Solver, model, x_T: Array, grid: Grid, key: Optional[Array] =
     state = solver.step(model, grid, state, jnp.asarray(n - 1), step_keys(n - 1), True)
     x = state.x
     if grid.denoise:
-        x = model.data(x, grid.t[-1])
+        x = (model if solver.model_wrap is None else solver.model_wrap(model)).data(x, grid.t[-1])
     bad = jnp.concatenate([bad.astype(jnp.int32), _count_nonfinite(x)[None].astype(jnp.int32)])
     first = jnp.where(jnp.any(bad > 0), jnp.argmax(bad > 0), -1)
     if return_trajectory:

@@ -45,7 +45,7 @@ def with_model(base: Solver, wrap: Callable, name: str, calls_per_evaluation: in
     def step(model, grid, state, i, keys, last):
         return base.step(wrap(model), grid, state, i, keys, last)
 
-    return base._replace(name=name, init=init, step=step, table=None,
+    return base._replace(name=name, init=init, step=step, table=None, model_wrap=wrap,
                          nfe=lambda n_steps, end="zero": k * int(base.nfe(n_steps, end)))
 
 
