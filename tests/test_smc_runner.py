@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from samplax.experiment import run_sample, sample_config
+from samplax.experiment.runner import run as run_experiment
 from samplax.experiment.errors import ConfigError
 from samplax.smc.diffusion import Kernel, diffusion_smc
 from samplax.smc.samplers import smc_solver
@@ -60,10 +61,10 @@ def _config(**kw):
 def test_runner_rows_match_a_direct_call_and_ignore_the_chunking(toy, tmp_path):
     c = _config()
     c.metrics.save_samples = 64
-    (row,) = run_sample(c, str(tmp_path / "a"))
+    (row,) = run_experiment(c, str(tmp_path / "a"), expect="sample", report=False)  # (reports: other tests)
     c2 = _config(chunk_size=16)
     c2.metrics.save_samples = 64
-    (row2,) = run_sample(c2, str(tmp_path / "b"))
+    (row2,) = run_experiment(c2, str(tmp_path / "b"), expect="sample", report=False)
     xa = np.load(tmp_path / "a" / row["samples_file"])
     xb = np.load(tmp_path / "b" / row2["samples_file"])
     assert xa.shape == (64, 2) and xb.shape == (16, 2)  # samples are saved from the first chunk
