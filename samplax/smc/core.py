@@ -39,7 +39,7 @@ Array = jax.Array
 PyTree = Any
 Mutation = Callable[[Array, PyTree, Array], Tuple[PyTree, Array]]
 
-__all__ = ["SMCState", "SMCInfo", "SMC", "smc", "run", "num_particles"]
+__all__ = ["SMCState", "SMCInfo", "SMC", "smc", "run", "num_particles", "check_ess_threshold"]
 
 
 class SMCState(NamedTuple):
@@ -100,6 +100,16 @@ def _init(particles: PyTree, log_weights: Optional[Array] = None) -> SMCState:
     return SMCState(particles, log_weights, log_Z, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
 
 
+def check_ess_threshold(ess_threshold, where: str = "") -> float:
+    """``ess_threshold`` as a float in [0, 1]; one ValueError naming it (prefixed by ``where``,
+    e.g. a solver's name) otherwise."""
+    if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float, np.floating, np.integer)) \
+            or not 0.0 <= float(ess_threshold) <= 1.0:
+        raise ValueError(f"{where + ': ' if where else ''}ess_threshold must be a float in [0, 1] (resample when "
+                         f"ESS / n falls below it; 1 = always resample, 0 = never), got {ess_threshold!r}")
+    return float(ess_threshold)
+
+
 def smc(mutation: Mutation, resampling: str = "systematic", ess_threshold: float = 0.5) -> SMC:
     """Build an adaptive SMC sampler.
 
@@ -113,11 +123,7 @@ def smc(mutation: Mutation, resampling: str = "systematic", ess_threshold: float
     if not callable(mutation):
         raise ValueError(f"mutation must be callable (key, particles, t) -> (particles, log_increment), got {mutation!r}")
     resample_fn: ResampleFn = get_resampling(resampling)
-    if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float, np.floating, np.integer)) \
-            or not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be a float in [0, 1] (1 = always resample, 0 = never), "
-                         f"got {ess_threshold!r}")
-    threshold = float(ess_threshold)
+    threshold = check_ess_threshold(ess_threshold)
 
     def step(key: Array, state: SMCState) -> Tuple[SMCState, SMCInfo]:
         n = state.log_weights.shape[0]

@@ -28,7 +28,8 @@ from samplax.smc.resampling import get_resampling
 
 Array = jax.Array
 
-__all__ = ["Kernel", "DiffusionSMCInfo", "diffusion_smc", "check_particle_layout"]
+__all__ = ["Kernel", "DiffusionSMCInfo", "diffusion_smc", "check_particle_layout", "check_num_particles",
+           "one_per_group"]
 
 
 class Kernel(NamedTuple):
@@ -55,10 +56,18 @@ class DiffusionSMCInfo(NamedTuple):
     log_weights: Array         # (G, P) final normalised log-weights (before the final resampling)
 
 
+def check_num_particles(num_particles, name: str = "num_particles", where: str = "") -> int:
+    """A positive int (particles per SMC group); one ValueError naming ``name`` (prefixed by
+    ``where``, e.g. a solver's name) otherwise."""
+    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
+        raise ValueError(f"{where + ': ' if where else ''}{name} must be a positive int (particles per SMC group), "
+                         f"got {num_particles!r}")
+    return int(num_particles)
+
+
 def check_particle_layout(batch: int, num_particles, index_offset=0) -> int:
     """The number of groups G = batch / num_particles; ValueError naming the argument otherwise."""
-    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    check_num_particles(num_particles)
     if batch % int(num_particles):
         raise ValueError(f"num_particles: the batch ({batch} samples) must be a whole number of groups of "
                          f"num_particles = {num_particles} particles; allowed: a divisor of the batch")
@@ -120,3 +129,13 @@ def diffusion_smc(kernel: Kernel, models: Any, x_T: Array, grid, key: Array, *, 
     info = DiffusionSMCInfo(log_Z=log_Z, ess=ess.T, resampled=resampled.T, first_invalid_step=first_bad,
                             log_weights=log_w)
     return out.reshape(x_T.shape), info
+
+
+def one_per_group(key, x, log_weights) -> jnp.ndarray:
+    """One draw per SMC group from its weighted particles: x (G * P, ...) returned by
+    ``diffusion_smc(..., final_resample=False)``, log_weights (G, P) = info.log_weights -> (G, ...).
+    The G draws are independent (groups are), so i.i.d.-sample tests apply to them; the P particles
+    of one group are not."""
+    G, P = log_weights.shape
+    idx = jax.random.categorical(key, log_weights, axis=-1)
+    return x.reshape((G, P) + x.shape[1:])[jnp.arange(G), idx]

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.smc.diffusion import Kernel
+from samplax.smc.diffusion import Kernel, one_per_group  # noqa: F401  (re-exported: post.one_per_group)
 
 __all__ = ["LinearMeasurement", "measurement", "inpainting_matrix", "random_projection_matrix",
            "simulate_measurement", "log_likelihood", "PosteriorMixture", "posterior_mixture",
@@ -449,16 +449,6 @@ def tds_kernel(twist: str = "noise", data_var: Optional[float] = None, correct: 
         return x_next, (lp_next, x0_next, g_next), inc
 
     return Kernel(init, step_fn, f"tds_{twist}" + ("" if correct else "_uncorrected"))
-
-
-def one_per_group(key, x, log_weights) -> jnp.ndarray:
-    """One draw per SMC group from its weighted particles: x (G * P, ...) returned by
-    ``diffusion_smc(..., final_resample=False)``, log_weights (G, P) = info.log_weights -> (G, ...).
-    The G draws are independent (groups are), so i.i.d.-sample tests apply to them; the P particles
-    of one group (or the first output of a systematic resampling, whose indices are sorted) are not."""
-    G, P = log_weights.shape
-    idx = jax.random.categorical(key, log_weights, axis=-1)
-    return x.reshape((G, P) + x.shape[1:])[jnp.arange(G), idx]
 
 
 # --------------------------------------------------------------------------------------------

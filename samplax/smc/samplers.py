@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax.numpy as jnp
-import numpy as np
 
-from samplax.smc.diffusion import DiffusionSMCInfo, Kernel, diffusion_smc
+from samplax.smc.core import check_ess_threshold
+from samplax.smc.diffusion import DiffusionSMCInfo, Kernel, check_num_particles, diffusion_smc
 from samplax.smc.resampling import get_resampling
 from samplax.solvers.base import SampleInfo, SMCSpec, Solver, fixed_orders
 
@@ -28,14 +28,11 @@ __all__ = ["smc_solver", "check_smc_options"]
 
 
 def check_smc_options(name: str, num_particles, resampling, ess_threshold) -> None:
-    """One clear ValueError for each shared option of a particle sampler."""
-    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)) or num_particles < 1:
-        raise ValueError(f"{name}: particles must be an int >= 1 (particles per SMC group), got {num_particles!r}")
+    """One clear ValueError for each shared option of a particle sampler (the driver's own checks,
+    naming the factory's options)."""
+    check_num_particles(num_particles, "particles", name)
     get_resampling(resampling)  # ValueError naming the allowed schemes
-    if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"{name}: ess_threshold must be a float in [0, 1] (resample when ESS / particles falls "
-                         f"below it; 1 = every step, 0 = never), got {ess_threshold!r}")
+    check_ess_threshold(ess_threshold, name)
 
 
 def _sample_info(info: DiffusionSMCInfo, x: jnp.ndarray, n_steps: int) -> SampleInfo:

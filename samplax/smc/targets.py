@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.metrics import gmm_assignment_probs, projections, sliced_wasserstein2_host
+from samplax.metrics import gmm_assign_components, gmm_assignment_probs, projections, sliced_wasserstein2_host
 
 __all__ = ["MixtureTarget", "target_metrics", "label_chi_square", "LabelledMixtureTarget", "GridTarget",
            "product_mixture", "product_target", "annealed_gaussian_target", "tempered_mixture_target",
@@ -68,8 +68,7 @@ class MixtureTarget:
         return self.gmm.covariance()
 
     def label(self, x):
-        x = jnp.asarray(x, self.gmm.means.dtype)
-        return jnp.argmax(self.gmm.component_log_posterior(x, 0.0), axis=-1).astype(jnp.int32)
+        return gmm_assign_components(jnp.asarray(x, self.gmm.means.dtype), self.gmm).astype(jnp.int32)
 
     def label_probs(self):
         if self._probs is None:
@@ -337,7 +336,7 @@ def _gmm_box(gmm, pad: float = 7.0):
 
 def _component_label_fn(gmm):
     def fn(x):
-        return jnp.argmax(gmm.component_log_posterior(x.astype(gmm.means.dtype), 0.0), axis=-1)
+        return gmm_assign_components(x.astype(gmm.means.dtype), gmm)
     return fn
 
 
