@@ -268,6 +268,21 @@ def load_model(model_cfg: dict, dtype) -> LoadedModel:
     return _load(model_cfg, dtype)
 
 
+def label_conditioner(loaded: LoadedModel):
+    """``conditional(model, label)`` for samplers whose target needs the conditional score
+    (classifier-free-guidance and product targets of samplax.smc): the analytic mixtures condition
+    on their component labels (the model's apply is kept, so a probe on it counts both models'
+    evaluations); None for models without that structure (trained networks, user models)."""
+    if loaded.gmm is None or loaded.trained is not None or loaded.user is not None:
+        return None
+
+    def conditional(model, label):
+        gmm, _, schedule = model.params
+        return model.replace(params=(gmm, jnp.asarray(label, jnp.int32), schedule))
+
+    return conditional
+
+
 def _load(m: dict, dtype) -> LoadedModel:
     name = m["name"]
     if m.get("factory"):

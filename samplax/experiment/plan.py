@@ -203,7 +203,7 @@ def _check_particles(cfg: dict, loaded, name: str, solver) -> None:
                                                f"multiple of it, got {cfg['chunk_size']}")
     if cfg["grid"]["end"] == "denoise":
         raise ConfigError("config.grid.end", f"{name} ends its own last step; allowed: 'zero' or 't_min'")
-    if spec.needs_conditional and (loaded.gmm is None or loaded.trained is not None or loaded.user is not None):
+    if spec.needs_conditional and loading.label_conditioner(loaded) is None:
         raise ConfigError("config.model.name", f"{name} needs the conditional and unconditional scores of a "
                                                f"model with labels; allowed: the analytic problems "
                                                f"{sorted(registry.MODELS)}")

@@ -330,7 +330,7 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
     models = [loaded.model.replace(apply=nfe_probe(loaded.model.apply, _probe_name(j))) for j in range(n_parts)]
     adaptive = solver is not None and is_adaptive(solver)
     smc_spec = getattr(solver, "smc", None)
-    conditional = _conditional(loaded) if smc_spec is not None else None
+    conditional = loading.label_conditioner(loaded) if smc_spec is not None else None
 
     def member(model, grid, seed, x_T, idx, offset, valid):
         k_solver = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
@@ -389,21 +389,6 @@ def _build_program(solver, loaded, n_parts: int, n_heads: int, chunk: int, mesh,
         return outs
 
     return jax.jit(program, out_shardings=devices.replicated(mesh))
-
-
-def _conditional(loaded):
-    """``conditional(model, label)`` for particle samplers whose target needs the conditional
-    score (classifier-free-guidance targets): the analytic mixtures condition on their
-    component labels (the probed apply is kept, so the NFE count sees both models); None for
-    other models."""
-    if loaded.gmm is None or loaded.trained is not None or loaded.user is not None:
-        return None
-
-    def conditional(model, label):
-        gmm, _, schedule = model.params
-        return model.replace(params=(gmm, jnp.asarray(label, jnp.int32), schedule))
-
-    return conditional
 
 
 # ---------------------------------------------------------------------------------------
@@ -646,15 +631,13 @@ def run_group(ctx: _Context, specs: list, progress: Optional[Progress] = None) -
         x_head = np.asarray(head[g], np.float64)
         if loaded.gmm is not None:  # the exact model (or a network trained on its samples)
             exact_ode = loaded.info.get("exact_schedule", True)  # same schedule: the exact PF-ODE solution
-            metrics = dict(
+            # particle samplers sample another target: no ODE solution to compare with (no mean_l2)
+            metrics = {} if smc_spec is not None else dict(
                 mean_l2=_mean_l2(ctx, loaded, s, x_head[:n_l2], np.asarray(head_x_T[g][:n_l2], np.float64))
-                if exact_ode and smc_spec is None else None,
-                sw2=_sw2(ctx, loaded, s, x_head[:n_sw]),
-                mean_log_density=float(logp_sum[g] / n) if all_finite else None,
-            )
+                if exact_ode else None)
+            metrics.update(sw2=_sw2(ctx, loaded, s, x_head[:n_sw]),
+                           mean_log_density=float(logp_sum[g] / n) if all_finite else None)
             reference = _reference_metrics(ctx, loaded, s, n_sw)
-            if smc_spec is not None:  # particle samplers sample another target: no ODE solution to compare with
-                metrics.pop("mean_l2")
         else:  # a trained network on data without an analytic model
             metrics, reference = _data_metrics(ctx, loaded, s, x_head[:n_sw])
         orders, apriori = ran[k]
