@@ -98,8 +98,15 @@ def autoguided(base: str = "dpm_solver_pp", order: Optional[int] = None, scale: 
 
 
 def _flatten(params) -> dict:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-    return {"p/" + jax.tree_util.keystr(path): np.asarray(v) for path, v in leaves}
+    """Flax parameters -> {"p/params/Dense_0/kernel": array, ...} (the runner stores stats as flat npz)."""
+    from flax.traverse_util import flatten_dict
+    return {"p/" + k: np.asarray(v) for k, v in flatten_dict(params, sep="/").items()}
+
+
+def _unflatten(stats: dict):
+    """The inverse of :func:`_flatten` (no template needed: the keys carry the structure)."""
+    from flax.traverse_util import unflatten_dict
+    return unflatten_dict({k[2:]: jnp.asarray(v) for k, v in stats.items() if k.startswith("p/")}, sep="/")
 
 
 def minority(base: str = "dpm_solver_pp", order: Optional[int] = None, strength: float = 1.0, levels: int = 10,
@@ -136,16 +143,11 @@ def minority(base: str = "dpm_solver_pp", order: Optional[int] = None, strength:
         return out
 
     def bind(stats) -> Solver:
-        leaves = {k: v for k, v in stats.items() if k.startswith("p/")}
-        if not leaves:
+        params = _unflatten(stats)
+        if not params:
             raise ValueError("stats: no classifier parameters; allowed: the dict minority's prepare returns")
 
         def wrap(model):
-            x_dim = int(np.asarray(leaves[_first_kernel(leaves)]).shape[0]) - module.embed_dim
-            ref = module.init(jax.random.PRNGKey(0), jnp.zeros((1, x_dim), jnp.float32), jnp.zeros((1,)))
-            flat, tree = jax.tree_util.tree_flatten_with_path(ref)
-            params = jax.tree_util.tree_unflatten(tree, [jnp.asarray(leaves["p/" + jax.tree_util.keystr(p)])
-                                                         for p, _ in flat])
             return minority_guidance(model, minority_classifier_apply(module, model.schedule), params, w,
                                      target_level)
 
@@ -156,14 +158,6 @@ def minority(base: str = "dpm_solver_pp", order: Optional[int] = None, strength:
                          "prepared; allowed: samplax.solvers.prepare_solver(solver, model, data) first")
 
     return b._replace(name=name, init=unprepared, step=unprepared, table=None, prepare=prepare, bind=bind)
-
-
-def _first_kernel(leaves: dict) -> str:
-    """The first Dense layer's kernel (its input width is the data dimension + the embedding)."""
-    keys = sorted(k for k in leaves if "Dense_0" in k and "kernel" in k)
-    if not keys:
-        raise ValueError("stats: the classifier's first layer is missing; allowed: the dict minority's prepare returns")
-    return keys[0]
 
 
 # options that only change bind(), not the trained classifier: rows differing in them share one
