@@ -1,0 +1,297 @@
+"""Learnable sampler distillation (LSD / LSD+) for masked diffusion samplers.
+
+Fu, Guo, Liu, "Learnable Sampler Distillation for Discrete Diffusion Models" (NeurIPS 2025,
+arXiv:2509.19962).  A few-step student sampler gets one learnable coefficient Phi(t_k) per step
+that multiplies the concrete score in its Euler/tau-leaping update (paper Eq. 5, Algorithm 1);
+the coefficients are fitted so that the student's intermediate scores match those of a many-step
+teacher sampler run with the same randomness (Eq. 6, Algorithm 2).  LSD+ also learns the step
+sizes kappa_k, tau_k = T - sum_{l<=k} kappa_l (Eq. 7), by matching the "effective transition
+term" step size x score of student and teacher (Eq. 8).
+
+Masked (absorbing) diffusion form used here.  For a masked position the concrete score of the
+jump MASK -> v is alpha_t / (1 - alpha_t) * p_theta(v | x_t) (RADD), so Eq. 5's coefficient
+scales the probability of leaving the mask in a step and leaves the token distribution alone:
+with the MDLM ancestral reveal probability u_k = (alpha(t_{k+1}) - alpha(t_k)) / (1 - alpha(t_k)),
+the LSD step reveals a masked position with probability clip(Phi_k u_k, 0, 1) and draws its token
+from p_theta(. | x_{t_k}); the last step reveals everything (the paper's last step drops the
+mask column).  Phi = 1 is the ancestral sampler itself.  (The official code multiplies the
+network's log-score output instead, i.e. a per-step power of the score; we follow the paper's
+Eq. 5.)
+
+Training (``distill``): the teacher is the ancestral sampler with N = ``teacher_steps`` uniform
+steps on the same schedule, the student's grid a subsequence of it.  "Same randomness" is a
+coupling that leaves both samplers' laws unchanged: trajectory r draws one uniform U_i per
+position and one Gumbel vector G_i per position; a position is revealed at the first step whose
+cumulative reveal probability exceeds U_i, with token argmax(log p_i + G_i).  At Phi = 1 the
+teacher and the student then have identical masks at the shared times, and differ only through
+the tokens revealed.  The per-step loss is Eq. 6 with d = squared error averaged over positions
+and tokens, on the masked-position scores p_theta (the common factor alpha/(1-alpha) is dropped:
+each Phi_k appears only in its own term, so the minimiser is unchanged):
+
+    L_k(Phi_k) = E_r || m*_k p*_k - Phi_k m_k p_k ||^2 / L,
+
+gradient through the explicit Phi_k only (the states are sampled, non-differentiable: Algorithm
+2).  LSD+ adds Eq. 8 in the same form with the step's transition mass: student
+e_k = clip(Phi_k u_k(tau)) m_k p_k at tau_k versus the teacher's mass over the same interval of
+its grid, e*_k = sum of u*_j m*_j p*_j over its fine steps j in [t_k, t_{k+1}); the step sizes are
+kappa = T softmax(theta) (positive, summing to T = 1: a deviation from the paper's free kappa,
+which we make so that the grid always ends at t = 0).  Not implemented: the relaxed objective
+(Eq. 9-10, a Hamming-perturbed student start), which has no content when the start is all MASK.
+
+Cost of the learned sampler: ``steps`` model calls per sample, exactly like ancestral.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from samplax.discrete.base import DecodeInfo, DiscreteSampler, categorical
+
+Array = jnp.ndarray
+
+_SCHEDULES = ("linear", "cosine", "poly2")
+
+
+def _alpha(schedule: str, t):
+    """alpha(t), probability of being unmasked at t (t = 1 all masked)."""
+    if schedule == "linear":
+        return 1.0 - t
+    if schedule == "cosine":
+        return jnp.cos(0.5 * jnp.pi * t)
+    return 1.0 - t ** 2
+
+
+class LSDParams(NamedTuple):
+    coefficients: Array   # float[M], Phi_k (1 = ancestral)
+    times: Array          # float[M + 1], t_0 = 1 > ... > t_M = 0
+
+
+def uniform_times(steps: int) -> np.ndarray:
+    return np.linspace(1.0, 0.0, steps + 1)
+
+
+def identity_params(steps: int) -> LSDParams:
+    return LSDParams(coefficients=jnp.ones(steps), times=jnp.asarray(uniform_times(steps)))
+
+
+def reveal_probabilities(params: LSDParams, schedule: str = "linear") -> Array:
+    """Per-step probability that a still-masked position is revealed: clip(Phi_k u_k, 0, 1), the
+    last one 1 (Eq. 5 in masked form)."""
+    a = _alpha(schedule, params.times)
+    u = (a[1:] - a[:-1]) / jnp.maximum(1.0 - a[:-1], 1e-12)
+    u = jnp.clip(params.coefficients * u, 0.0, 1.0)
+    return u.at[-1].set(1.0)
+
+
+# ----------------------------------------------------------------------------- sampler
+
+def _parse_floats(name: str, text: str):
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise ValueError(f"lsd: {name} must be comma-separated numbers, got {text!r}") from None
+
+
+def load_params(path: str) -> tuple[LSDParams, dict]:
+    """Read a coefficients file written by :func:`save_params` (JSON: coefficients, times, meta)."""
+    if not os.path.exists(path):
+        raise ValueError(f"lsd: coefficients_file {path!r} does not exist")
+    with open(path) as f:
+        data = json.load(f)
+    if "coefficients" not in data or "times" not in data:
+        raise ValueError(f"lsd: coefficients_file {path!r} needs the keys 'coefficients' and 'times'")
+    return (LSDParams(jnp.asarray(data["coefficients"], jnp.float32), jnp.asarray(data["times"], jnp.float32)),
+            data.get("meta", {}))
+
+
+def save_params(path: str, params: LSDParams, meta: Optional[dict] = None) -> None:
+    data = {"coefficients": [float(c) for c in np.asarray(params.coefficients)],
+            "times": [float(t) for t in np.asarray(params.times)], "meta": meta or {}}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _check_params(steps, coefficients, times):
+    if coefficients.shape != (steps,):
+        raise ValueError(f"lsd: coefficients must have one value per step ({steps}), got {coefficients.shape[0]}")
+    if times.shape != (steps + 1,):
+        raise ValueError(f"lsd: times must have steps + 1 = {steps + 1} values, got {times.shape[0]}")
+    if not np.all(coefficients >= 0) or not np.all(np.isfinite(coefficients)):
+        raise ValueError("lsd: coefficients must be finite and >= 0")
+    if not (abs(times[0] - 1.0) < 1e-6 and abs(times[-1]) < 1e-6 and np.all(np.diff(times) < 0)):
+        raise ValueError("lsd: times must decrease strictly from 1 to 0")
+
+
+def lsd(steps: int, coefficients: str = "", times: str = "", coefficients_file: str = "",
+        schedule: Literal["linear", "cosine", "poly2"] = "linear",
+        precision: Literal["high", "float64", "float32"] = "high") -> DiscreteSampler:
+    """The LSD student sampler (Algorithm 1) with learned per-step coefficients Phi_k and, for
+    LSD+, a learned time grid.  ``coefficients``/``times``: comma-separated values, or
+    ``coefficients_file``: a JSON file from :func:`save_params` (not both); neither = Phi = 1 on
+    the uniform grid, i.e. the MDLM ancestral sampler.  NFE = steps per sample."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"lsd: steps must be an integer >= 1, got {steps!r}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"lsd: schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    if precision not in ("high", "float64", "float32"):
+        raise ValueError(f"lsd: precision must be 'high', 'float64' or 'float32', got {precision!r}")
+    if coefficients_file and (coefficients or times):
+        raise ValueError("lsd: give coefficients_file or coefficients/times, not both")
+    if coefficients_file:
+        params, meta = load_params(coefficients_file)
+        if meta.get("schedule", schedule) != schedule:
+            raise ValueError(f"lsd: schedule {schedule!r} differs from the file's {meta['schedule']!r}")
+        coef, grid = np.asarray(params.coefficients, np.float64), np.asarray(params.times, np.float64)
+    else:
+        coef = np.asarray(_parse_floats("coefficients", coefficients), np.float64) if coefficients else np.ones(steps)
+        grid = np.asarray(_parse_floats("times", times), np.float64) if times else uniform_times(steps)
+    _check_params(steps, coef, grid)
+    params = LSDParams(jnp.asarray(coef, jnp.float32), jnp.asarray(grid, jnp.float32))
+    run = make_run(params, schedule, precision)
+    options = dict(steps=steps, coefficients=coefficients, times=times,
+                   coefficients_file=coefficients_file, schedule=schedule, precision=precision)
+    return DiscreteSampler(name="lsd", run=run, options=options, extra_calls=False,
+                           max_calls=lambda length: steps)
+
+
+def make_run(params: LSDParams, schedule: str = "linear", precision: str = "high"):
+    """run(model, x, keys) of the student sampler with the given parameters (traceable)."""
+    def run(model, x, keys):
+        x = jnp.asarray(x, jnp.int32)
+        mask_id = model.vocab_size
+        u = reveal_probabilities(params, schedule)
+        steps = u.shape[0]
+
+        def body(c, k):
+            x, nfe, n_steps, nonfinite = c
+            active = jnp.any(x == mask_id, axis=-1)
+            t = jnp.full((x.shape[0],), params.times[k], jnp.float32)
+            logp = model(x, t)
+            bad = active & ~jnp.all(jnp.isfinite(logp), axis=(-2, -1)) & (nonfinite < 0)
+            nonfinite = jnp.where(bad, k.astype(jnp.int32), nonfinite)
+
+            def one(xb, lp, key):
+                kr, kt = jax.random.split(jax.random.fold_in(key, k))
+                reveal = (xb == mask_id) & (jax.random.uniform(kr, xb.shape) < u[k])
+                tok = categorical(kt, lp, precision)
+                return jnp.where(reveal, tok, xb)
+
+            x = jax.vmap(one)(x, logp, keys)
+            return (x, nfe + active.astype(jnp.int32), n_steps + active.astype(jnp.int32), nonfinite), None
+
+        b = x.shape[0]
+        init = (x, jnp.zeros(b, jnp.int32), jnp.zeros(b, jnp.int32), jnp.full(b, -1, jnp.int32))
+        (x, nfe, n_steps, nonfinite), _ = jax.lax.scan(body, init, jnp.arange(steps, dtype=jnp.int32))
+        return x, DecodeInfo(nfe=nfe, steps=n_steps, nonfinite_step=nonfinite)
+    return run
+
+
+# ----------------------------------------------------------------------------- distillation
+
+def _coupled_path(model, length, cum, times, U, G, record):
+    """Run the coupled sampler on R trajectories: position i is revealed at the first step k
+    with U_i < cum[k] (cum: float[K], cumulative reveal probability after step k), token
+    argmax(log p_i + G_i).  Returns the masked-position scores m_k * p_k at the steps in
+    ``record`` (float[len(record), R, L, V]) and the final states."""
+    mask_id = model.vocab_size
+    R = U.shape[0]
+    x0 = jnp.full((R, length), mask_id, jnp.int32)
+
+    def body(x, k):
+        logp = model(x, jnp.full((R,), times[k], jnp.float32))
+        m = (x == mask_id)
+        score = jnp.where(m[..., None], jnp.exp(logp), 0.0)
+        tok = jnp.argmax(logp + G, axis=-1).astype(jnp.int32)
+        x = jnp.where(m & (U < cum[k]), tok, x)
+        return x, score
+
+    x, scores = jax.lax.scan(body, x0, jnp.arange(cum.shape[0]))
+    return scores[jnp.asarray(record)], x
+
+
+def _cum_reveal(u):
+    return 1.0 - jnp.cumprod(1.0 - u)
+
+
+class DistillResult(NamedTuple):
+    params: LSDParams
+    loss_history: np.ndarray
+    teacher_final: Array     # int32[R, L] the teacher's samples on the training randomness
+
+
+def distill(model, steps: int, teacher_steps: int, key, n_traj: int = 256, iterations: int = 100,
+            learning_rate: float = 0.05, learn_times: bool = False, schedule: str = "linear") -> DistillResult:
+    """Fit LSD (learn_times=False) or LSD+ (learn_times=True) parameters by Algorithm 2 with
+    optax Adam.  The teacher's targets are computed once (n_traj coupled trajectories, N model
+    calls each); every iteration re-runs the student (M calls per trajectory, batched) with the
+    same randomness.  Cost: teacher_steps + iterations * steps batched model calls."""
+    if teacher_steps % steps != 0:
+        raise ValueError(f"distill: teacher_steps ({teacher_steps}) must be a multiple of steps ({steps})")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"distill: schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    L, V = model.length, model.vocab_size
+    r = teacher_steps // steps
+    kU, kG = jax.random.split(key)
+    U = jax.random.uniform(kU, (n_traj, L))
+    G = jax.random.gumbel(kG, (n_traj, L, V))
+    tparams = identity_params(teacher_steps)
+    u_t = reveal_probabilities(tparams, schedule)
+    t_scores, t_final = _coupled_path(model, L, _cum_reveal(u_t), tparams.times, U, G,
+                                      np.arange(teacher_steps))
+    target = t_scores[::r]                                             # [M, R, L, V] at t_k
+    # teacher's transition mass over each student interval (LSD+, Eq. 8)
+    mass = t_scores * u_t[:, None, None, None]
+    target_mass = mass.reshape((steps, r) + mass.shape[1:]).sum(axis=1)
+
+    def unpack(theta):
+        coef = theta["coef"]
+        if learn_times:
+            kappa = jax.nn.softmax(theta["logits"])
+            times = jnp.concatenate([jnp.ones(1), 1.0 - jnp.cumsum(kappa)])
+            times = times.at[-1].set(0.0)
+        else:
+            times = jnp.asarray(uniform_times(steps), coef.dtype)
+        return LSDParams(coef, times)
+
+    def loss_fn(theta):
+        p = unpack(theta)
+        u = reveal_probabilities(p, schedule)
+        sg = jax.lax.stop_gradient
+        s_scores, _ = _coupled_path(model, L, sg(_cum_reveal(u)), sg(p.times), U, G, np.arange(steps))
+        s_scores = sg(s_scores)
+        coef_loss = jnp.sum(jnp.mean((target - p.coefficients[:, None, None, None] * s_scores) ** 2,
+                                     axis=(1, 2, 3))) * V
+        if not learn_times:
+            return coef_loss
+        eff = u[:, None, None, None] * s_scores
+        return coef_loss + jnp.sum(jnp.mean((target_mass - eff) ** 2, axis=(1, 2, 3))) * V
+
+    theta = {"coef": jnp.ones(steps)}
+    if learn_times:
+        theta["logits"] = jnp.zeros(steps)
+    opt = optax.adam(learning_rate)
+    state = opt.init(theta)
+
+    @jax.jit
+    def update(theta, state):
+        loss, g = jax.value_and_grad(loss_fn)(theta)
+        upd, state = opt.update(g, state, theta)
+        theta = optax.apply_updates(theta, upd)
+        theta["coef"] = jnp.maximum(theta["coef"], 0.0)
+        return theta, state, loss
+
+    hist = []
+    for _ in range(iterations):
+        theta, state, loss = update(theta, state)
+        hist.append(float(loss))
+    final_loss = float(jax.jit(loss_fn)(theta))
+    hist.append(final_loss)
+    return DistillResult(unpack(theta), np.asarray(hist), t_final)
