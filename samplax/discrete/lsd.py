@@ -221,58 +221,98 @@ def _cum_reveal(u):
     return 1.0 - jnp.cumprod(1.0 - u)
 
 
+def step_distribution(u: Array) -> Array:
+    """P(a position still masked at the start is revealed at step k), k = 0..M-1: u_k prod_{j<k}
+    (1 - u_j) (sums to 1 when the last u is 1)."""
+    surv = jnp.concatenate([jnp.ones(1, u.dtype), jnp.cumprod(1.0 - u)[:-1]])
+    return surv * u
+
+
+def pattern_log_likelihood(model, x: Array, patterns: Array, times: Array) -> Array:
+    """log Q_a(x) = sum_k sum_{i: a_i = k} log p_theta(x_i | x revealed where a_j < k, t_k): the
+    probability that the M-step sampler produces x given that position i is revealed at step a_i.
+    x int32[B, L], patterns int32[B, S, L] -> float[B, S].  M batched model calls of B S rows."""
+    mask_id = model.vocab_size
+    B, S, L = patterns.shape
+    xs = jnp.broadcast_to(x[:, None, :], (B, S, L))
+
+    def one(k):
+        z = jnp.where(patterns < k, xs, mask_id).reshape(B * S, L)
+        logp = model(z, jnp.full((B * S,), times[k], jnp.float32)).reshape(B, S, L, -1)
+        tok = jnp.take_along_axis(logp, xs[..., None], -1)[..., 0]
+        return jnp.sum(jnp.where(patterns == k, tok, 0.0), axis=-1)
+
+    return sum(one(k) for k in range(int(times.shape[0]) - 1))
+
+
+def exact_distribution(model, params: LSDParams, schedule: str = "linear") -> Array:
+    """The exact output distribution of the LSD sampler from the all-MASK start, by enumerating
+    every sequence (V^L) and every reveal pattern (M^L): q(x) = sum_a P_u(a) Q_a(x).  Only for
+    tiny problems (V^L M^L model rows).  Returns float[V^L] in sequence_index order (base V,
+    first token most significant)."""
+    import itertools
+    L, V = model.length, model.vocab_size
+    M = int(params.coefficients.shape[0])
+    xs = jnp.asarray(np.array(list(itertools.product(range(V), repeat=L))), jnp.int32)
+    pats = jnp.asarray(np.array(list(itertools.product(range(M), repeat=L))), jnp.int32)
+    logq = pattern_log_likelihood(model, xs, jnp.broadcast_to(pats[None], (xs.shape[0],) + pats.shape),
+                                  params.times)
+    logw = jnp.sum(jnp.log(step_distribution(reveal_probabilities(params, schedule)))[pats], axis=-1)
+    return jnp.exp(jax.scipy.special.logsumexp(logq + logw[None], axis=-1))
+
+
 class DistillResult(NamedTuple):
     params: LSDParams
     loss_history: np.ndarray
-    teacher_final: Array     # int32[R, L] the teacher's samples on the training randomness
+    teacher_samples: Array     # int32[R, L] the teacher's samples used for training
 
 
-def distill(model, steps: int, teacher_steps: int, key, n_traj: int = 256, iterations: int = 100,
-            learning_rate: float = 0.05, learn_times: bool = False, schedule: str = "linear") -> DistillResult:
-    """Fit LSD (learn_times=False) or LSD+ (learn_times=True) parameters by Algorithm 2 with
-    optax Adam.  The teacher's targets are computed once (n_traj coupled trajectories, N model
-    calls each); every iteration re-runs the student (M calls per trajectory, batched) with the
-    same randomness.  Cost: teacher_steps + iterations * steps batched model calls."""
-    if teacher_steps % steps != 0:
-        raise ValueError(f"distill: teacher_steps ({teacher_steps}) must be a multiple of steps ({steps})")
+_OBJECTIVES = ("score", "likelihood")
+
+
+def distill(model, steps: int, teacher_steps: int, key, objective: str = "likelihood",
+            learn_times: bool = False, n_traj: int = 256, iterations: int = 100,
+            learning_rate: float = 0.05, patterns: int = 32, rounds: int = 4,
+            schedule: str = "linear") -> DistillResult:
+    """Fit LSD (learn_times=False) or LSD+ (learn_times=True) parameters with optax Adam.
+
+    objective="score": the paper's Algorithm 2 (Eq. 6, plus Eq. 8 for LSD+) on coupled
+    student/teacher trajectories (module docstring).  The teacher's targets are computed once
+    (n_traj trajectories, N calls each); each iteration re-runs the student (M batched calls).
+
+    objective="likelihood" (ours, not in the paper): minimise the cross-entropy of the teacher's
+    samples under the student's output law, E_{x ~ teacher}[-log q_Phi(x)], with
+    q_Phi(x) = sum_a P_u(a) Q_a(x) (reveal patterns a, Q_a from :func:`pattern_log_likelihood`)
+    estimated by importance sampling: in each of ``rounds`` rounds, ``patterns`` patterns per
+    teacher sample are drawn from the current u_r, their Q_a(x) computed once (M batched calls of
+    n_traj * patterns rows), and iterations / rounds Adam steps minimise
+    -mean_x log( mean_s Q_{a_s}(x) P_u(a_s) / P_{u_r}(a_s) ), an IWAE-type upper bound of the
+    cross-entropy, differentiable in Phi and the times through u.  For a time-dependent model the
+    model's time inputs are held at the round's grid (the gradient flows through the reveal
+    probabilities only).
+
+    Cost: teacher_steps batched calls (n_traj rows) + (score) iterations * steps calls of n_traj
+    rows, or (likelihood) rounds * steps calls of n_traj * patterns rows."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"distill: steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(teacher_steps, int) or teacher_steps < steps or teacher_steps % steps != 0:
+        raise ValueError(f"distill: teacher_steps must be a multiple of steps ({steps}), got {teacher_steps!r}")
+    if objective not in _OBJECTIVES:
+        raise ValueError(f"distill: objective must be one of {_OBJECTIVES}, got {objective!r}")
     if schedule not in _SCHEDULES:
         raise ValueError(f"distill: schedule must be one of {_SCHEDULES}, got {schedule!r}")
-    L, V = model.length, model.vocab_size
-    r = teacher_steps // steps
-    kU, kG = jax.random.split(key)
-    U = jax.random.uniform(kU, (n_traj, L))
-    G = jax.random.gumbel(kG, (n_traj, L, V))
-    tparams = identity_params(teacher_steps)
-    u_t = reveal_probabilities(tparams, schedule)
-    t_scores, t_final = _coupled_path(model, L, _cum_reveal(u_t), tparams.times, U, G,
-                                      np.arange(teacher_steps))
-    target = t_scores[::r]                                             # [M, R, L, V] at t_k
-    # teacher's transition mass over each student interval (LSD+, Eq. 8)
-    mass = t_scores * u_t[:, None, None, None]
-    target_mass = mass.reshape((steps, r) + mass.shape[1:]).sum(axis=1)
+    if rounds < 1 or iterations < rounds or patterns < 1 or n_traj < 1:
+        raise ValueError("distill: need rounds >= 1, iterations >= rounds, patterns >= 1, n_traj >= 1")
 
     def unpack(theta):
         coef = theta["coef"]
         if learn_times:
             kappa = jax.nn.softmax(theta["logits"])
-            times = jnp.concatenate([jnp.ones(1), 1.0 - jnp.cumsum(kappa)])
+            times = jnp.concatenate([jnp.ones(1, coef.dtype), 1.0 - jnp.cumsum(kappa)])
             times = times.at[-1].set(0.0)
         else:
             times = jnp.asarray(uniform_times(steps), coef.dtype)
         return LSDParams(coef, times)
-
-    def loss_fn(theta):
-        p = unpack(theta)
-        u = reveal_probabilities(p, schedule)
-        sg = jax.lax.stop_gradient
-        s_scores, _ = _coupled_path(model, L, sg(_cum_reveal(u)), sg(p.times), U, G, np.arange(steps))
-        s_scores = sg(s_scores)
-        coef_loss = jnp.sum(jnp.mean((target - p.coefficients[:, None, None, None] * s_scores) ** 2,
-                                     axis=(1, 2, 3))) * V
-        if not learn_times:
-            return coef_loss
-        eff = u[:, None, None, None] * s_scores
-        return coef_loss + jnp.sum(jnp.mean((target_mass - eff) ** 2, axis=(1, 2, 3))) * V
 
     theta = {"coef": jnp.ones(steps)}
     if learn_times:
@@ -280,18 +320,72 @@ def distill(model, steps: int, teacher_steps: int, key, n_traj: int = 256, itera
     opt = optax.adam(learning_rate)
     state = opt.init(theta)
 
-    @jax.jit
-    def update(theta, state):
-        loss, g = jax.value_and_grad(loss_fn)(theta)
-        upd, state = opt.update(g, state, theta)
-        theta = optax.apply_updates(theta, upd)
-        theta["coef"] = jnp.maximum(theta["coef"], 0.0)
-        return theta, state, loss
+    def make_update(loss_fn):
+        @jax.jit
+        def update(theta, state, *data):
+            loss, g = jax.value_and_grad(loss_fn)(theta, *data)
+            upd, state = opt.update(g, state, theta)
+            theta = optax.apply_updates(theta, upd)
+            theta = dict(theta, coef=jnp.maximum(theta["coef"], 0.0))
+            return theta, state, loss
+        return update
 
+    L, V = model.length, model.vocab_size
+    k_teacher, k_pat = jax.random.split(key)
     hist = []
-    for _ in range(iterations):
-        theta, state, loss = update(theta, state)
-        hist.append(float(loss))
-    final_loss = float(jax.jit(loss_fn)(theta))
-    hist.append(final_loss)
-    return DistillResult(unpack(theta), np.asarray(hist), t_final)
+    if objective == "score":
+        r = teacher_steps // steps
+        kU, kG = jax.random.split(k_teacher)
+        U = jax.random.uniform(kU, (n_traj, L))
+        G = jax.random.gumbel(kG, (n_traj, L, V))
+        tparams = identity_params(teacher_steps)
+        u_t = reveal_probabilities(tparams, schedule)
+        t_scores, t_final = _coupled_path(model, L, _cum_reveal(u_t), tparams.times, U, G,
+                                          np.arange(teacher_steps))
+        target = t_scores[::r]                                             # [M, R, L, V] at t_k
+        mass = t_scores * u_t[:, None, None, None]
+        target_mass = mass.reshape((steps, r) + mass.shape[1:]).sum(axis=1)
+
+        def loss_fn(theta):
+            p = unpack(theta)
+            u = reveal_probabilities(p, schedule)
+            sg = jax.lax.stop_gradient
+            s_scores, _ = _coupled_path(model, L, sg(_cum_reveal(u)), sg(p.times), U, G, np.arange(steps))
+            s_scores = sg(s_scores)
+            loss = jnp.sum(jnp.mean((target - p.coefficients[:, None, None, None] * s_scores) ** 2,
+                                    axis=(1, 2, 3))) * V
+            if learn_times:
+                eff = u[:, None, None, None] * s_scores
+                loss = loss + jnp.sum(jnp.mean((target_mass - eff) ** 2, axis=(1, 2, 3))) * V
+            return loss
+
+        update = make_update(loss_fn)
+        for _ in range(iterations):
+            theta, state, loss = update(theta, state)
+            hist.append(float(loss))
+        hist.append(float(jax.jit(loss_fn)(theta)))
+        return DistillResult(unpack(theta), np.asarray(hist), t_final)
+
+    teacher = make_run(identity_params(teacher_steps), schedule)
+    keys = jax.vmap(lambda i: jax.random.fold_in(k_teacher, i))(jnp.arange(n_traj))
+    x_t, _ = jax.jit(lambda k: teacher(model, jnp.full((n_traj, L), model.vocab_size, jnp.int32), k))(keys)
+
+    def loss_fn(theta, pats, logq, logp_round):
+        p = unpack(theta)
+        logpk = jnp.log(step_distribution(reveal_probabilities(p, schedule)) + 1e-30)
+        logw = jnp.sum(logpk[pats], axis=-1) - logp_round                     # [R, S]
+        return -jnp.mean(jax.scipy.special.logsumexp(logq + logw, axis=-1) - jnp.log(pats.shape[1]))
+
+    update = make_update(loss_fn)
+    per_round = iterations // rounds
+    for rnd in range(rounds):
+        p = unpack(theta)
+        pk = step_distribution(reveal_probabilities(p, schedule))
+        pats = jax.random.categorical(jax.random.fold_in(k_pat, rnd), jnp.log(pk + 1e-30),
+                                      shape=(n_traj, patterns, L)).astype(jnp.int32)
+        logq = jax.jit(lambda x, a, t: pattern_log_likelihood(model, x, a, t))(x_t, pats, p.times)
+        logp_round = jnp.sum(jnp.log(pk + 1e-30)[pats], axis=-1)
+        for _ in range(per_round):
+            theta, state, loss = update(theta, state, pats, logq, logp_round)
+            hist.append(float(loss))
+    return DistillResult(unpack(theta), np.asarray(hist), x_t)
