@@ -49,7 +49,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from samplax.discrete.base import DecodeInfo, DiscreteSampler, categorical, entropy
+from samplax.discrete.base import (DecodeInfo, DiscreteSampler, categorical, check_int, check_precision, entropy,
+                                   gumbel, mask_schedule)
 
 Array = jnp.ndarray
 
@@ -91,33 +92,66 @@ def sampled_scores(logp: Array, next_logp: Array, cand_masked: Array, positions:
     return -cost_weight * entropy(logp)[positions] - masked_mean_entropy(next_logp, cand_masked)
 
 
-def info_gain(candidates: int = 8, position_temperature: float = 0.2,
-              mode: Literal["sampled", "expected"] = "sampled", cost_weight: float = 1.0,
-              precision: Literal["high", "float64", "float32"] = "high") -> DiscreteSampler:
-    """Info-Gain Sampler (arXiv:2602.18176): one position per step, chosen by J = IG - C over N
-    candidate actions evaluated with extra model calls.  NFE per sample with m masked positions:
-    1 + N (m - 1) (sampled) or 1 + N V (m - 1) (expected).  See the module docstring."""
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"info_gain: candidates must be an integer >= 1, got {candidates!r}")
-    if not (isinstance(position_temperature, (int, float)) and position_temperature > 0):
-        raise ValueError(f"info_gain: position_temperature must be > 0, got {position_temperature!r}")
+def model_call(model, xs: Array, schedule: str = "linear") -> Array:
+    """One batched model call on states int32[..., L] at the time whose alpha is the revealed
+    fraction of each state -> float[..., L, V]."""
+    sched = mask_schedule(schedule)
+    shape = xs.shape
+    flat = xs.reshape(-1, shape[-1])
+    revealed = jnp.mean((flat != model.vocab_size).astype(jnp.float32), axis=-1)
+    out = model(flat, sched.t_from_alpha(revealed).astype(jnp.float32))
+    return out.reshape(shape + (out.shape[-1],))
+
+
+def expected_candidates(model, x: Array, logp: Array, candidates: int, cost_weight: float = 1.0,
+                        schedule: str = "linear"):
+    """The expected-mode candidates of a batch: the min(candidates, L) masked positions with the
+    largest max-probability, every token at each, evaluated in ONE model call of
+    B * min(candidates, L) * V rows.  x int32[B, L], logp float[B, L, V] (the prediction at x) ->
+    positions int32[B, N], scores float[B, N] (:func:`expected_scores`), next_logp
+    float[B, N, V, L, V]."""
+    v_size = model.vocab_size
+    masked = x == model.vocab_size
+    n_pos = min(candidates, x.shape[-1])
+    conf = jnp.where(masked, jnp.max(logp, axis=-1), -jnp.inf)
+    positions = jax.lax.top_k(conf, n_pos)[1].astype(jnp.int32)                     # [B, N]
+    toks = jnp.arange(v_size, dtype=jnp.int32)
+
+    def states_of(xb, pos):
+        return jax.vmap(lambda i: jax.vmap(lambda v: xb.at[i].set(v))(toks))(pos)   # [N, V, L]
+
+    states = jax.vmap(states_of)(x, positions)                                      # [B, N, V, L]
+    next_logp = model_call(model, states, schedule)                                 # [B, N, V, L, V]
+    scores = jax.vmap(lambda lp, nl, m, p: expected_scores(lp, nl, m, p, cost_weight))(
+        logp, next_logp, masked, positions)
+    return positions, scores, next_logp
+
+
+def info_gain(candidates: int = 8, position_temperature: float = 0.2, mode: str = "sampled",
+              cost_weight: float = 1.0, schedule: str = "linear", precision: str = "high") -> DiscreteSampler:
+    """Info-Gain Sampler (arXiv:2602.18176): one position per step, chosen by J = IG - C over N =
+    ``candidates`` actions evaluated with extra model calls (``mode`` "sampled": the paper's
+    Gumbel-sampled (position, token) actions; "expected": the exact expectation over the token).
+    The model is called at t with alpha(t) = the revealed fraction (``schedule``).  NFE per sample
+    with m masked positions: 1 + N (m - 1) (sampled) or 1 + min(N, L) V (m - 1) (expected)."""
+    check_int("candidates", candidates)
+    ok = (isinstance(position_temperature, (int, float)) and not isinstance(position_temperature, bool)
+          and 0 < position_temperature < float("inf"))
+    if not ok:
+        raise ValueError(f"position_temperature: must be a finite number > 0, got {position_temperature!r}")
     if mode not in _MODES:
-        raise ValueError(f"info_gain: mode must be one of {_MODES}, got {mode!r}")
-    if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
-        raise ValueError(f"info_gain: cost_weight must be >= 0, got {cost_weight!r}")
-    if precision not in ("high", "float64", "float32"):
-        raise ValueError(f"info_gain: precision must be 'high', 'float64' or 'float32', got {precision!r}")
+        raise ValueError(f"mode: unknown {mode!r}; allowed: {list(_MODES)}")
+    ok = isinstance(cost_weight, (int, float)) and not isinstance(cost_weight, bool) and 0 <= cost_weight < float("inf")
+    if not ok:
+        raise ValueError(f"cost_weight: must be a finite number >= 0, got {cost_weight!r}")
+    sched = mask_schedule(schedule)
+    check_precision(precision)
     n_cand = candidates
     tau = float(position_temperature)
     cw = float(cost_weight)
 
     def call(model, xs):
-        """One batched model call on int32[..., L] states at t = masked fraction."""
-        shape = xs.shape
-        flat = xs.reshape(-1, shape[-1])
-        t = jnp.mean((flat == model.vocab_size).astype(jnp.float32), axis=-1)
-        out = model(flat, t)
-        return out.reshape(shape + (out.shape[-1],))
+        return model_call(model, xs, sched.name)
 
     def propose_sampled(model, x, logp, key):
         """Candidate actions of one sample: positions int32[N], candidate states int32[N, L]."""
@@ -127,7 +161,7 @@ def info_gain(candidates: int = 8, position_temperature: float = 0.2,
         tok_keys = jax.random.split(k_tok, n_cand)
         tokens = jax.vmap(lambda k: categorical(k, logp, precision))(tok_keys)         # [N, L]
         conf = jnp.exp(jnp.take_along_axis(logp[None], tokens[..., None], -1)[..., 0])  # [N, L]
-        g = jax.random.gumbel(k_pos, conf.shape, conf.dtype)
+        g = gumbel(k_pos, conf.shape, conf.dtype, precision)
         first = jnp.arange(n_cand)[:, None] == 0
         pos_score = jnp.where(first, conf, conf / tau + g)
         pos_score = jnp.where(masked[None], pos_score, -jnp.inf)
@@ -151,29 +185,14 @@ def info_gain(candidates: int = 8, position_temperature: float = 0.2,
         return new_x, new_logp, n_cand
 
     def step_expected(model, x, logp, keys, active, has_call):
-        mask_id = model.vocab_size
-        v_size = model.vocab_size
-        masked = x == mask_id
-        n_pos = min(n_cand, x.shape[-1])
-        conf = jnp.where(masked, jnp.max(logp, axis=-1), -jnp.inf)
-        _, positions = jax.lax.top_k(conf, n_pos)                                       # [B, N]
-        positions = positions.astype(jnp.int32)
-        toks = jnp.arange(v_size, dtype=jnp.int32)
-
-        def states_of(xb, pos):
-            return jax.vmap(lambda i: jax.vmap(lambda v: xb.at[i].set(v))(toks))(pos)   # [N, V, L]
-
-        states = jax.vmap(states_of)(x, positions)                                      # [B, N, V, L]
-        next_logp = call(model, states)                                                 # [B, N, V, L, V]
-        score = jax.vmap(lambda lp, nl, m, p: expected_scores(lp, nl, m, p, cw))(
-            logp, next_logp, masked, positions)
+        positions, score, next_logp = expected_candidates(model, x, logp, n_cand, cw, sched.name)
         best = jnp.argmax(score, axis=-1)
         pos = jnp.take_along_axis(positions, best[:, None], 1)[:, 0]
         tok = jax.vmap(lambda k, lp, i: categorical(k, lp[i], precision))(keys, logp, pos)
-        new_x = jnp.where(active[:, None], x.at[jnp.arange(x.shape[0]), pos].set(tok), x)
-        nl = next_logp[jnp.arange(x.shape[0]), best, tok]
-        new_logp = jnp.where(has_call[:, None, None], nl, logp)
-        return new_x, new_logp, n_pos * v_size
+        rows = jnp.arange(x.shape[0])
+        new_x = jnp.where(active[:, None], x.at[rows, pos].set(tok), x)
+        new_logp = jnp.where(has_call[:, None, None], next_logp[rows, best, tok], logp)
+        return new_x, new_logp, positions.shape[1] * model.vocab_size
 
     step_fn = step_sampled if mode == "sampled" else step_expected
 
@@ -208,7 +227,7 @@ def info_gain(candidates: int = 8, position_temperature: float = 0.2,
         return x, DecodeInfo(nfe=nfe, steps=steps, nonfinite_step=nonfinite)
 
     options = dict(candidates=candidates, position_temperature=position_temperature, mode=mode,
-                   cost_weight=cost_weight, precision=precision)
+                   cost_weight=cost_weight, schedule=sched.name, precision=precision)
     max_calls = (lambda length: 1 + n_cand * (length - 1)) if mode == "sampled" else None
     return DiscreteSampler(name="info_gain", run=run, options=options, extra_calls=True,
                            max_calls=max_calls)

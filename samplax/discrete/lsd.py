@@ -51,20 +51,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from samplax.discrete.base import DecodeInfo, DiscreteSampler, categorical
+from samplax.discrete.base import (DecodeInfo, DiscreteSampler, categorical, check_int, check_precision,
+                                   first_step, mask_schedule, nonfinite_any, sample_keys)
 
 Array = jnp.ndarray
 
 _SCHEDULES = ("linear", "cosine", "poly2")
-
-
-def _alpha(schedule: str, t):
-    """alpha(t), probability of being unmasked at t (t = 1 all masked)."""
-    if schedule == "linear":
-        return 1.0 - t
-    if schedule == "cosine":
-        return jnp.cos(0.5 * jnp.pi * t)
-    return 1.0 - t ** 2
 
 
 class LSDParams(NamedTuple):
@@ -72,19 +64,22 @@ class LSDParams(NamedTuple):
     times: Array          # float[M + 1], t_0 = 1 > ... > t_M = 0
 
 
-def uniform_times(steps: int) -> np.ndarray:
-    return np.linspace(1.0, 0.0, steps + 1)
+def uniform_times(steps: int) -> Array:
+    """The ancestral sampler's grid t_k = 1 - k / steps (float32, computed as it does)."""
+    with jax.ensure_compile_time_eval():
+        return jnp.linspace(1.0, 0.0, steps + 1, dtype=jnp.float32)
 
 
 def identity_params(steps: int) -> LSDParams:
-    return LSDParams(coefficients=jnp.ones(steps), times=jnp.asarray(uniform_times(steps)))
+    """Phi = 1 on the uniform grid: the MDLM ancestral sampler."""
+    return LSDParams(coefficients=jnp.ones(steps, jnp.float32), times=uniform_times(steps))
 
 
 def reveal_probabilities(params: LSDParams, schedule: str = "linear") -> Array:
     """Per-step probability that a still-masked position is revealed: clip(Phi_k u_k, 0, 1), the
     last one 1 (Eq. 5 in masked form)."""
-    a = _alpha(schedule, params.times)
-    u = (a[1:] - a[:-1]) / jnp.maximum(1.0 - a[:-1], 1e-12)
+    a = mask_schedule(schedule).alpha(params.times)
+    u = (a[1:] - a[:-1]) / (1.0 - a[:-1])
     u = jnp.clip(params.coefficients * u, 0.0, 1.0)
     return u.at[-1].set(1.0)
 
@@ -95,18 +90,18 @@ def _parse_floats(name: str, text: str):
     try:
         return [float(v) for v in text.replace(" ", "").split(",") if v != ""]
     except ValueError:
-        raise ValueError(f"lsd: {name} must be comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"{name}: must be comma-separated numbers, got {text!r}") from None
 
 
 def load_params(path: str) -> tuple[LSDParams, dict]:
     """Read a coefficients file written by :func:`save_params` (JSON: coefficients, times, meta)."""
     if not os.path.exists(path):
-        raise ValueError(f"lsd: coefficients_file {path!r} does not exist")
+        raise ValueError(f"coefficients_file: {path!r} does not exist")
     with open(path) as f:
         data = json.load(f)
     if "coefficients" not in data or "times" not in data:
-        raise ValueError(f"lsd: coefficients_file {path!r} needs the keys 'coefficients' and 'times'")
-    return (LSDParams(jnp.asarray(data["coefficients"], jnp.float32), jnp.asarray(data["times"], jnp.float32)),
+        raise ValueError(f"coefficients_file: {path!r} needs the keys 'coefficients' and 'times'")
+    return (LSDParams(np.asarray(data["coefficients"], np.float32), np.asarray(data["times"], np.float32)),
             data.get("meta", {}))
 
 
@@ -121,76 +116,99 @@ def save_params(path: str, params: LSDParams, meta: Optional[dict] = None) -> No
 
 def _check_params(steps, coefficients, times):
     if coefficients.shape != (steps,):
-        raise ValueError(f"lsd: coefficients must have one value per step ({steps}), got {coefficients.shape[0]}")
+        raise ValueError(f"coefficients: need one value per step ({steps}), got {coefficients.shape[0]}")
     if times.shape != (steps + 1,):
-        raise ValueError(f"lsd: times must have steps + 1 = {steps + 1} values, got {times.shape[0]}")
-    if not np.all(coefficients >= 0) or not np.all(np.isfinite(coefficients)):
-        raise ValueError("lsd: coefficients must be finite and >= 0")
-    if not (abs(times[0] - 1.0) < 1e-6 and abs(times[-1]) < 1e-6 and np.all(np.diff(times) < 0)):
-        raise ValueError("lsd: times must decrease strictly from 1 to 0")
+        raise ValueError(f"times: need steps + 1 = {steps + 1} values from 1 down to 0, got {times.shape[0]}")
+    if not (np.all(np.isfinite(coefficients)) and np.all(coefficients >= 0)):
+        raise ValueError(f"coefficients: must be finite and >= 0, got {coefficients.tolist()}")
+    if not (times[0] == 1.0 and times[-1] == 0.0 and np.all(np.diff(times) < 0)):
+        raise ValueError(f"times: must decrease strictly from 1 to 0, got {times.tolist()}")
 
 
-def lsd(steps: int, coefficients: str = "", times: str = "", coefficients_file: str = "",
-        schedule: Literal["linear", "cosine", "poly2"] = "linear",
-        precision: Literal["high", "float64", "float32"] = "high") -> DiscreteSampler:
-    """The LSD student sampler (Algorithm 1) with learned per-step coefficients Phi_k and, for
-    LSD+, a learned time grid.  ``coefficients``/``times``: comma-separated values, or
-    ``coefficients_file``: a JSON file from :func:`save_params` (not both); neither = Phi = 1 on
-    the uniform grid, i.e. the MDLM ancestral sampler.  NFE = steps per sample."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"lsd: steps must be an integer >= 1, got {steps!r}")
-    if schedule not in _SCHEDULES:
-        raise ValueError(f"lsd: schedule must be one of {_SCHEDULES}, got {schedule!r}")
-    if precision not in ("high", "float64", "float32"):
-        raise ValueError(f"lsd: precision must be 'high', 'float64' or 'float32', got {precision!r}")
+def lsd(steps: int = 4, coefficients: str = "", times: str = "", coefficients_file: str = "",
+        schedule: str = "linear", cache: bool = True, precision: str = "high") -> DiscreteSampler:
+    """The LSD student sampler (Algorithm 1, Eq. 5 in masked form) with per-step coefficients
+    Phi_k and, for LSD+, a learned time grid.  ``coefficients`` / ``times``: comma-separated
+    values (steps and steps + 1 of them), or ``coefficients_file``: a JSON file written by
+    :func:`save_params` (not both); none of them = Phi = 1 on the uniform grid, which is the MDLM
+    ancestral sampler bit for bit (same keys, same draws, same cache).  NFE <= steps per sample
+    (``cache`` as in ancestral: a time-agnostic model is not called again while a sample's
+    sequence is unchanged)."""
+    steps = check_int("steps", steps)
+    sched = mask_schedule(schedule)
+    check_precision(precision)
+    if not isinstance(cache, bool):
+        raise ValueError(f"cache: must be a bool, got {cache!r}")
+    for name, v in (("coefficients", coefficients), ("times", times), ("coefficients_file", coefficients_file)):
+        if not isinstance(v, str):
+            raise ValueError(f"{name}: must be a string, got {v!r}")
     if coefficients_file and (coefficients or times):
-        raise ValueError("lsd: give coefficients_file or coefficients/times, not both")
+        raise ValueError("coefficients_file: give it or coefficients/times, not both")
     if coefficients_file:
         params, meta = load_params(coefficients_file)
         if meta.get("schedule", schedule) != schedule:
-            raise ValueError(f"lsd: schedule {schedule!r} differs from the file's {meta['schedule']!r}")
-        coef, grid = np.asarray(params.coefficients, np.float64), np.asarray(params.times, np.float64)
+            raise ValueError(f"schedule: {schedule!r} differs from the coefficients file's {meta['schedule']!r}")
+        coef, grid = np.asarray(params.coefficients, np.float32), np.asarray(params.times, np.float32)
     else:
-        coef = np.asarray(_parse_floats("coefficients", coefficients), np.float64) if coefficients else np.ones(steps)
-        grid = np.asarray(_parse_floats("times", times), np.float64) if times else uniform_times(steps)
+        coef = (np.asarray(_parse_floats("coefficients", coefficients), np.float32) if coefficients
+                else np.ones(steps, np.float32))
+        grid = (np.asarray(_parse_floats("times", times), np.float32) if times
+                else np.asarray(uniform_times(steps)))
     _check_params(steps, coef, grid)
-    params = LSDParams(jnp.asarray(coef, jnp.float32), jnp.asarray(grid, jnp.float32))
-    run = make_run(params, schedule, precision)
-    options = dict(steps=steps, coefficients=coefficients, times=times,
-                   coefficients_file=coefficients_file, schedule=schedule, precision=precision)
-    return DiscreteSampler(name="lsd", run=run, options=options, extra_calls=False,
+    params = LSDParams(jnp.asarray(coef), jnp.asarray(grid))
+    options = dict(steps=steps, coefficients=coefficients, times=times, coefficients_file=coefficients_file,
+                   schedule=sched.name, cache=cache, precision=precision)
+    return DiscreteSampler("lsd", make_run(params, schedule, cache, precision), options,
                            max_calls=lambda length: steps)
 
 
-def make_run(params: LSDParams, schedule: str = "linear", precision: str = "high"):
-    """run(model, x, keys) of the student sampler with the given parameters (traceable)."""
+def _output_like(model, x):
+    shape = jax.eval_shape(model, x, jnp.ones((x.shape[0],), jnp.float32))
+    return jnp.zeros(shape.shape, shape.dtype)
+
+
+def make_run(params: LSDParams, schedule: str = "linear", cache: bool = True, precision: str = "high"):
+    """``run(model, x, keys)`` of the student sampler with the given (traceable) parameters.  The
+    step is the ancestral sampler's (samplax.discrete.samplers.ancestral) with its reveal
+    probability replaced by :func:`reveal_probabilities`; the randomness of step k is
+    fold_in(sample key, k) split into the reveal uniforms and the token draws, as there."""
+    sched = mask_schedule(schedule)
+
     def run(model, x, keys):
-        x = jnp.asarray(x, jnp.int32)
-        mask_id = model.vocab_size
-        u = reveal_probabilities(params, schedule)
-        steps = u.shape[0]
+        b, length = x.shape
+        m = model.mask_id
+        use_cache = cache and model.time_agnostic
+        ts = params.times
+        p_unmask = reveal_probabilities(params, sched.name)
+        steps = p_unmask.shape[0]
 
-        def body(c, k):
-            x, nfe, n_steps, nonfinite = c
-            active = jnp.any(x == mask_id, axis=-1)
-            t = jnp.full((x.shape[0],), params.times[k], jnp.float32)
-            logp = model(x, t)
-            bad = active & ~jnp.all(jnp.isfinite(logp), axis=(-2, -1)) & (nonfinite < 0)
-            nonfinite = jnp.where(bad, k.astype(jnp.int32), nonfinite)
+        def body(carry, k):
+            x, logp, dirty, nfe, nsteps, bad = carry
+            masked = x == m
+            active = jnp.any(masked, axis=-1)
+            call = lambda old: model(x, jnp.full((b,), ts[k], jnp.float32)).astype(old.dtype)  # noqa: E731
+            if use_cache:
+                need = active & dirty
+                logp = jax.lax.cond(jnp.any(need), call, lambda old: old, logp)
+            else:
+                need = active
+                logp = call(logp)
+            nfe = nfe + need.astype(jnp.int32)
+            bad = first_step(bad, need & nonfinite_any(logp, masked), k)
+            kk = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k)
+            kb, kc = jax.vmap(jax.random.split, out_axes=1)(kk)
+            u = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(kb)
+            unmask = masked & (u < p_unmask[k])
+            tok = jax.vmap(lambda key, lp: categorical(key, lp, precision))(kc, logp)
+            x = jnp.where(unmask, tok, x)
+            dirty = jnp.any(unmask, axis=-1)
+            return (x, logp, dirty, nfe, nsteps + active.astype(jnp.int32), bad), None
 
-            def one(xb, lp, key):
-                kr, kt = jax.random.split(jax.random.fold_in(key, k))
-                reveal = (xb == mask_id) & (jax.random.uniform(kr, xb.shape) < u[k])
-                tok = categorical(kt, lp, precision)
-                return jnp.where(reveal, tok, xb)
+        zeros = jnp.zeros((b,), jnp.int32)
+        init = (x, _output_like(model, x), jnp.ones((b,), bool), zeros, zeros, zeros - 1)
+        (x, _, _, nfe, nsteps, bad), _ = jax.lax.scan(body, init, jnp.arange(steps, dtype=jnp.int32))
+        return x, DecodeInfo(nfe, nsteps, bad)
 
-            x = jax.vmap(one)(x, logp, keys)
-            return (x, nfe + active.astype(jnp.int32), n_steps + active.astype(jnp.int32), nonfinite), None
-
-        b = x.shape[0]
-        init = (x, jnp.zeros(b, jnp.int32), jnp.zeros(b, jnp.int32), jnp.full(b, -1, jnp.int32))
-        (x, nfe, n_steps, nonfinite), _ = jax.lax.scan(body, init, jnp.arange(steps, dtype=jnp.int32))
-        return x, DecodeInfo(nfe=nfe, steps=n_steps, nonfinite_step=nonfinite)
     return run
 
 
@@ -367,7 +385,7 @@ def distill(model, steps: int, teacher_steps: int, key, objective: str = "likeli
         return DistillResult(unpack(theta), np.asarray(hist), t_final)
 
     teacher = make_run(identity_params(teacher_steps), schedule)
-    keys = jax.vmap(lambda i: jax.random.fold_in(k_teacher, i))(jnp.arange(n_traj))
+    keys = sample_keys(k_teacher, n_traj)
     x_t, _ = jax.jit(lambda k: teacher(model, jnp.full((n_traj, L), model.vocab_size, jnp.int32), k))(keys)
 
     def loss_fn(theta, pats, logq, logp_round):

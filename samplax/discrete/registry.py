@@ -1,9 +1,13 @@
 """Every registered masked-diffusion sampler: name -> factory (plain typed keyword arguments)."""
+from samplax.discrete.infogain import info_gain
+from samplax.discrete.lsd import lsd
 from samplax.discrete.samplers import ancestral, first_hitting
 
 SAMPLERS = {
     "ancestral": ancestral,
     "first_hitting": first_hitting,
+    "info_gain": info_gain,
+    "lsd": lsd,
 }
 
 
