@@ -5,6 +5,8 @@ from samplax.discrete.base import (CONFIDENCES, LOG_ZERO, MASK_SCHEDULES, PRECIS
 from samplax.discrete.exact import (HMM, PROBLEMS, all_sequences, conditionals, enumerate_log_probs, exact_model,
                                     load_problem, log_prob, make_hmm, markov_chain, random_hmm, sequence_index,
                                     true_samples)
+from samplax.discrete.infogain import info_gain
+from samplax.discrete.lsd import lsd
 from samplax.discrete.metrics import chi_square_test, marginal_tv, tv_floor, tv_to_exact
 from samplax.discrete.registry import SAMPLERS, get_sampler
 from samplax.discrete.samplers import ancestral, first_hitting

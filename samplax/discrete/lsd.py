@@ -395,13 +395,14 @@ def distill(model, steps: int, teacher_steps: int, key, objective: str = "likeli
         return -jnp.mean(jax.scipy.special.logsumexp(logq + logw, axis=-1) - jnp.log(pats.shape[1]))
 
     update = make_update(loss_fn)
+    pattern_ll = jax.jit(lambda x, a, t: pattern_log_likelihood(model, x, a, t))
     per_round = iterations // rounds
     for rnd in range(rounds):
         p = unpack(theta)
         pk = step_distribution(reveal_probabilities(p, schedule))
         pats = jax.random.categorical(jax.random.fold_in(k_pat, rnd), jnp.log(pk + 1e-30),
                                       shape=(n_traj, patterns, L)).astype(jnp.int32)
-        logq = jax.jit(lambda x, a, t: pattern_log_likelihood(model, x, a, t))(x_t, pats, p.times)
+        logq = pattern_ll(x_t, pats, p.times)
         logp_round = jnp.sum(jnp.log(pk + 1e-30)[pats], axis=-1)
         for _ in range(per_round):
             theta, state, loss = update(theta, state, pats, logq, logp_round)
