@@ -1,29 +1,44 @@
 """Learnable sampler distillation (samplax/discrete/lsd.py): identity = ancestral bit for bit, the
 exact output law of a coefficient sampler (chi-square, with a wrong-coefficient mutation), exact
 NFE, the distillation objectives, coefficient files and option checks."""
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samplax.discrete import (ancestral, chi_square_test, decode, enumerate_log_probs, exact_model, get_sampler,
-                              markov_chain, random_hmm)
+from samplax.discrete import (DiscreteModel, ancestral, carry_over, chi_square_test, decode, enumerate_log_probs,
+                              exact_model, get_sampler, markov_chain, random_hmm)
 from samplax.discrete.lsd import (LSDParams, distill, exact_distribution, identity_params, lsd, save_params,
                                   uniform_times)
 
 ALPHA = 1e-3  # significance of the chi-square tests
 
 
+def _table_model(hmm):
+    """The exact denoiser of ``hmm`` by brute force over its enumerated joint (a weighted sum over
+    the V^L sequences consistent with the revealed tokens): cheap to compile for tiny problems."""
+    v, n = hmm.vocab_size, hmm.length
+    seqs = jnp.asarray(np.array(list(itertools.product(range(v), repeat=n))), jnp.int32)
+    w = jnp.asarray(np.exp(enumerate_log_probs(hmm)))
+    onehot = jax.nn.one_hot(seqs, v, dtype=w.dtype)
+
+    def fn(x, t):
+        consistent = jnp.all((x[:, None, :] == v) | (x[:, None, :] == seqs[None]), axis=-1)
+        marg = jnp.einsum("bs,slv->blv", jnp.where(consistent, w[None], 0.0), onehot)
+        return carry_over(jnp.log(marg / jnp.sum(marg, axis=-1, keepdims=True)), x, v)
+
+    return DiscreteModel(fn=fn, vocab_size=v, length=n, time_agnostic=True, name=f"table:{hmm.name}")
+
+
 def test_identity_coefficients_are_ancestral_bitwise():
-    """Phi = 1 on the uniform grid reproduces MDLM ancestral exactly: samples, NFE, steps (float32,
-    with and without the cache)."""
-    model = exact_model(random_hmm(0, num_states=2, vocab_size=4, length=4))
-    run = lambda k, s: jax.jit(lambda k: decode(s, model, k, 256))(k)  # noqa: E731
-    for cache in (True, False):
-        a = run(jax.random.PRNGKey(4), ancestral(3, cache=cache))
-        b = run(jax.random.PRNGKey(4), lsd(3, cache=cache))
-        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    """Phi = 1 on the uniform grid reproduces MDLM ancestral (cached) exactly: samples, NFE, steps."""
+    model = _table_model(random_hmm(0, num_states=2, vocab_size=4, length=4))
+    a_s, l_s = ancestral(3), lsd(3)
+    a, b = jax.jit(lambda k: (decode(a_s, model, k, 256), decode(l_s, model, k, 256)))(jax.random.PRNGKey(4))
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
 def test_output_law_is_exact_and_wrong_coefficient_fails():
@@ -32,26 +47,26 @@ def test_output_law_is_exact_and_wrong_coefficient_fails():
     coefficient fail the same test (the mutation)."""
     with jax.enable_x64(True):
         hmm = random_hmm(1, num_states=3, vocab_size=3, length=3, markov=True, concentration=0.2)
-        model = exact_model(hmm)
+        model = _table_model(hmm)
         params = LSDParams(jnp.asarray([0.3, 1.0]), uniform_times(2))
         law = jax.jit(lambda p: exact_distribution(model, p))
         q = np.asarray(law(params))
         np.testing.assert_allclose(q.sum(), 1.0, atol=1e-12)
         n = 4000  # the identity law is 0.045 away in TV: chi-square noncentrality ~ 95
-        run = lambda k, s: jax.jit(lambda k: decode(s, model, k, n)[0])(k)  # noqa: E731
-        good = run(jax.random.PRNGKey(1), lsd(2, coefficients="0.3,1"))
+        good_s, bad_s = lsd(2, coefficients="0.3,1"), lsd(2)
+        good, bad = jax.jit(lambda k: (decode(good_s, model, k, n)[0], decode(bad_s, model, k, n)[0]))(
+            jax.random.PRNGKey(1))
         assert chi_square_test(np.asarray(good), np.log(q), 3).p_value > ALPHA
-        bad = run(jax.random.PRNGKey(1), lsd(2))
         assert chi_square_test(np.asarray(bad), np.log(q), 3).p_value < ALPHA
 
 
 def test_nfe_with_zero_coefficients():
     """Phi = (0, 0, 1): nothing is revealed before the last step, so with the cache a time-agnostic
     model is called once (NFE 1, 3 steps), without it three times, and every token is revealed."""
-    model = exact_model(random_hmm(0, num_states=2, vocab_size=4, length=4))
-    for cache, nfe in ((True, 1), (False, 3)):
-        sampler = lsd(3, coefficients="0,0,1", cache=cache)
-        x, info = jax.jit(lambda k: decode(sampler, model, k, 16))(jax.random.PRNGKey(0))
+    model = _table_model(random_hmm(0, num_states=2, vocab_size=4, length=4))
+    cached, uncached = lsd(3, coefficients="0,0,1"), lsd(3, coefficients="0,0,1", cache=False)
+    outs = jax.jit(lambda k: (decode(cached, model, k, 16), decode(uncached, model, k, 16)))(jax.random.PRNGKey(0))
+    for (x, info), nfe in zip(outs, (1, 3)):
         np.testing.assert_array_equal(np.asarray(info.nfe), nfe)
         np.testing.assert_array_equal(np.asarray(info.steps), 3)
         assert np.all(np.asarray(x) < model.vocab_size)
@@ -65,7 +80,7 @@ def test_likelihood_distillation_reduces_loss_and_exact_tv():
     cannot move the first coefficient: student and teacher agree at the all-MASK start."""
     with jax.enable_x64(True):
         hmm = markov_chain([0.5, 0.5], [[0.95, 0.05], [0.05, 0.95]], 4)
-        model = exact_model(hmm)
+        model = exact_model(hmm)  # the forward-backward denoiser of samplax.discrete.exact
         truth = np.exp(enumerate_log_probs(hmm))
         law = jax.jit(lambda p: exact_distribution(model, p))
         tv = lambda p: 0.5 * np.abs(np.asarray(law(p)) - truth).sum()  # noqa: E731
@@ -82,11 +97,11 @@ def test_coefficients_file_and_bad_options(tmp_path):
     path = str(tmp_path / "lsd.json")
     params = LSDParams(jnp.asarray([0.8, 1.2, 1.0]), jnp.asarray([1.0, 0.6, 0.25, 0.0]))
     save_params(path, params, {"schedule": "linear"})
-    model = exact_model(random_hmm(0, num_states=2, vocab_size=4, length=4))
+    model = _table_model(random_hmm(0, num_states=2, vocab_size=4, length=4))
     from_file = lsd(3, coefficients_file=path)
     from_text = get_sampler("lsd", steps=3, coefficients="0.8,1.2,1", times="1,0.6,0.25,0")
-    a = jax.jit(lambda k: decode(from_file, model, k, 32)[0])(jax.random.PRNGKey(2))
-    b = jax.jit(lambda k: decode(from_text, model, k, 32)[0])(jax.random.PRNGKey(2))
+    a, b = jax.jit(lambda k: (decode(from_file, model, k, 32)[0], decode(from_text, model, k, 32)[0]))(
+        jax.random.PRNGKey(2))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for kwargs, name in [(dict(steps=0), "steps"), (dict(steps=2, coefficients="1"), "coefficients"),
                          (dict(steps=2, coefficients="1,-1"), "coefficients"),
