@@ -20,7 +20,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks._common import (REPO_ROOT, atomic_write_json, command_line, fmt, machine_info, machine_md,
@@ -60,7 +59,7 @@ def part_a(problems, n, key):
         hmm = load_problem(name)
         model, lp = exact_model(hmm), enumerate_log_probs(hmm)
         floor = tv_floor(lp, n)
-        L, V = hmm.length, hmm.vocab_size
+        L = hmm.length
         ig = [(info_gain(candidates=4, mode="sampled"), "sampled N=4, tau_pos=0.2"),
               (info_gain(candidates=8, mode="sampled"), "sampled N=8, tau_pos=0.2"),
               (info_gain(candidates=2, mode="expected"), "expected N=2 positions x V tokens")]

@@ -4,7 +4,9 @@ Yang, Teoh, Yang, Zhang, Lamb, "Improving Sampling for Masked Diffusion Models v
 Gain" (arXiv:2602.18176, 2026).  At each decoding step the Info-Gain Sampler picks the action
 (a position and its token) that maximises
 
-    J(a | z_t) = IG(a; z_t) - C(a | z_t),                                   (paper Sec. 3, Eq. 5)
+    J(a | z_t) = IG(a; z_t) - C(a | z_t),               (paper Sec. 3, its Eq. 5 as cited by a
+                                                          third-party summary; the PDF was not
+                                                          available to us, the code was)
 
 with C(a) = the entropy of the model's prediction at the position the action reveals (the
 "immediate cost") and IG(a) = H(z_t) - H(z_t after a), the drop of the uncertainty of the
@@ -23,28 +25,30 @@ Two candidate rules (``mode``):
   sampling).  All N candidate states are evaluated in one batched model call; the best J wins,
   token included.  Because the token is chosen by J (not drawn from p), the sampler is a planner:
   it is NOT an exact sampler of the model's distribution even with exact conditionals.
-* ``"expected"`` (the exact expectation, for small vocabularies): the N masked positions with the
-  largest max-probability are candidates; for each, every token v is evaluated (N * V states per
+* ``"expected"`` (ours, the exact expectation, for small vocabularies): the min(N, L) masked
+  positions with the largest max-probability are candidates (fewer masked ones: the rest are
+  evaluated and scored -inf); for each, every token v is evaluated (min(N, L) * V states per
   step), and the position maximises the EXPECTED objective
       J(i) = -cost_weight * H(p_i) - sum_v p_i(v) * Hbar(z_t + {x_i = v}),
   then its token is drawn from p_i.  The order depends only on revealed tokens, so with exact
-  conditionals every sample is exact (the chain rule holds for any adapted order); the score is
-  the expected reduction of the remaining uncertainty, i.e. IG(i) = sum of the conditional
-  mutual informations between x_i and the other masked positions when Hbar is a sum.
+  conditionals every sample is exact (the chain rule holds for any adapted order).  The score is
+  the expected reduction of the remaining uncertainty: with Hbar a sum instead of a mean,
+  IG(i) would be the sum of the conditional mutual informations between x_i and the other
+  masked positions.
 
 One position is revealed per step (the official sampler's k = 1).  Not implemented: the
 high-confidence bypass (``threshold``), blocks and the beam search of the official code.
 
 Cost (exact, counted in DecodeInfo.nfe, one NFE = one sequence evaluation by the model): a start
 with m masked positions costs
-    sampled:  1 + N * (m - 1)          expected:  1 + N * V * (m - 1)
+    sampled:  1 + N * (m - 1)          expected:  1 + min(N, L) * V * (m - 1)
 (the start state's call, then one evaluation per candidate state at every step that leaves at
 least one position masked; the last step draws from the reused prediction).  The candidates of
-a step are ONE batched call of the model over B * N (or B * N * V) sequences.
+a step are ONE batched call of the model over B * N (or B * min(N, L) * V) sequences; the model
+is called at the time t whose alpha(t) is the state's revealed fraction (``schedule``), which
+matters only for a time-conditioned model.
 """
 from __future__ import annotations
-
-from typing import Literal
 
 import jax
 import jax.numpy as jnp

@@ -18,7 +18,7 @@ mask column).  Phi = 1 is the ancestral sampler itself.  (The official code mult
 network's log-score output instead, i.e. a per-step power of the score; we follow the paper's
 Eq. 5.)
 
-Training (``distill``): the teacher is the ancestral sampler with N = ``teacher_steps`` uniform
+Training (``distill``, ``objective="score"``: the paper's): the teacher is the ancestral sampler with N = ``teacher_steps`` uniform
 steps on the same schedule, the student's grid a subsequence of it.  "Same randomness" is a
 coupling that leaves both samplers' laws unchanged: trajectory r draws one uniform U_i per
 position and one Gumbel vector G_i per position; a position is revealed at the first step whose
@@ -38,13 +38,20 @@ kappa = T softmax(theta) (positive, summing to T = 1: a deviation from the paper
 which we make so that the grid always ends at t = 0).  Not implemented: the relaxed objective
 (Eq. 9-10, a Hamming-perturbed student start), which has no content when the start is all MASK.
 
-Cost of the learned sampler: ``steps`` model calls per sample, exactly like ancestral.
+In masked form this objective is nearly inert: Phi_0 cannot move (student and teacher agree at
+the all-MASK start), the last coefficient is irrelevant (the last step reveals everything), and a
+many-step teacher reveals the same expected fraction per interval as the student at Phi = 1
+(docs/discrete_infogain_lsd.md measures no TV change).  ``objective="likelihood"`` (ours, not in
+the paper) fits the same parameters to the student's OUTPUT law instead: the cross-entropy of the
+teacher's samples under the student's reveal-pattern mixture (see :func:`distill`).
+
+Cost of the learned sampler: at most ``steps`` model calls per sample, exactly like ancestral.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Literal, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
