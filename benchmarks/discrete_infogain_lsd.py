@@ -157,8 +157,11 @@ SUMMARY = """## Findings
   last step reveals everything), the middle ones drift below 1 without effect.
 * **LSD / LSD+ with our likelihood objective** lowers TV a little on markov4x8 at 2 and 4 steps
   (0.632 -> 0.622, 0.381 -> 0.372; nothing at 8 steps) and does NOT help on hmm8x5 (2 steps
-  0.192 -> 0.191; 4 steps 0.160 -> 0.164 and 8 steps 0.149 -> 0.154, worse: the importance-sampled
-  bound with 32 patterns is loose there and its optimum is not the TV optimum).  It helps clearly
+  0.192 -> 0.191; 4 steps 0.160 -> 0.164 and 8 steps 0.149 -> 0.154, worse).  A check at 4 steps
+  on hmm8x5 (same seed, 100,000 samples): with 512 teacher samples Phi = (0.94, 0.92, 1.55, 1) and
+  TV 0.164, with 128 patterns instead of 32 still 0.164, with 2,048 teacher samples Phi = (1.02,
+  1.00, 1.12, 1) and TV 0.1586 against ancestral's 0.1585: the loss is overfitting the finite
+  teacher sample of a 32,768-cell law, and the objective's optimum there is the identity.  It helps clearly
   only where the uniform reveal allocation is far from optimal (tests: a strongly correlated chain,
   exact TV 0.414 -> 0.364 at 2 steps).  With a time-agnostic exact model coefficients and times act
   only through the per-step reveal probabilities, so LSD+ adds no freedom there.
