@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -418,7 +418,8 @@ def _churn_run(den, x_T, x_tok, sigmas, gammas, s_noise, keys, heun):
     return x, first
 
 
-def bitstream(steps: int = 32, solver: str = "ddim", spacing: str = "entropic", gamma: float = 0.0,
+def bitstream(steps: int = 32, solver: str = "ddim", spacing: Literal["entropic", "karras", "log_sigma"] = "entropic",
+              gamma: float = 0.0,
               q_lo: float = 0.0, q_hi: float = 1.0, s_noise: float = 1.0, sigma_min: float = 0.02,
               sigma_max: float = 80.0, rho: float = 7.0) -> DiscreteSampler:
     """Entropy-gated continuous bitstream diffusion (module docstring) on a :class:`BitstreamModel`.
