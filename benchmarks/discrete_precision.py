@@ -26,7 +26,7 @@ only ~16-20 below wins far too rarely.
     with precision "high" / "float32": the rate of rare tokens and the unigram entropy of the
     samples vs the exact values.
 
-    python -m benchmarks.discrete_precision          # ~4 min on 2 shared CPU cores
+    python -m benchmarks.discrete_precision          # 6 min measured on 2 CPU cores shared with 4 other jobs
     python -m benchmarks.discrete_precision --from-json docs/benchmarks/discrete_precision.json
 
 Writes docs/benchmarks/discrete_precision.md and .json.
