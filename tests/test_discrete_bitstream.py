@@ -18,6 +18,7 @@ from samplax.discrete import bitstream as bs
 from samplax.discrete.base import DiscreteModel, decode
 from samplax.discrete.exact import all_sequences, enumerate_log_probs, random_hmm, true_samples
 from samplax.discrete.metrics import chi_square_test, tv_floor, tv_to_exact
+from samplax.models.analytic import GaussianMixture
 
 ALPHA = 1e-3
 
@@ -91,6 +92,14 @@ def test_exact_denoisers_equal_brute_force():
             ref_p = _brute_posterior_mean(hmm, u, sigma, prompt)
             np.testing.assert_allclose(np.asarray(den_h(u, sigma, jnp.asarray(prompt))), ref_p, atol=1e-10)
             np.testing.assert_allclose(np.asarray(den_e(u, sigma, jnp.asarray(prompt))), ref_p, atol=1e-10)
+        # the analytic GMM with zero-variance components (built directly: create() refuses std 0) is
+        # the same exact denoiser -- it only materialises (batch, sequences, bits) differences
+        keep = np.isfinite(lp)
+        codes = bs.tokens_to_bits(jnp.asarray(all_sequences(3, 4))[keep], 3, dtype=jnp.float64)
+        gmm = GaussianMixture(jnp.asarray(np.exp(lp[keep])), codes, jnp.zeros(int(keep.sum())),
+                              jnp.arange(int(keep.sum())))
+        np.testing.assert_allclose(np.asarray(gmm.denoise_ve(u, jnp.asarray(0.6))[0]),
+                                   _brute_posterior_mean(hmm, u, 0.6), atol=1e-10)
         # mutation: the wrong bit order is not the posterior mean
         wrong = jax.jit(bs.hmm_denoiser(hmm, order="lsb"))
         assert np.max(np.abs(np.asarray(wrong(u, 0.6)) - _brute_posterior_mean(hmm, u, 0.6))) > 0.1
