@@ -7,14 +7,15 @@ forward-backward, entropy-rate profile from 2048 exact samples) is sampled with
 * the probability-flow ODE (gamma = 0) with DDIM and DPM-Solver++(2M) on the entropic grid, DDIM
   on the Karras grid (rho = 7), sigma from 80 to 0.02, then a final denoising jump to 0;
 * the entropy-gated stochastic sampler (churn gamma = 0.2, the paper's LM1B value; full band
-  [0, 1] and the official default band [0.1, 0.9]) with DDIM steps on the entropic grid;
+  [0, 1] and the official default band [0.1, 0.9]) with DDIM steps on the entropic grid, and the
+  full band with Heun steps (EDM Algorithm 2; NFE = 2 steps - 1);
 
 and, on the same problems, the masked-diffusion samplers of the core (MDLM ancestral with
 2..L steps, cached; first hitting, exact with L calls).  Each row: n samples, TV of their
 histogram to the enumerated truth, the TV floor of n exact samples (the estimator's bias), the
 chi-square p-value (cells with expected count < 5 pooled), wall time of the compiled decode.
 
-    python -m benchmarks.discrete_bitstream            # 11.5 min measured on 2 CPU cores shared with\n                                                       # 4 other jobs (load ~10); less on a quiet machine
+    python -m benchmarks.discrete_bitstream            # 13 min measured on 2 CPU cores shared with\n                                                       # 4 other jobs (load ~10); less on a quiet machine
     python -m benchmarks.discrete_bitstream --n 20000 --problems markov4x8
     python -m benchmarks.discrete_bitstream --from-json docs/benchmarks/discrete_bitstream.json
 
@@ -51,6 +52,9 @@ def _settings(length):
     for k in NFES[1:]:
         rows.append(("bitstream", f"gated churn gamma=0.2 band [0.1,0.9], ddim, entropic, {k} steps",
                      dict(steps=k, solver="ddim", gamma=0.2, q_lo=0.1, q_hi=0.9)))
+    for k in (4, 8, 16, 32):
+        rows.append(("bitstream", f"gated churn gamma=0.2 band [0,1], heun, entropic, {k} steps",
+                     dict(steps=k, solver="heun", gamma=0.2)))
     for k in sorted({2, max(2, length // 2), length, 2 * length}):
         rows.append(("ancestral", f"MDLM ancestral, {k} steps, cached", dict(steps=k)))
     rows.append(("first_hitting", "first hitting (exact)", {}))
@@ -141,7 +145,13 @@ def summarise(rows):
             if "churn" in setting:
                 return "churn [" + setting.split("band [")[1].split("]")[0] + "]"
             return setting.split(",")[0]
-        at64 = {label(r["setting"]): r["chi2_p"] for r in rs if r["nfe"] == 64 and "entropic" in r["setting"]}
+        at64 = {label(r["setting"]): r["chi2_p"] for r in rs
+                if r["nfe"] == 64 and "entropic" in r["setting"] and "heun" not in r["setting"]}
+        heun = [r for r in rs if "heun" in r["setting"]]
+        if heun:
+            best = max(heun, key=lambda r: r["nfe"])
+            parts.append(f"Gated churn with Heun steps at NFE {C.fmt(best['nfe'])}: TV {C.fmt(best['tv'])}, "
+                         f"chi-square p {C.fmt(best['chi2_p'])}.")
         parts.append("chi-square p at NFE 64 (entropic grid): " +
                      ", ".join(f"{k} {C.fmt(v)}" for k, v in at64.items()) + ".")
         lines.append(" ".join(parts))
