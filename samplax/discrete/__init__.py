@@ -10,3 +10,4 @@ from samplax.discrete.lsd import lsd
 from samplax.discrete.metrics import chi_square_test, marginal_tv, tv_floor, tv_to_exact
 from samplax.discrete.registry import SAMPLERS, get_sampler
 from samplax.discrete.samplers import ancestral, first_hitting
+from samplax.discrete.bitstream import BitstreamModel, bitstream_model  # the factory: SAMPLERS["bitstream"]

@@ -220,12 +220,16 @@ class DiscreteSampler(NamedTuple):
     """``run(model, x int32[B, L], keys [B]) -> (x int32[B, L], DecodeInfo)``: decodes the MASK
     positions of ``x`` (revealed ones are a prompt / infill and stay).  ``max_calls(L)``: an upper
     bound of the NFE per sample (None: ``L``); ``extra_calls``: the rule spends model calls beyond
-    one per decoding step (information gain)."""
+    one per decoding step (information gain).  ``model_for(model, hmm) -> model``: the model the
+    sampler really runs on, built from the exact problem ``hmm`` (bitstream diffusion: the exact
+    continuous bit denoiser), or None: the model as given (the runner refuses such a sampler on a
+    model without an exact problem)."""
     name: str
     run: Callable
     options: dict
     extra_calls: bool = False
     max_calls: Optional[Callable] = None
+    model_for: Optional[Callable] = None
 
 
 def sample_keys(key, n: int, index_offset=0):

@@ -2,10 +2,12 @@
 from samplax.discrete.infogain import info_gain
 from samplax.discrete.lsd import lsd
 from samplax.discrete.samplers import ancestral, first_hitting
+from samplax.discrete.bitstream import bitstream
 
 SAMPLERS = {
     "ancestral": ancestral,
     "first_hitting": first_hitting,
+    "bitstream": bitstream,
     "info_gain": info_gain,
     "lsd": lsd,
 }
