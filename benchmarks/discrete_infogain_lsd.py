@@ -87,7 +87,8 @@ def part_b(problems, steps_list, n, key, n_traj, iterations, quick):
             for tag, objective, learn_times in variants:
                 t0 = time.perf_counter()
                 res = distill(model, m, 32 * m if m <= 4 else 16 * m, jax.random.PRNGKey(100 + m),
-                              objective=objective, learn_times=learn_times, n_traj=n_traj,
+                              objective=objective, learn_times=learn_times,
+                              n_traj=4 * n_traj if objective == "likelihood" else n_traj,
                               iterations=iterations, rounds=3 if objective == "likelihood" else 1,
                               patterns=32, learning_rate=0.05)
                 t_train = time.perf_counter() - t0
