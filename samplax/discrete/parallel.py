@@ -216,7 +216,7 @@ def _driver(name: str, make_rule: Callable, kind: str, block_length: Optional[in
 
         def propose(key, step, x1, logp1, aux):
             kstep = jax.random.fold_in(key, step)
-            k_tok, k_score = jax.random.split(kstep)
+            k_tok, k_score = jax.random.split(kstep) if kind == "random" else (kstep, None)
             if greedy:
                 tok = jnp.argmax(logp1, axis=-1).astype(jnp.int32)
             else:
