@@ -211,3 +211,13 @@ def test_bad_options_raise_naming_the_option():
         d.decode(P.confidence_threshold(0.9, block_length=3), model, jax.random.PRNGKey(0), 1)
     with pytest.raises(ValueError, match="^steps: 3 must be a multiple of the number of blocks"):
         d.decode(P.llada(3, block_length=4), model, jax.random.PRNGKey(0), 1)
+
+
+def test_registered_and_checked_by_the_config_layer():
+    for name in ("confidence_threshold", "topk", "llada", "fast_dllm", "sched", "saber"):
+        assert d.SAMPLERS[name] is getattr(P, name)
+    assert d.get_sampler("fast_dllm", factor=1.0, block_length=4).options["factor"] == 1.0
+    with pytest.raises(ValueError, match="^kind:"):
+        d.get_sampler("topk", kind="entropy")
+    with pytest.raises(ValueError, match="^threshold:"):
+        d.get_sampler("confidence_threshold", threshold="0.9")

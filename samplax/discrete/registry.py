@@ -1,9 +1,16 @@
 """Every registered masked-diffusion sampler: name -> factory (plain typed keyword arguments)."""
+from samplax.discrete import parallel
 from samplax.discrete.samplers import ancestral, first_hitting
 
 SAMPLERS = {
     "ancestral": ancestral,
     "first_hitting": first_hitting,
+    "confidence_threshold": parallel.confidence_threshold,
+    "topk": parallel.topk,
+    "llada": parallel.llada,
+    "fast_dllm": parallel.fast_dllm,
+    "sched": parallel.sched,
+    "saber": parallel.saber,
 }
 
 
