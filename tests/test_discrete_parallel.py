@@ -17,41 +17,45 @@ ALPHA = 1e-3
 
 # ----------------------------------------------------------------------------- pure rules
 def test_counting_rules_on_constructed_scores():
+    threshold_count, factor_count = jax.jit(P.threshold_count), jax.jit(P.factor_count)
+    sched_tau = jax.jit(P.sched_tau, static_argnums=1)
+    llada_count = jax.jit(P.llada_count, static_argnums=2)
+    saber_tau, saber_remask = jax.jit(P.saber_tau), jax.jit(P.saber_remask)
     c = jnp.array([0.95, 0.9, 0.89, 0.3, 0.99])
     cand = jnp.array([True, True, True, True, False])
-    assert int(P.threshold_count(c, cand, 0.9)) == 2          # boundary included, non-candidate out
-    assert int(P.threshold_count(c, cand, 0.96)) == 1         # at least one
-    assert int(P.threshold_count(c, cand, 0.3)) == 4
+    assert int(threshold_count(c, cand, 0.9)) == 2          # boundary included, non-candidate out
+    assert int(threshold_count(c, cand, 0.96)) == 1         # at least one
+    assert int(threshold_count(c, cand, 0.3)) == 4
     # factor rule (dyadic scores, exact in float32): sorted 0.96875 0.875 0.75 0.5 give
     # (n + 1)(1 - c_n) = 0.0625, 0.375, 1.0, 2.5
     s = jnp.array([0.5, 0.96875, 0.75, 0.875, 1.0])
     cs = jnp.array([True, True, True, True, False])
-    assert int(P.factor_count(s, cs, 1.0)) == 2               # 1.0 < 1.0 is false: strict
-    assert int(P.factor_count(s, cs, 1.0001)) == 3
-    assert int(P.factor_count(s, cs, 0.376)) == 2
-    assert int(P.factor_count(s, cs, 0.375)) == 1
-    assert int(P.factor_count(s, cs, 0.01)) == 1              # at least one
-    assert int(P.factor_count(s, cs, 3.0)) == 4               # the non-candidate 1.0 never counts
+    assert int(factor_count(s, cs, 1.0)) == 2               # 1.0 < 1.0 is false: strict
+    assert int(factor_count(s, cs, 1.0001)) == 3
+    assert int(factor_count(s, cs, 0.376)) == 2
+    assert int(factor_count(s, cs, 0.375)) == 1
+    assert int(factor_count(s, cs, 0.01)) == 1              # at least one
+    assert int(factor_count(s, cs, 3.0)) == 4               # the non-candidate 1.0 never counts
     # SchED schedules
     for sch in ("linear", "cosine", "exp"):
-        assert abs(float(P.sched_tau(0.0, sch, 0.9, 0.2, 3.0)) - 0.9) < 1e-6
-    assert abs(float(P.sched_tau(0.5, "linear", 0.9, 0.2, 3.0)) - 0.55) < 1e-6
-    assert abs(float(P.sched_tau(1.0, "linear", 0.9, 0.2, 3.0)) - 0.2) < 1e-6
-    assert abs(float(P.sched_tau(0.5, "cosine", 0.9, 0.2, 3.0)) - 0.55) < 1e-6
-    assert abs(float(P.sched_tau(0.25, "cosine", 0.9, 0.2, 3.0)) - (0.2 + 0.7 * (1 + np.cos(np.pi / 4)) / 2)) < 1e-6
-    assert abs(float(P.sched_tau(1.0, "exp", 0.9, 0.2, 3.0)) - (0.2 + 0.7 * np.exp(-3.0))) < 1e-6
+        assert abs(float(sched_tau(0.0, sch, 0.9, 0.2, 3.0)) - 0.9) < 1e-6
+    assert abs(float(sched_tau(0.5, "linear", 0.9, 0.2, 3.0)) - 0.55) < 1e-6
+    assert abs(float(sched_tau(1.0, "linear", 0.9, 0.2, 3.0)) - 0.2) < 1e-6
+    assert abs(float(sched_tau(0.5, "cosine", 0.9, 0.2, 3.0)) - 0.55) < 1e-6
+    assert abs(float(sched_tau(0.25, "cosine", 0.9, 0.2, 3.0)) - (0.2 + 0.7 * (1 + np.cos(np.pi / 4)) / 2)) < 1e-6
+    assert abs(float(sched_tau(1.0, "exp", 0.9, 0.2, 3.0)) - (0.2 + 0.7 * np.exp(-3.0))) < 1e-6
     # LLaDA's per-step counts: 7 tokens in 3 steps -> 3, 2, 2
-    assert [int(P.llada_count(jnp.int32(7), jnp.int32(i), 3)) for i in range(3)] == [3, 2, 2]
-    assert [int(P.llada_count(jnp.int32(2), jnp.int32(i), 3)) for i in range(3)] == [1, 1, 0]
+    assert [int(llada_count(jnp.int32(7), jnp.int32(i), 3)) for i in range(3)] == [3, 2, 2]
+    assert [int(llada_count(jnp.int32(2), jnp.int32(i), 3)) for i in range(3)] == [1, 1, 0]
     # Saber's threshold and remasking
-    assert abs(float(P.saber_tau(0.0, 0, 0.9, 0.5)) - 0.9) < 1e-6
-    assert abs(float(P.saber_tau(1.6, 2, 0.9, 0.5)) - (0.9 - 0.4 * 0.8)) < 1e-6
+    assert abs(float(saber_tau(0.0, 0, 0.9, 0.5)) - 0.9) < 1e-6
+    assert abs(float(saber_tau(1.6, 2, 0.9, 0.5)) - (0.9 - 0.4 * 0.8)) < 1e-6
     drop = jnp.array([0.5, 0.1, 0.4, 0.6])
     checked = jnp.array([True, True, True, False])
-    assert np.asarray(P.saber_remask(drop, checked, 2, 0.3)).tolist() == [True, False, False, False]
-    assert np.asarray(P.saber_remask(drop, checked, 3, 0.3)).tolist() == [True, False, True, False]
-    assert np.asarray(P.saber_remask(drop, checked, 9, 0.45)).tolist() == [True, False, False, False]
-    assert not np.any(np.asarray(P.saber_remask(drop, checked, 1, 0.0)))   # never more than n - 1
+    assert np.asarray(saber_remask(drop, checked, 2, 0.3)).tolist() == [True, False, False, False]
+    assert np.asarray(saber_remask(drop, checked, 3, 0.3)).tolist() == [True, False, True, False]
+    assert np.asarray(saber_remask(drop, checked, 9, 0.45)).tolist() == [True, False, False, False]
+    assert not np.any(np.asarray(saber_remask(drop, checked, 1, 0.0)))   # never more than n - 1
 
 
 # ----------------------------------------------------------------------------- a step-writing model
@@ -76,6 +80,9 @@ def _clock_model():
 CASES = [  # sampler, expected tokens (the step's start count), NFE
     (P.confidence_threshold(0.9, greedy=True), [7, 0, 5, 0, 0, 4, 0, 6], 5),
     (P.topk(3, greedy=True), [6, 0, 3, 3, 0, 3, 0, 6], 3),
+    # threshold = 1 (no score reaches it): greedy one-at-a-time in max-confidence order, = top-1
+    (P.confidence_threshold(1.0, greedy=True), [7, 1, 5, 3, 0, 4, 2, 6], 8),
+    (P.topk(1, greedy=True), [7, 1, 5, 3, 0, 4, 2, 6], 8),
     (P.llada(4, block_length=4, kind="max_prob", greedy=True), [2, 0, 2, 0, 4, 6, 4, 6], 4),
     (P.llada(8, kind="max_prob", greedy=True), [7, 1, 5, 3, 0, 4, 2, 6], 8),
     (P.fast_dllm(factor=1.0, greedy=True), [7, 0, 5, 0, 0, 4, 0, 6], 5),
@@ -152,13 +159,12 @@ def _tempered(model, beta):
 def test_one_token_per_step_is_exact_and_mutations_fail(chain):
     """One token per step, at a position chosen from the conditionals only (random order, or the
     max-probability order that threshold = 1 gives), is the chain rule in an adaptive order: exact
-    on an exact model (chi-square, 20000 samples, significance 1e-3); threshold = 1 commits one token
-    per step since no conditional is a point mass (NFE = L).  Mutations that must fail: two tokens per step (off by one); a
-    wrong conditional (logits scaled by 1.3)."""
+    on an exact model (chi-square, 20000 samples, significance 1e-3); threshold = 1 commits one
+    token per step since no conditional is a point mass (NFE = L).  Mutations that must fail: two
+    tokens per step (off by one); a wrong conditional (logits scaled by 1.3)."""
     hmm, model = chain
     lp = d.enumerate_log_probs(hmm)
     n = 20000
-
     x0 = jnp.full((n, hmm.length), hmm.vocab_size, jnp.int32)
 
     def run(sampler, m=model):
