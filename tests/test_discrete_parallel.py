@@ -47,6 +47,12 @@ def test_counting_rules_on_constructed_scores():
     # LLaDA's per-step counts: 7 tokens in 3 steps -> 3, 2, 2
     assert [int(llada_count(jnp.int32(7), jnp.int32(i), 3)) for i in range(3)] == [3, 2, 2]
     assert [int(llada_count(jnp.int32(2), jnp.int32(i), 3)) for i in range(3)] == [1, 1, 0]
+    # the scores: base.confidence's values (margin by two max passes, neg_entropy as exp(-H))
+    lp = jax.nn.log_softmax(jax.random.normal(jax.random.PRNGKey(0), (6, 5)) * 3, axis=-1)
+    lp = lp.at[0].set(jnp.log(jnp.array([0.4, 0.4, 0.1, 0.05, 0.05])))      # a tie at the top
+    for kind in ("max_prob", "margin"):
+        np.testing.assert_allclose(P._scorer(kind)(None, lp, None), d.confidence(lp, kind), atol=1e-6)
+    np.testing.assert_allclose(P._scorer("neg_entropy")(None, lp, None), jnp.exp(-d.entropy(lp)), atol=1e-6)
     # Saber's threshold and remasking
     assert abs(float(saber_tau(0.0, 0, 0.9, 0.5)) - 0.9) < 1e-6
     assert abs(float(saber_tau(1.6, 2, 0.9, 0.5)) - (0.9 - 0.4 * 0.8)) < 1e-6
