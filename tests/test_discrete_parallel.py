@@ -94,6 +94,10 @@ CASES = [  # sampler, expected tokens (the step's start count), NFE
     (P.fast_dllm(factor=1.0, greedy=True), [7, 0, 5, 0, 0, 4, 0, 6], 5),
     (P.fast_dllm(0.9, block_length=4, greedy=True), [3, 0, 2, 0, 4, 6, 4, 7], 6),
     (P.sched(8, "linear", tau_high=0.9, tau_low=0.2, kind="max_prob", greedy=True), [3, 1, 3, 3, 0, 3, 2, 3], 4),
+    # per-position relaxing threshold tau = 0.8 - 0.79 p: {1,3,4,6}; {5}; {2}; exit at step 3
+    # (mean 0.525 >= 0.50875) commits {0,7}
+    (P.sched(8, "linear", tau_high=0.8, tau_low=0.01, transfer="threshold", kind="max_prob", greedy=True),
+     [6, 0, 5, 0, 0, 4, 0, 6], 4),
     # Saber: step 0 {1,3,4,6}; step 1 tau = 0.9 - 0.4 * 3.79 / 4 commits {2,5,7} and remasks the two
     # largest drops among the checked {1,3,4,6} (4 and 1); step 2 commits {1,4}, remasks 5 (cap 1);
     # steps 3 and 4 commit one each (no remasking: cap 0).  NFE = 5 steps + 0+4+3+2+1 checks.
@@ -208,6 +212,8 @@ def test_bad_options_raise_naming_the_option():
         P.llada(8, remasking="lowest")
     with pytest.raises(ValueError, match="^schedule:"):
         P.sched(8, schedule="step")
+    with pytest.raises(ValueError, match="^transfer:"):
+        P.sched(8, transfer="topk")
     with pytest.raises(ValueError, match="^tau_low:"):
         P.sched(8, tau_high=0.3, tau_low=0.5)
     with pytest.raises(ValueError, match="^tau_high:"):

@@ -418,27 +418,32 @@ def fast_dllm(threshold: Optional[float] = 0.9, factor: Optional[float] = None,
 
 
 class _SchedAux(NamedTuple):
-    blk: _BlockAux
+    blk: object      # LLaDA's block counters (transfer="llada"), else a placeholder
     exited: Array    # step at which the early exit fired (-1: not yet)
 
 
 def sched(steps: int = 64, schedule: Literal["linear", "cosine", "exp"] = "cosine",
           tau_high: float = 0.9, tau_low: float = 0.3, rate: float = 4.0,
-          block_length: Optional[int] = None, kind: Kind = "margin", greedy: bool = False,
-          precision: Precision = "high") -> DiscreteSampler:
+          transfer: Literal["llada", "threshold"] = "llada", block_length: Optional[int] = None,
+          kind: Kind = "margin", greedy: bool = False, precision: Precision = "high") -> DiscreteSampler:
     """SchED (Mohamed et al. 2025, "Fast-Decoding Diffusion Language Models via Progress-Aware
-    Confidence Schedules", Sec. 3 and Alg. 1): decode with LLaDA's transfer schedule (``steps``,
-    ``block_length``, low-confidence order), and before each step's commit compare the mean score
-    of all still-masked positions (the remaining answer span) with tau(p), p = step / steps the
-    decoding progress (steps already taken); once mean >= tau(p), commit every remaining position
-    at once (early exit) and stop.  tau is :func:`sched_tau` (linear / cosine / exp).  The paper
-    aggregates top-2 logit margins over the whole answer region; here the models return a one-hot
-    at revealed positions, so the mean runs over the masked ones, and the margin is p_1 - p_2 in
-    [0, 1] (kind "margin") so tau_high >= tau_low lie in (0, 1].  NFE <= steps."""
+    Confidence Schedules", Sec. 3 and Alg. 1): before each step's commit compare the mean score of
+    all still-masked positions (the remaining answer span) with tau(p), p = step / steps the decoding
+    progress (steps already taken); once mean >= tau(p), commit every remaining position at once
+    (early exit) and stop.  tau is :func:`sched_tau` (linear / cosine / exp, non-increasing from
+    tau_high towards tau_low).  Between exits the tokens are transferred by LLaDA's schedule
+    (``transfer="llada"``: ``steps``, ``block_length``, highest scores first; the paper's setting,
+    NFE <= steps) or, ``transfer="threshold"``, by the same relaxing threshold applied per position
+    (every candidate with score >= tau(p), at least one; NFE <= #MASK).  The paper aggregates top-2
+    logit margins over the whole answer region; here the models return a one-hot at revealed
+    positions, so the mean runs over the masked ones, and the margin is p_1 - p_2 in [0, 1] (kind
+    "margin"), so tau_low <= tau_high lie in (0, 1]."""
     name = "sched"
     _check_int(name, "steps", steps)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: unknown {schedule!r} ({name}); allowed: {list(SCHEDULES)}")
+    if transfer not in ("llada", "threshold"):
+        raise ValueError(f"transfer: unknown {transfer!r} ({name}); allowed: ['llada', 'threshold']")
     _check_unit(name, "tau_high", tau_high)
     _check_unit(name, "tau_low", tau_low)
     if tau_low > tau_high:
@@ -448,15 +453,21 @@ def sched(steps: int = 64, schedule: Literal["linear", "cosine", "exp"] = "cosin
     _check_common(name, kind, block_length, greedy, precision)
 
     def make(L):
-        init_b, count_b, _ = _llada_rule(name, steps, _blocks(name, block_length, L), L)
+        if transfer == "llada":
+            init_b, count_b, _ = _llada_rule(name, steps, _blocks(name, block_length, L), L)
+        else:
+            init_b, count_b = _no_aux, None
 
         def init():
             return _SchedAux(init_b(), jnp.int32(-1))
 
         def count(score, masked, cand, step, aux):
-            n, cand_b, blk = count_b(score, masked, cand, step, aux.blk)
-            mean = jnp.sum(jnp.where(masked, score, 0.0)) / jnp.maximum(jnp.sum(masked), 1)
             tau = sched_tau(step / steps, schedule, float(tau_high), float(tau_low), float(rate))
+            if count_b is None:
+                n, cand_b, blk = threshold_count(score, cand, tau), cand, aux.blk
+            else:
+                n, cand_b, blk = count_b(score, masked, cand, step, aux.blk)
+            mean = jnp.sum(jnp.where(masked, score, 0.0)) / jnp.maximum(jnp.sum(masked), 1)
             exit_now = mean >= tau
             n = jnp.where(exit_now, L, n)
             cand = jnp.where(exit_now, masked, cand_b)
@@ -464,9 +475,11 @@ def sched(steps: int = 64, schedule: Literal["linear", "cosine", "exp"] = "cosin
             return n, cand, _SchedAux(blk, exited)
         return _Rule(init=init, count=count)
     return _sampler(name, make, dict(steps=steps, schedule=schedule, tau_high=tau_high,
-                                     tau_low=tau_low, rate=rate, block_length=block_length,
-                                     kind=kind, greedy=greedy, precision=precision),
-                    kind, block_length, greedy, precision, max_calls=lambda L: min(steps, L))
+                                     tau_low=tau_low, rate=rate, transfer=transfer,
+                                     block_length=block_length, kind=kind, greedy=greedy,
+                                     precision=precision),
+                    kind, block_length, greedy, precision,
+                    max_calls=(lambda L: min(steps, L)) if transfer == "llada" else None)
 
 
 class _SaberAux(NamedTuple):
