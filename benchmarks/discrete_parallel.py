@@ -41,8 +41,11 @@ def settings(L: int, quick: bool):
         s += [("llada", dict(steps=L // 2, block_length=half)),
               ("fast_dllm", dict(factor=1.0, threshold=None, block_length=half, kind="max_prob"))]
     s += [("sched", dict(steps=L, schedule=sc, tau_high=0.9, tau_low=0.2)) for sc in ("linear", "exp")]
+    s += [("sched", dict(steps=L, schedule="linear", tau_high=0.9, tau_low=0.2, transfer="threshold"))]
     s += [("saber", {}), ("saber", dict(tau_high=0.9, tau_low=0.2, drop=0.1, kind="max_prob")),
-          ("saber", dict(tau_high=0.9, tau_low=0.2, backtrack=False, kind="max_prob"))]
+          ("saber", dict(tau_high=0.9, tau_low=0.2, backtrack=False, kind="max_prob")),
+          ("saber", dict(tau_high=0.5, tau_low=0.1, drop=0.05, kind="max_prob")),
+          ("saber", dict(tau_high=0.5, tau_low=0.1, backtrack=False, kind="max_prob"))]
     if quick:
         s = s[::3]
     return s
@@ -68,7 +71,8 @@ def frontier(n: int, quick: bool, log=print):
             nfe = np.asarray(info.nfe)
             row = dict(problem=prob, sampler=name,
                        setting=", ".join(f"{k}={v}" for k, v in opts.items() if v is not None) or "-",
-                       nfe=float(nfe.mean()), nfe_max=int(nfe.max()), tv=d.tv_to_exact(x, lp, hmm.vocab_size),
+                       nfe=float(nfe.mean()), nfe_max=int(nfe.max()), steps=float(np.mean(np.asarray(info.steps))),
+                       tv=d.tv_to_exact(x, lp, hmm.vocab_size),
                        tv_floor=floor, chi2_p=chi.p_value, time_s=wall, n=n,
                        extra_calls=bool(sampler.extra_calls))
             rows.append(row)
@@ -230,7 +234,7 @@ def summarize(res) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30000)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--from-json", action="store_true", help="re-render the .md from the .json")
     args = ap.parse_args()
