@@ -23,10 +23,11 @@ produce a Gumbel larger than ``-log(-log(1 - 2^-24)) ~ 16.6``: a token whose log
 more than ~17 below the leader's is (almost) never drawn, and the tail mass lost over many rare
 tokens acts like a lowered temperature (Zheng et al. 2024, "Masked Diffusion Models are Secretly
 Time-Agnostic Masked Models and Exploit Inaccurate Categorical Sampling", Sec. 4).  Our default
-(``precision="high"``) draws ``V = 1 - U`` with a three-level uniform (each level refines the
-lowest cell of the previous one: resolution 2^-69 in float32), so the Gumbel ``-log(-log1p(-V))``
-is exact up to ~47 in float32, a tail probability of ~e^-47.  It costs two more uniform draws and
-needs no float64 (TPUs have none).  ``"float64"`` is JAX's float64 Gumbel (needs x64) and
+(``precision="high"``) draws ``V = 1 - U`` from 64 random bits (two uint32 words: resolution 2^-64
+near 0, float32's relative precision elsewhere), so the Gumbel ``-log(-log1p(-V))`` is exact up to
+~44 in float32, a tail probability of ~e^-44 (float64's own 53-bit uniform stops at ~36.7).  It
+costs twice the random bits of a float32 uniform (about 3.5x the time of ``jax.random.gumbel`` on
+CPU, measured in docs/benchmarks/discrete_core.md) and needs no float64 (TPUs have none).  ``"float64"`` is JAX's float64 Gumbel (needs x64) and
 ``"float32"`` JAX's ``random.categorical`` in float32, the truncated one, kept for the reproduction.
 """
 from __future__ import annotations
@@ -124,18 +125,17 @@ def check_tokens(x, model: DiscreteModel, what: str = "x") -> None:
 # Categorical sampling
 # ---------------------------------------------------------------------------------------
 def _uniform_fine(key, shape, dtype):
-    """U[0, 1) whose lowest cells are refined twice: on float32 the resolution near 0 is 2^-69
-    instead of 2^-23 (three draws, each filling the lowest cell of the one before)."""
-    nmant = jnp.finfo(dtype).nmant
-    cell = jnp.asarray(2.0 ** -nmant, dtype)
-    k1, k2, k3 = jax.random.split(key, 3)
-    u1, u2, u3 = (jax.random.uniform(k, shape, dtype) for k in (k1, k2, k3))
-    return u1 + cell * (u2 + cell * u3)
+    """U[0, 1) from 64 random bits: ``(hi + lo 2^-32) 2^-32`` for two uint32 words, so the
+    resolution near 0 is 2^-64 instead of float32's 2^-24 (relative precision of the dtype above)."""
+    b = jax.random.bits(key, tuple(shape) + (2,), jnp.uint32)
+    hi, lo = b[..., 0].astype(dtype), b[..., 1].astype(dtype)
+    scale = jnp.asarray(2.0 ** -32, dtype)
+    return jnp.minimum((hi + lo * scale) * scale, jnp.asarray(1.0, dtype) - jnp.finfo(dtype).epsneg)
 
 
 def gumbel(key, shape, dtype=jnp.float32, precision: str = "high"):
-    """Standard Gumbel noise.  ``"high"``: ``-log(-log1p(-V))`` with the fine uniform V (exact tail
-    to ~47 in float32); ``"float64"``: ``jax.random.gumbel`` in float64; ``"float32"``:
+    """Standard Gumbel noise.  ``"high"``: ``-log(-log1p(-V))`` with the 64-bit uniform V (exact tail
+    to ~44 in float32); ``"float64"``: ``jax.random.gumbel`` in float64; ``"float32"``:
     ``jax.random.gumbel`` in float32 (truncated at ~16.6)."""
     if precision == "high":
         v = _uniform_fine(key, shape, dtype)
@@ -220,12 +220,16 @@ class DiscreteSampler(NamedTuple):
     """``run(model, x int32[B, L], keys [B]) -> (x int32[B, L], DecodeInfo)``: decodes the MASK
     positions of ``x`` (revealed ones are a prompt / infill and stay).  ``max_calls(L)``: an upper
     bound of the NFE per sample (None: ``L``); ``extra_calls``: the rule spends model calls beyond
-    one per decoding step (information gain)."""
+    one per decoding step (information gain).  ``model_for(model, hmm) -> model``: the model the
+    sampler really runs on, built from the exact problem ``hmm`` (bitstream diffusion: the exact
+    continuous bit denoiser), or None: the model as given (the runner refuses such a sampler on a
+    model without an exact problem)."""
     name: str
     run: Callable
     options: dict
     extra_calls: bool = False
     max_calls: Optional[Callable] = None
+    model_for: Optional[Callable] = None
 
 
 def sample_keys(key, n: int, index_offset=0):

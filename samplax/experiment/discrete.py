@@ -159,10 +159,14 @@ def _accepted(name: str) -> list:
     return list(inspect.signature(SAMPLERS[name]).parameters)
 
 
-def _build(name: str, options: dict, path: str):
+def _build(name: str, options: dict, path: str, loaded=None):
     from samplax.discrete.registry import get_sampler
     try:
-        return get_sampler(name, **options)
+        sampler = get_sampler(name, **options)
+        if loaded is not None and sampler.model_for is not None and loaded.truth is None:
+            raise ValueError(f"runs on a model built from an exact problem; model {loaded.data!r} has none "
+                             f"(allowed: model.name in the exact problems, without a checkpoint)")
+        return sampler
     except ValueError as e:
         msg = str(e)
         option = msg.split(":", 1)[0].strip()
@@ -191,12 +195,12 @@ def make_plan(config):
 
     kind = config_kind(config)
     cfg = validate(config, kind)
-    load_model(cfg)  # a missing checkpoint or an unknown problem fails here, before any work
+    loaded = load_model(cfg)  # a missing checkpoint or an unknown problem fails here, before any work
     rows = []
     if kind == "sample":
         s = cfg["sampler"]
         options = dict(s.get("options") or {})
-        _build(s["name"], options, "config.sampler.options")
+        _build(s["name"], options, "config.sampler.options", loaded)
         rows.append(_row(cfg, s["name"], options, cfg["seed"]))
         return Plan(kind, cfg, rows, [])
     sw = cfg["sweep"]
@@ -219,7 +223,7 @@ def make_plan(config):
         for values in itertools.product(*(axes[o] for o in mine)):
             options = dict(base, **dict(zip(mine, values)))
             where = (f"config.sweep.option_axes" if mine else f"config.sweep.sampler_options.{name}")
-            _build(name, options, where)
+            _build(name, options, where, loaded)
             for seed in sw["seeds"]:
                 rows.append(_row(cfg, name, options, seed))
     return Plan(kind, cfg, rows, [])
@@ -277,7 +281,9 @@ def execute(plan, todo: list, workdir: str, writer: bool = True) -> list:
     return done
 
 
-def _model_in(loaded, dtype: str):
+def _model_in(loaded, dtype: str, sampler=None):
+    if sampler is not None and sampler.model_for is not None:
+        return sampler.model_for(loaded.model, loaded.truth)
     if dtype == "float64" and loaded.truth is not None:
         from samplax.discrete import exact
         return exact.exact_model(loaded.truth)  # built under x64: float64 output
@@ -300,7 +306,7 @@ def run_row(spec: dict, cfg: dict, loaded, mesh, dev: dict, versions: dict, work
     compile_s, run_s = 0.0, 0.0
     ctx = jax.enable_x64(True) if spec["dtype"] == "float64" else _null()
     with ctx:
-        model = _model_in(loaded, spec["dtype"])
+        model = _model_in(loaded, spec["dtype"], sampler)
 
         def program(keys):
             x0 = all_masked(model, keys.shape[0])
