@@ -196,7 +196,8 @@ def render(res) -> str:
         "## Driver time per model call vs a bare loop",
         "",
         "The bare loop (`lax.fori_loop`) only calls the model as many times as the driver's "
-        "`while_loop` iterates (the slowest sample's step count) and writes one argmax back per call. "
+        "`while_loop` iterates (the slowest sample's step count), consumes the whole output (argmax of every "
+        "position, one written back, and a running sum) and nothing else. "
         "Target for rules without extra calls: ratio <= 1.2. Two models: the exact denoiser of markov4x8 "
         "(forward-backward over 4 hidden states: a call costs about as much as drawing the tokens) and "
         "`mlp512`, a stand-in network (one-hot input, two ReLU layers of 512, random weights). "
