@@ -19,9 +19,10 @@ pure function of one sample's scores; the common decoders are then settings:
 ``fast_dllm``       Fast-dLLM's threshold rule or its factor rule (Wu et al. 2025, Sec. 3.3,
                     Thm. 1): with candidate scores sorted c_1 >= c_2 >= ..., commit the largest
                     n with (n + 1)(1 - c_n) < factor, at least one; with or without blocks
-``sched``           SchED (Mohamed et al. 2025, Sec. 3): LLaDA's transfer schedule plus early
-                    exit once the mean confidence of the still-masked positions reaches a
-                    threshold tau(p) that relaxes with the progress p = step / steps
+``sched``           SchED (Mohamed et al. 2025, Sec. 3): early exit once the mean confidence of
+                    the still-masked positions reaches a threshold tau(p) that relaxes with the
+                    progress p = step / steps; LLaDA's transfer schedule (or the same relaxing
+                    threshold per position) until then
 ``saber``           Saber (Dong et al. 2025): an unmasking threshold that relaxes with the
                     running confidence of the tokens drafted so far (adaptive acceleration),
                     and backtracking that remasks earlier drafts whose probability, re-evaluated
@@ -46,7 +47,6 @@ the conditionals only (max_prob, margin, neg_entropy, random) samples exactly fr
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Literal, NamedTuple, Optional
 
 import jax
@@ -417,11 +417,6 @@ def fast_dllm(threshold: Optional[float] = 0.9, factor: Optional[float] = None,
                     kind, block_length, greedy, precision)
 
 
-class _SchedAux(NamedTuple):
-    blk: object      # LLaDA's block counters (transfer="llada"), else a placeholder
-    exited: Array    # step at which the early exit fired (-1: not yet)
-
-
 def sched(steps: int = 64, schedule: Literal["linear", "cosine", "exp"] = "cosine",
           tau_high: float = 0.9, tau_low: float = 0.3, rate: float = 4.0,
           transfer: Literal["llada", "threshold"] = "llada", block_length: Optional[int] = None,
@@ -459,20 +454,17 @@ def sched(steps: int = 64, schedule: Literal["linear", "cosine", "exp"] = "cosin
             init_b, count_b = _no_aux, None
 
         def init():
-            return _SchedAux(init_b(), jnp.int32(-1))
+            return init_b()
 
         def count(score, masked, cand, step, aux):
             tau = sched_tau(step / steps, schedule, float(tau_high), float(tau_low), float(rate))
             if count_b is None:
-                n, cand_b, blk = threshold_count(score, cand, tau), cand, aux.blk
+                n, cand_b, aux = threshold_count(score, cand, tau), cand, aux
             else:
-                n, cand_b, blk = count_b(score, masked, cand, step, aux.blk)
+                n, cand_b, aux = count_b(score, masked, cand, step, aux)
             mean = jnp.sum(jnp.where(masked, score, 0.0)) / jnp.maximum(jnp.sum(masked), 1)
             exit_now = mean >= tau
-            n = jnp.where(exit_now, L, n)
-            cand = jnp.where(exit_now, masked, cand_b)
-            exited = jnp.where(exit_now & (aux.exited < 0), step, aux.exited).astype(jnp.int32)
-            return n, cand, _SchedAux(blk, exited)
+            return jnp.where(exit_now, L, n), jnp.where(exit_now, masked, cand_b), aux
         return _Rule(init=init, count=count)
     return _sampler(name, make, dict(steps=steps, schedule=schedule, tau_high=tau_high,
                                      tau_low=tau_low, rate=rate, transfer=transfer,
