@@ -1,4 +1,5 @@
 """Every registered masked-diffusion sampler: name -> factory (plain typed keyword arguments)."""
+from samplax.discrete import parallel
 from samplax.discrete.samplers import ancestral, first_hitting
 from samplax.discrete.bitstream import bitstream
 
@@ -6,6 +7,12 @@ SAMPLERS = {
     "ancestral": ancestral,
     "first_hitting": first_hitting,
     "bitstream": bitstream,
+    "confidence_threshold": parallel.confidence_threshold,
+    "topk": parallel.topk,
+    "llada": parallel.llada,
+    "fast_dllm": parallel.fast_dllm,
+    "sched": parallel.sched,
+    "saber": parallel.saber,
 }
 
 
