@@ -200,9 +200,11 @@ def confidence(logp, kind: str = "max_prob"):
     (largest minus second largest), ``"neg_entropy"`` (minus the entropy)."""
     if kind == "max_prob":
         return jnp.exp(jnp.max(logp, axis=-1))
-    if kind == "margin":
-        top2 = jax.lax.top_k(logp, 2)[0]
-        return jnp.exp(top2[..., 0]) - jnp.exp(top2[..., 1])
+    if kind == "margin":  # two max passes: lax.top_k is a sort on CPU
+        first = jnp.argmax(logp, axis=-1)
+        l1 = jnp.max(logp, axis=-1)
+        l2 = jnp.max(jnp.where(jax.nn.one_hot(first, logp.shape[-1], dtype=bool), -jnp.inf, logp), axis=-1)
+        return jnp.exp(l1) - jnp.exp(l2)
     if kind == "neg_entropy":
         return -entropy(logp)
     raise ValueError(f"confidence: unknown kind {kind!r}; allowed: {list(CONFIDENCES)}")
