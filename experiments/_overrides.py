@@ -19,6 +19,7 @@ from samplax.experiment.errors import ConfigError
 
 # the mappings whose keys are free (dotted paths below "config.")
 OPEN_MAPPINGS = ("model.args", "model.data_args", "model.schedule_args", "solver.options", "sweep.solver_options",
+                 "sampler.options", "sweep.sampler_options",
                  "sweep.option_axes", "data.options", "schedule.options", "model.options")
 
 

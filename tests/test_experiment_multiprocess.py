@@ -39,11 +39,40 @@ def _launch(workdirs, job_id, distributed=True, n_dev=4, timeout=240, args=ARGS)
     return outs
 
 
+def _in_process(args, workdir, fn: str):
+    """The run ``args`` describes (its --config file and overrides), in this process on its one
+    device: the same rows / parameters as the entrypoint run as one process."""
+    import importlib
+    import runpy
+
+    from experiments._main import load_config_file
+    import jax
+    from helpers import set_dotted
+
+    assert jax.device_count() == 1
+    config = load_config_file(os.path.join(REPO, args[2].split("=", 1)[1]))
+    for a in args[3:]:
+        field, value = a[len("--config."):].split("=", 1)
+        set_dotted(config, field, _parse(value))
+    module = importlib.import_module("samplax.experiment.trainer" if fn == "run_train" else "samplax.experiment")
+    getattr(module, fn)(config, str(workdir))
+
+
+def _parse(value: str):
+    import ast
+
+    try:
+        v = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+    return tuple(v) if isinstance(v, list) else v
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_and_follow_process_zero(tmp_path):
     job = random.randint(1000, 60000)
     one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
-    _launch([one], job, distributed=False, n_dev=1)
+    _in_process(ARGS, one, "run_sweep")  # the 1-process, 1-device reference (no subprocess to start)
     _launch([two, two], job + 1)
     r1 = {r["hash"]: r for r in results.read_rows(str(one / "results.jsonl"))}
     r2 = results.read_rows(str(two / "results.jsonl"))
@@ -79,7 +108,7 @@ def test_two_process_training_matches_one_process(tmp_path):
 
     job = random.randint(1000, 60000)
     one, two = tmp_path / "one", tmp_path / "two"
-    _launch([one], job, distributed=False, n_dev=1, args=TRAIN_ARGS)
+    _in_process(TRAIN_ARGS, one, "run_train")
     _launch([two, two], job + 1, n_dev=2, args=TRAIN_ARGS)
     a, b = load_trained(str(one), which="params"), load_trained(str(two), which="params")
     assert a.step == b.step == 60

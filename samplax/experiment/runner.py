@@ -44,7 +44,7 @@ from absl import logging
 
 from samplax import io as sio
 from samplax.experiment import cache as refcache
-from samplax.experiment import devices, loading, registry
+from samplax.experiment import devices, discrete, loading, registry
 from samplax.experiment import results as store
 from samplax.experiment.config import ConfigError, config_kind, validate_fields
 from samplax.experiment.nfe import count_in_jaxpr
@@ -91,9 +91,10 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
     if expect is not None and kind != expect:
         want = "a 'sweep' section" if expect == "sweep" else "no 'sweep' section"
         raise ConfigError("config", f"this entrypoint runs {expect} configs, which have {want}; got a {kind} config")
-    cfg = validate_fields(config, kind)
+    disc = discrete.is_discrete(config)  # masked diffusion: samplax.experiment.discrete
+    cfg = discrete.validate(config, kind) if disc else validate_fields(config, kind)
     devices.maybe_initialize_distributed(cfg["distributed"])
-    plan = make_plan(config)
+    plan = discrete.make_plan(config) if disc else make_plan(config)
     writer = devices.is_writer()
     wd = bad_workdir = None
     try:  # process 0 checks the filesystem (it alone writes); the others the name only
@@ -104,7 +105,7 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
         raise bad_workdir or ConfigError("workdir", f"{workdir} cannot be used (seen by process 0)")
     if wd is None:  # only this process was given a bad name
         raise bad_workdir
-    ident = identity(plan.config)
+    ident = identity(plan.config, discrete.NON_IDENTITY_FIELDS) if disc else identity(plan.config)
 
     def saved_config_conflict():
         # Process 0 decides (conflict, what is done); the others follow its decision, so a
@@ -157,7 +158,8 @@ def _run_locked(plan: Plan, kind: str, workdir, ident: dict, writer: bool, resta
     logging.info("%s: %d rows planned, %d already in %s, %d to run; %d combinations skipped",
                  kind, len(plan.rows), len(plan.rows) - len(todo), path, len(todo), len(plan.skipped))
     workdir = os.fspath(workdir)
-    new_rows = execute(plan, todo, workdir, writer)
+    disc = discrete.is_discrete(plan.config)
+    new_rows = (discrete.execute if disc else execute)(plan, todo, workdir, writer)
     if not writer:  # processes other than 0 write nothing and return what they computed
         return new_rows
     wanted = {s["hash"] for s in plan.rows}
@@ -167,11 +169,11 @@ def _run_locked(plan: Plan, kind: str, workdir, ident: dict, writer: bool, resta
         from samplax.experiment.report import write_report
 
         # a sample workdir accumulates runs: its report shows all of them
-        write_report(workdir, every if kind == "sample" else rows)
+        (discrete.write_report if disc else write_report)(workdir, every if kind == "sample" else rows)
     if writer and summary:
         from samplax.experiment.report import print_summary
 
-        print_summary(rows)
+        (discrete.print_summary if disc else print_summary)(rows)
     return rows
 
 

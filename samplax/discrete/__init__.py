@@ -1,0 +1,10 @@
+"""Masked and discrete diffusion: exact tiny sequence models, samplers, metrics (docs/discrete.md)."""
+from samplax.discrete.base import (CONFIDENCES, LOG_ZERO, MASK_SCHEDULES, PRECISIONS, DecodeInfo, DiscreteModel,
+                                   DiscreteSampler, MaskSchedule, all_masked, carry_over, categorical, confidence,
+                                   decode, entropy, gumbel, mask_schedule, sample_keys)
+from samplax.discrete.exact import (HMM, PROBLEMS, all_sequences, conditionals, enumerate_log_probs, exact_model,
+                                    load_problem, log_prob, make_hmm, markov_chain, random_hmm, sequence_index,
+                                    true_samples)
+from samplax.discrete.metrics import chi_square_test, marginal_tv, tv_floor, tv_to_exact
+from samplax.discrete.registry import SAMPLERS, get_sampler
+from samplax.discrete.samplers import ancestral, first_hitting
