@@ -14,18 +14,18 @@ def get_config():
     c.data.name = "digits_tokens"
     c.data.options.split = "train"
     c.schedule.name = "linear"
-    c.model.transformer.width = 96
-    c.model.transformer.depth = 3
+    c.model.transformer.width = 64
+    c.model.transformer.depth = 2
     c.model.transformer.heads = 4
     c.model.transformer.time_conditioned = False
-    c.optim.learning_rate = 1e-3
-    c.optim.warmup_steps = 200
+    c.optim.learning_rate = 2e-3
+    c.optim.warmup_steps = 100
     c.optim.weight_decay = 1e-4
     c.optim.ema_decay = 0.999
-    c.train.num_steps = 4000
-    c.train.batch_size = 128
+    c.train.num_steps = 2500
+    c.train.batch_size = 64
     c.train.log_every = 100
-    c.train.checkpoint_every = 1000
+    c.train.checkpoint_every = 500
     c.train.sample_every = 0
     c.train.sample_count = 50
     return c

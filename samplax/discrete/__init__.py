@@ -8,3 +8,4 @@ from samplax.discrete.exact import (HMM, PROBLEMS, all_sequences, conditionals, 
 from samplax.discrete.metrics import chi_square_test, marginal_tv, tv_floor, tv_to_exact
 from samplax.discrete.registry import SAMPLERS, get_sampler
 from samplax.discrete.samplers import ancestral, first_hitting
+from samplax.discrete.dparallel import certainty_forcing_distill, dparallel

@@ -1,9 +1,11 @@
 """Every registered masked-diffusion sampler: name -> factory (plain typed keyword arguments)."""
 from samplax.discrete.samplers import ancestral, first_hitting
+from samplax.discrete.dparallel import dparallel
 
 SAMPLERS = {
     "ancestral": ancestral,
     "first_hitting": first_hitting,
+    "dparallel": dparallel,
 }
 
 

@@ -680,18 +680,30 @@ def load_trained(workdir, step: Optional[int] = None, which: str = "ema") -> Tra
     return Trained(s, params, int(meta["step"]), where)
 
 
-def load_discrete_model(workdir, step: Optional[int] = None, which: str = "ema"):
-    """The masked-diffusion model of a training workdir (:func:`load_trained`'s checkpoint
-    ``step``, default the newest intact one; ``which`` = "ema" or "params") as a
-    :class:`samplax.discrete.DiscreteModel` with its vocabulary, length and
-    ``time_agnostic`` flag (True unless the transformer is time-conditioned)."""
+def load_trained_discrete(workdir, step: Optional[int] = None, which: str = "ema"):
+    """``(model, info)``: :func:`load_trained`'s checkpoint ``step`` (default the newest intact
+    one; ``which`` = "ema" or "params") of a masked-diffusion run as a
+    :class:`samplax.discrete.DiscreteModel` with its vocabulary, length and ``time_agnostic``
+    flag (True unless the transformer is time-conditioned), and ``info`` = dict(problem = the
+    exact problem of ``<problem>_tokens`` data or None, data = that problem or the data set's
+    name, step, checkpoint, vocab_size, length, time_agnostic)."""
     tr = load_trained(workdir, step, which)
     if not is_masked(tr.setup.cfg):
-        raise ValueError(f"load_discrete_model: {workdir} trained objective {tr.setup.cfg['loss']['objective']!r}, "
-                         f"not a masked-diffusion model ('masked'); load it with load_trained")
-    return discrete_model(tr.setup, tr.params)
+        raise ValueError(f"{workdir} trained objective {tr.setup.cfg['loss']['objective']!r}, not a masked-diffusion "
+                         f"model (loss.objective 'masked'); load it with load_trained")
+    model = discrete_model(tr.setup, tr.params)
+    name = tr.setup.cfg["data"]["name"]
+    problem = name[:-len("_tokens")] if name.endswith("_tokens") and name != "digits_tokens" else None
+    info = dict(problem=problem, data=problem or name, step=tr.step, checkpoint=tr.checkpoint,
+                vocab_size=model.vocab_size, length=model.length, time_agnostic=model.time_agnostic)
+    return model, info
 
 
-__all__ = ["run_train", "setup", "load_trained", "load_discrete_model", "discrete_model", "is_masked", "latest_checkpoint_step", "Trained", "TrainingPreempted",
+def load_discrete_model(workdir, step: Optional[int] = None, which: str = "ema"):
+    """The :class:`samplax.discrete.DiscreteModel` of :func:`load_trained_discrete`."""
+    return load_trained_discrete(workdir, step, which)[0]
+
+
+__all__ = ["run_train", "setup", "load_trained", "load_discrete_model", "load_trained_discrete", "discrete_model", "is_masked", "latest_checkpoint_step", "Trained", "TrainingPreempted",
            "draw_samples", "image_grid", "write_preview", "trained_model", "model_identity", "train_identity",
            "check_workdir", "check_preview", "CheckpointMismatch", "CheckpointDamaged"]
