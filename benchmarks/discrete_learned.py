@@ -158,8 +158,6 @@ def measure_chain(workdir, quick=False):
 
 
 def measure_digits(workdir, quick=False):
-    import jax
-
     from samplax.data import tokens_to_digits
     from samplax.discrete.dparallel import dparallel
     from samplax.discrete.registry import SAMPLERS
@@ -193,7 +191,7 @@ def measure_digits(workdir, quick=False):
             fig, ax = plt.subplots(figsize=(5, 5))
             ax.imshow(image_grid(tokens_to_digits(x[:100])), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.axis("off")
-            ax.set_title(f"masked-diffusion transformer on digits tokens: first_hitting, NFE 64", fontsize=9)
+            ax.set_title("masked-diffusion transformer on digits tokens: first_hitting, NFE 64", fontsize=9)
             fig.tight_layout()
             C.atomic_write(PNG, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
             plt.close(fig)

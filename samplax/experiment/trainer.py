@@ -199,7 +199,8 @@ def data_dtype(dataset):
 def init_params(cfg: dict, net, dataset):
     x = jnp.zeros((1,) + tuple(dataset.shape), data_dtype(dataset))
     s = jnp.zeros((1,), jnp.float32)
-    return net.init(jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1), x, s)
+    init = jax.jit(net.init) if is_masked(cfg) else net.init  # (eager flax init costs seconds of dispatch)
+    return init(jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1), x, s)
 
 
 def build_optimizer(cfg: dict):

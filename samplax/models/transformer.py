@@ -25,7 +25,6 @@ unmasking" of revealed positions).
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from samplax.models.networks import sinusoidal_embedding
