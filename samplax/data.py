@@ -452,22 +452,26 @@ DATASETS: Dict[str, Callable[..., Dataset]] = {
     "gmm2d": functools.partial(_gmm_dataset, "gmm2d"),
     "gmm64d": functools.partial(_gmm_dataset, "gmm64d"),
     "digits": _digits_dataset,
+}
+#: the token data sets, name -> builder(**kwargs) -> Dataset (int32 sequences, vocab_size > 0; trained with
+#: loss.objective="masked"); kept apart from the real-valued DATASETS, which the continuous runs list
+TOKEN_DATASETS: Dict[str, Callable[..., Dataset]] = {
     "digits_tokens": _digits_tokens_dataset,
     "markov4x8_tokens": functools.partial(_chain_tokens_dataset, "markov4x8"),
     "hmm8x5_tokens": functools.partial(_chain_tokens_dataset, "hmm8x5"),
     "markov16x4_tokens": functools.partial(_chain_tokens_dataset, "markov16x4"),
 }
-#: the token data sets (int32 sequences with a vocabulary; trained with loss.objective="masked")
-TOKEN_DATASETS = ("digits_tokens", "markov4x8_tokens", "hmm8x5_tokens", "markov16x4_tokens")
 
 
 def make_dataset(name: str, **kwargs: Any) -> Dataset:
-    """The :class:`Dataset` registered as ``name`` in :data:`DATASETS`, built with ``kwargs``."""
-    if name not in DATASETS:
-        raise ValueError(f"make_dataset: unknown dataset {name!r}; allowed: {list(DATASETS)}")
-    if name in ("gmm2d", "gmm64d") + TOKEN_DATASETS[1:] and kwargs:
+    """The :class:`Dataset` registered as ``name`` in :data:`DATASETS` or :data:`TOKEN_DATASETS`,
+    built with ``kwargs``."""
+    registry = DATASETS if name in DATASETS else TOKEN_DATASETS
+    if name not in registry:
+        raise ValueError(f"make_dataset: unknown dataset {name!r}; allowed: {list(DATASETS) + list(TOKEN_DATASETS)}")
+    if name in ("gmm2d", "gmm64d") + tuple(TOKEN_DATASETS)[1:] and kwargs:
         raise ValueError(f"make_dataset({name!r}): takes no keyword arguments, got {sorted(kwargs)}")
-    return DATASETS[name](**kwargs)
+    return registry[name](**kwargs)
 
 
 __all__ = [

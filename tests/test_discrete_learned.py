@@ -296,3 +296,19 @@ def test_certainty_forcing_loss_terms():
         c = m & correct
         total += ce + 2.0 * (ent[c].mean() if c.any() else 0.0)
     np.testing.assert_allclose(float(loss), total, rtol=1e-5)
+
+
+def test_token_data_sets():
+    from samplax.data import TOKEN_DATASETS, digits_tokens, load_digits_dataset, make_dataset, tokens_to_digits
+
+    images = load_digits_dataset("all").images
+    tok = digits_tokens(images)
+    assert tok.shape == (1797, 64) and tok.dtype == np.int32 and tok.min() == 0 and tok.max() == 16
+    np.testing.assert_array_equal(tokens_to_digits(tok), images)  # exactly the images' p / 8 - 1
+    assert {"digits_tokens", "markov4x8_tokens", "hmm8x5_tokens"} <= set(TOKEN_DATASETS)
+    for name in ("digits_tokens", "markov4x8_tokens"):
+        ds = make_dataset(name)
+        x, _ = ds.batch(0, 3, 16)
+        assert x.dtype == np.int32 and x.shape == (16,) + ds.shape and ds.vocab_size > 0
+        assert 0 <= int(x.min()) and int(x.max()) < ds.vocab_size
+        np.testing.assert_array_equal(np.asarray(ds.batch(0, 3, 16)[0]), np.asarray(x))

@@ -518,9 +518,9 @@ def _positive_tuple(path, v):
 
 
 def _data_name(path, v):
-    from samplax.data import DATASETS
+    from samplax.data import DATASETS, TOKEN_DATASETS
 
-    _choice(DATASETS)(path, v)
+    _choice(tuple(DATASETS) + tuple(TOKEN_DATASETS))(path, v)
 
 
 TRAIN_SCHEMA = {
