@@ -183,7 +183,7 @@ def test_discrete_train_config_validates_and_refuses_mismatches():
         validate_train(c)
 
 
-def test_twenty_steps_train_lower_the_loss_and_load_back(tmp_path):
+def test_twenty_steps_train_lower_the_loss_resume_and_load_back(tmp_path):
     from samplax.experiment.trainer import (EVAL_SEED_OFFSET, discrete_model, init_params, load_discrete_model,
                                             run_train, setup)
 
@@ -191,7 +191,7 @@ def test_twenty_steps_train_lower_the_loss_and_load_back(tmp_path):
     c.model.transformer.width, c.model.transformer.depth, c.model.transformer.heads = 32, 1, 2
     c.model.transformer.time_conditioned = True
     c.optim.learning_rate, c.optim.warmup_steps = 3e-3, 0
-    c.train.update(num_steps=20, batch_size=64, log_every=20, checkpoint_every=20)
+    c.train.update(num_steps=20, batch_size=64, log_every=10, checkpoint_every=10)
     wd = str(tmp_path / "run")
     run_train(c, wd)
     s = setup(c)
@@ -210,6 +210,17 @@ def test_twenty_steps_train_lower_the_loss_and_load_back(tmp_path):
     loss0 = float(jax.jit(lambda p, k: masked_diffusion_loss(lambda z, t: fn(p, z, t), eval_x, k, sched, 4)[0])(
         p0, key))
     assert ev < loss0 - 0.02, (ev, loss0)
+    # resuming from step 10 (the step-20 checkpoint removed) ends with the same parameters, bitwise
+    import shutil
+
+    wd2 = str(tmp_path / "resumed")
+    shutil.copytree(wd, wd2)
+    shutil.rmtree(os.path.join(wd2, "checkpoints", "20"))
+    assert run_train(c, wd2)["resumed_from"] == 10
+    from samplax.experiment.trainer import load_trained
+
+    a, b = load_trained(wd, which="params").params, load_trained(wd2, which="params").params
+    jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
     # a time-agnostic transformer is flagged so
     assert discrete_model(setup(discrete_train_config()), None).time_agnostic  # (only wraps the parameters)
 
