@@ -2,6 +2,7 @@
 from samplax.discrete import parallel
 from samplax.discrete.samplers import ancestral, first_hitting
 from samplax.discrete.bitstream import bitstream
+from samplax.discrete.dparallel import dparallel
 
 SAMPLERS = {
     "ancestral": ancestral,
@@ -13,6 +14,7 @@ SAMPLERS = {
     "fast_dllm": parallel.fast_dllm,
     "sched": parallel.sched,
     "saber": parallel.saber,
+    "dparallel": dparallel,
 }
 
 
