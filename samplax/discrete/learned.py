@@ -6,10 +6,9 @@ it: log-softmax over the V clean tokens (the mask is never predicted), then MDLM
 carry-over unmasking (Sahoo et al. 2024, Sec. 3.2.1): revealed positions return the log
 one-hot of their own token (:func:`samplax.discrete.base.carry_over`).
 
-:func:`load_discrete_model` loads a masked-diffusion training workdir (configs
-``train_discrete_*.py``) for the sampling runner: the checkpoint restore and its checks
-are the trainer's (:func:`samplax.experiment.trainer.load_discrete_model`, imported when
-called, since checkpoints belong to the experiment layer).
+A masked-diffusion training workdir (configs ``train_discrete_*.py``) loads back with
+:func:`samplax.experiment.trainer.load_discrete_model` (checkpoints belong to the experiment
+layer, which imports this module, never the other way round).
 """
 from __future__ import annotations
 
@@ -33,17 +32,4 @@ def learned_model(net, params, vocab_size: int, length: int, time_agnostic: bool
                          name=name)
 
 
-def load_discrete_model(workdir, step=None, which: str = "ema"):
-    """``(model, info)`` of a masked-diffusion training workdir's checkpoint ``step`` (default:
-    the newest intact one; ``which`` = "ema" or "params"): the :class:`DiscreteModel`
-    (vocabulary, length, ``time_agnostic`` as trained) and ``info`` = dict(problem = the exact
-    problem the data were drawn from (e.g. "markov4x8") or None, data = that problem's name
-    or the data set's ("digits_tokens"), step, checkpoint, vocab_size, length, time_agnostic).
-    FileNotFoundError / ValueError (not a training workdir, not a masked-diffusion run, no
-    such checkpoint)."""
-    from samplax.experiment.trainer import load_trained_discrete
-
-    return load_trained_discrete(workdir, step, which)
-
-
-__all__ = ["learned_model", "load_discrete_model"]
+__all__ = ["learned_model"]
