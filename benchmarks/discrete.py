@@ -42,10 +42,13 @@ def settings(problem: str, length: int) -> list:
     rows += [("first_hitting", {})]
     rows += [("confidence_threshold", dict(threshold=t)) for t in (0.5, 0.7, 0.9)]
     rows += [("topk", dict(k=k)) for k in (2, 4)]
+    # LLaDA / Fast-dLLM / Saber default to the drawn token's probability as the score (their reference
+    # code's choice), which biases sampled decoding (docs/discrete_parallel.md): both scores are run
     rows += [("llada", dict(steps=s)) for s in (2, 4)]
+    rows += [("llada", dict(steps=4, remasking="random"))]
     rows += [("fast_dllm", dict(threshold=t)) for t in (0.7, 0.9)]
-    rows += [("fast_dllm", dict(threshold=None, factor=f)) for f in (1.0, 2.0)]
-    rows += [("sched", {}), ("saber", {})]
+    rows += [("fast_dllm", dict(threshold=None, factor=f, kind="max_prob")) for f in (1.0, 2.0)]
+    rows += [("sched", dict(steps=length)), ("saber", {}), ("saber", dict(kind="max_prob"))]
     rows += [("dparallel", dict(threshold=t)) for t in (0.2, 0.5, 1.0)]
     rows += [("info_gain", dict(candidates=4))]
     for path in sorted(glob.glob(os.path.join(LSD_DIR, f"{problem}_m*_*.json"))):

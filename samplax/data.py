@@ -14,6 +14,10 @@
 * scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; the file ships
   inside scikit-learn) scaled to [-1, 1], with a deterministic stratified
   train/test split: :func:`load_digits_dataset`.
+* Token sequences for masked diffusion (``Dataset.vocab_size`` V > 0, x int32 (B, L)):
+  ``digits_tokens`` (the digits' raw intensities 0..16 as 64 tokens, V = 17) and
+  ``<problem>_tokens`` (exact samples of the discrete problems of
+  ``samplax.discrete.exact``, e.g. ``markov4x8_tokens``).
 
 A :class:`Dataset` (from :func:`make_dataset`) has a *stateless* batch
 function: ``dataset.batch(seed, step, batch_size)`` is a pure function of its
@@ -323,6 +327,8 @@ class Dataset(NamedTuple):
       its arguments (jax arrays; x float32 of shape (batch_size,) + shape, labels int32).
     * ``indices(seed, step, batch_size)``: for finite data sets, the example indices
       of that batch (:func:`batch_indices`); None for generators.
+    * ``vocab_size``: 0 for real-valued data; V for token data (x int32 in 0..V-1,
+      shape (L,); masked diffusion uses V as the mask id).
     """
 
     name: str
@@ -331,6 +337,7 @@ class Dataset(NamedTuple):
     size: Optional[int]
     batch: Callable[[int, int, int], Tuple[Array, Optional[Array]]]
     indices: Optional[Callable[[int, int, int], np.ndarray]] = None
+    vocab_size: int = 0
 
 
 def _check_kwargs(name: str, fn: Callable, kwargs: Dict[str, Any], skip: int) -> None:
@@ -387,6 +394,52 @@ def _digits_dataset(**kwargs: Any) -> Dataset:
     return Dataset("digits", tuple(data.images.shape[1:]), 10, size, batch, indices)
 
 
+# --- token sequences (masked diffusion) -----------------------------------------------------
+#: scikit-learn's digits as tokens: the raw pixel intensity 0..16 of each of the 64 pixels
+DIGITS_TOKEN_VOCAB = 17
+
+
+def digits_tokens(images) -> np.ndarray:
+    """Digits images in [-1, 1] (N, 8, 8, 1) (:func:`load_digits_dataset`) -> int32 tokens
+    (N, 64): the intensities 0..16, row-major (exactly p / 8 - 1 inverted)."""
+    x = np.rint((np.asarray(images, np.float64).reshape(len(images), -1) + 1.0) * 8.0)
+    return np.clip(x, 0, DIGITS_TOKEN_VOCAB - 1).astype(np.int32)
+
+
+def tokens_to_digits(tokens) -> np.ndarray:
+    """Inverse of :func:`digits_tokens`: int tokens (N, 64) in 0..16 -> images (N, 8, 8, 1) in [-1, 1]."""
+    t = np.asarray(tokens)
+    return (t.astype(np.float32) / 8.0 - 1.0).reshape(len(t), 8, 8, 1)
+
+
+def _digits_tokens_dataset(**kwargs: Any) -> Dataset:
+    base = _digits_dataset(**kwargs)
+    data = load_digits_dataset(**kwargs)
+    tokens = digits_tokens(data.images)
+    tokens.setflags(write=False)
+
+    def batch(seed: int, step: int, batch_size: int) -> Tuple[Array, Optional[Array]]:
+        idx = base.indices(seed, step, batch_size)
+        return jnp.asarray(tokens[idx]), jnp.asarray(data.labels[idx])
+
+    return Dataset("digits_tokens", (tokens.shape[1],), 10, base.size, batch, base.indices, DIGITS_TOKEN_VOCAB)
+
+
+def _chain_tokens_dataset(problem: str) -> Dataset:
+    """Exact samples of a discrete problem (samplax.discrete.exact, an HMM / Markov chain):
+    the batch at step k is ``true_samples(hmm, fold_in(PRNGKey(seed), k), batch_size)``."""
+    from samplax.discrete.exact import load_problem as load_discrete_problem, true_samples
+
+    hmm = load_discrete_problem(problem)
+    draw = jax.jit(functools.partial(true_samples, hmm), static_argnums=1)
+
+    def batch(seed: int, step: int, batch_size: int) -> Tuple[Array, Optional[Array]]:
+        batch_size = _check_step(seed, step, batch_size)
+        return draw(jax.random.fold_in(jax.random.PRNGKey(seed), step), batch_size).astype(jnp.int32), None
+
+    return Dataset(problem + "_tokens", (int(hmm.length),), 0, None, batch, None, int(hmm.vocab_size))
+
+
 #: name -> builder(**kwargs) -> Dataset.  Keyword arguments: the sampler's (e.g.
 #: ``noise``, ``squares``, ``n_rings``) for the toys, none for the mixtures, and
 #: :func:`load_digits_dataset`'s (``split``, ``holdout_fraction``, ``seed`` -- the
@@ -400,21 +453,32 @@ DATASETS: Dict[str, Callable[..., Dataset]] = {
     "gmm64d": functools.partial(_gmm_dataset, "gmm64d"),
     "digits": _digits_dataset,
 }
+#: the token data sets, name -> builder(**kwargs) -> Dataset (int32 sequences, vocab_size > 0; trained with
+#: loss.objective="masked"); kept apart from the real-valued DATASETS, which the continuous runs list
+TOKEN_DATASETS: Dict[str, Callable[..., Dataset]] = {
+    "digits_tokens": _digits_tokens_dataset,
+    "markov4x8_tokens": functools.partial(_chain_tokens_dataset, "markov4x8"),
+    "hmm8x5_tokens": functools.partial(_chain_tokens_dataset, "hmm8x5"),
+    "markov16x4_tokens": functools.partial(_chain_tokens_dataset, "markov16x4"),
+}
 
 
 def make_dataset(name: str, **kwargs: Any) -> Dataset:
-    """The :class:`Dataset` registered as ``name`` in :data:`DATASETS`, built with ``kwargs``."""
-    if name not in DATASETS:
-        raise ValueError(f"make_dataset: unknown dataset {name!r}; allowed: {list(DATASETS)}")
-    if name in ("gmm2d", "gmm64d") and kwargs:
+    """The :class:`Dataset` registered as ``name`` in :data:`DATASETS` or :data:`TOKEN_DATASETS`,
+    built with ``kwargs``."""
+    registry = DATASETS if name in DATASETS else TOKEN_DATASETS
+    if name not in registry:
+        raise ValueError(f"make_dataset: unknown dataset {name!r}; allowed: {list(DATASETS) + list(TOKEN_DATASETS)}")
+    if name in ("gmm2d", "gmm64d") + tuple(TOKEN_DATASETS)[1:] and kwargs:
         raise ValueError(f"make_dataset({name!r}): takes no keyword arguments, got {sorted(kwargs)}")
-    return DATASETS[name](**kwargs)
+    return registry[name](**kwargs)
 
 
 __all__ = [
     "two_moons", "checkerboard", "swiss_roll", "rings", "ring_radii", "gmm_samples",
     "Digits", "load_digits_dataset", "epoch_permutation", "batch_indices",
-    "Dataset", "DATASETS", "make_dataset",
+    "Dataset", "DATASETS", "make_dataset", "TOKEN_DATASETS", "DIGITS_TOKEN_VOCAB", "digits_tokens",
+    "tokens_to_digits",
     "TWO_MOONS_OFFSET", "TWO_MOONS_SCALE", "CHECKERBOARD_HALF_WIDTH", "SWISS_ROLL_T_RANGE",
     "SWISS_ROLL_SCALE", "RINGS_OUTER_RADIUS", "DIGITS_SIZE", "DIGITS_SPLITS",
 ]

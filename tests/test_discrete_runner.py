@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _sweep(n=3000):
     c = discrete_sweep_config()
-    c.model.name = "hmm8x5"
+    c.model.name = "markov4x8"
     c.sweep.samplers = ("ancestral", "first_hitting")
     c.sweep.option_axes.steps = (2, 5)
     c.n_samples = n
@@ -36,13 +36,15 @@ def test_sweep_rows_resume_and_chunking(tmp_path):
     assert labels == ["ancestral steps=2", "ancestral steps=5", "first_hitting"]
     by = {r["label"]: r for r in rows}
     fh = by["first_hitting"]
-    assert fh["nfe"] == 5 and fh["nfe_max"] == 5 and fh["metrics"]["chi2_p"] > 1e-3
+    assert fh["nfe"] == 8 and fh["nfe_max"] == 8 and fh["metrics"]["chi2_p"] > 1e-3
     assert by["ancestral steps=2"]["nfe_max"] <= 2
-    # fewer steps, worse TV; every row beside its floor
-    assert by["ancestral steps=2"]["metrics"]["tv"] > by["ancestral steps=5"]["metrics"]["tv"] > fh["metrics"]["tv"]
+    # two steps are far from exact (markov4x8 couples neighbours strongly); first-hitting is at its floor
+    two = by["ancestral steps=2"]["metrics"]
+    assert two["chi2_p"] < 1e-3 and two["tv"] > fh["metrics"]["tv"] + 0.1
+    assert abs(fh["metrics"]["tv"] - fh["metrics"]["tv_floor"]) < 0.05
     assert all(r["metrics"]["tv_floor"] == fh["metrics"]["tv_floor"] for r in rows)
     md = open(os.path.join(wd, "results.md")).read()
-    assert "| hmm8x5 | first_hitting |" in md and os.path.exists(os.path.join(wd, "plots", "tv_vs_nfe.png"))
+    assert "| markov4x8 | first_hitting |" in md and os.path.exists(os.path.join(wd, "plots", "tv_vs_nfe.png"))
     # a rerun does nothing new
     n_lines = len(open(os.path.join(wd, "results.jsonl")).read().splitlines())
     again = run_sweep(_sweep(), wd)

@@ -178,7 +178,8 @@ def test_import_does_not_initialise_the_backend():
     import subprocess
     import sys
     code = ("import jax._src.xla_bridge as xb, samplax, samplax.smc, samplax.experiment; "
-            "import samplax.smc.posterior, samplax.models.guidance; print(bool(xb._backends))")
+            "import samplax.smc.posterior, samplax.models.guidance, samplax.discrete, samplax.experiment.discrete; "
+            "print(bool(xb._backends))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout

@@ -11,3 +11,5 @@ from samplax.discrete.metrics import chi_square_test, marginal_tv, tv_floor, tv_
 from samplax.discrete.registry import SAMPLERS, get_sampler
 from samplax.discrete.samplers import ancestral, first_hitting
 from samplax.discrete.bitstream import BitstreamModel, bitstream_model  # the factory: SAMPLERS["bitstream"]
+from samplax.discrete.parallel import confidence_threshold, fast_dllm, llada, saber, sched, topk
+from samplax.discrete.dparallel import certainty_forcing_distill, dparallel

@@ -18,14 +18,15 @@ Conventions (``docs/discrete.md``):
   gives sample i the key ``fold_in(key, index_offset + i)`` so a sample never depends on the batch
   size, the chunking or the device count.
 
-Categorical sampling precision.  Gumbel-max in float32 with ``u ~ U[0, 1)`` on a 2^-24 grid cannot
-produce a Gumbel larger than ``-log(-log(1 - 2^-24)) ~ 16.6``: a token whose log-probability is
-more than ~17 below the leader's is (almost) never drawn, and the tail mass lost over many rare
+Categorical sampling precision.  Gumbel-max in float32 with ``u ~ U[0, 1)`` on a 2^-23 grid (JAX's
+float32 uniform has 23 random bits) cannot produce a Gumbel larger than ``-log(-log(1 - 2^-23)) ~
+15.9`` (and none below ~-4.5): a token whose log-probability is more than ~16 below the leader's is
+rarely drawn and one more than ~20.4 below it never, and the tail mass lost over many rare
 tokens acts like a lowered temperature (Zheng et al. 2024, "Masked Diffusion Models are Secretly
 Time-Agnostic Masked Models and Exploit Inaccurate Categorical Sampling", Sec. 4).  Our default
-(``precision="high"``) draws ``V = 1 - U`` from 64 random bits (two uint32 words: resolution 2^-64
-near 0, float32's relative precision elsewhere), so the Gumbel ``-log(-log1p(-V))`` is exact up to
-~44 in float32, a tail probability of ~e^-44 (float64's own 53-bit uniform stops at ~36.7).  It
+(``precision="high"``) builds its exponential ``E`` (Gumbel = -log E) from 64 random bits with
+resolution 2^-64 at both ends of the uniform, so the Gumbel is exact in float32 from about -3.8 to
+45, tails of probability < 1e-19 (float64's own 53-bit uniform stops at ~36.7).  It
 costs twice the random bits of a float32 uniform (about 3.5x the time of ``jax.random.gumbel`` on
 CPU, measured in docs/benchmarks/discrete_core.md) and needs no float64 (TPUs have none).  ``"float64"`` is JAX's float64 Gumbel (needs x64) and
 ``"float32"`` JAX's ``random.categorical`` in float32, the truncated one, kept for the reproduction.
@@ -124,23 +125,29 @@ def check_tokens(x, model: DiscreteModel, what: str = "x") -> None:
 # ---------------------------------------------------------------------------------------
 # Categorical sampling
 # ---------------------------------------------------------------------------------------
-def _uniform_fine(key, shape, dtype):
-    """U[0, 1) from 64 random bits: ``(hi + lo 2^-32) 2^-32`` for two uint32 words, so the
-    resolution near 0 is 2^-64 instead of float32's 2^-24 (relative precision of the dtype above)."""
+def _exponential_fine(key, shape, dtype):
+    """Exp(1) noise from 64 random bits per draw, exact in both tails at the dtype's relative
+    precision: with U the 64-bit integer of two uint32 words (hi, lo), v = (U + 1/2) 2^-64 and
+    1 - v = (~U + 1/2) 2^-64 are both formed from the bits (``~`` the bitwise complement), so
+    ``E = -log1p(-v)`` (v < 1/2) and ``E = -log(1 - v)`` (v >= 1/2) see a uniform whose resolution near 0
+    and near 1 is 2^-64: E is exact from ~5e-20 up to ~45."""
     b = jax.random.bits(key, tuple(shape) + (2,), jnp.uint32)
-    hi, lo = b[..., 0].astype(dtype), b[..., 1].astype(dtype)
     scale = jnp.asarray(2.0 ** -32, dtype)
-    return jnp.minimum((hi + lo * scale) * scale, jnp.asarray(1.0, dtype) - jnp.finfo(dtype).epsneg)
+
+    def uniform(hi, lo):
+        return (hi.astype(dtype) + (lo.astype(dtype) + 0.5) * scale) * scale
+    v = uniform(b[..., 0], b[..., 1])
+    w = uniform(~b[..., 0], ~b[..., 1])
+    return jnp.where(v < 0.5, -jnp.log1p(-v), -jnp.log(w))
 
 
 def gumbel(key, shape, dtype=jnp.float32, precision: str = "high"):
-    """Standard Gumbel noise.  ``"high"``: ``-log(-log1p(-V))`` with the 64-bit uniform V (exact tail
-    to ~44 in float32); ``"float64"``: ``jax.random.gumbel`` in float64; ``"float32"``:
-    ``jax.random.gumbel`` in float32 (truncated at ~16.6)."""
+    """Standard Gumbel noise.  ``"high"``: ``-log(E)`` with E the 64-bit exponential of
+    :func:`_exponential_fine` (exact in float32 from about -3.8 to 45: tails beyond carry
+    probability < 1e-19); ``"float64"``: ``jax.random.gumbel`` in float64; ``"float32"``:
+    ``jax.random.gumbel`` in float32 (truncated to [-4.47, 15.94] in jax 0.10.2)."""
     if precision == "high":
-        v = _uniform_fine(key, shape, dtype)
-        e = -jnp.log1p(-v)
-        return -jnp.log(jnp.maximum(e, jnp.finfo(dtype).tiny))
+        return -jnp.log(_exponential_fine(key, shape, dtype))
     if precision == "float64":
         _need_x64("precision='float64'")
         return jax.random.gumbel(key, shape, jnp.float64)
@@ -193,9 +200,11 @@ def confidence(logp, kind: str = "max_prob"):
     (largest minus second largest), ``"neg_entropy"`` (minus the entropy)."""
     if kind == "max_prob":
         return jnp.exp(jnp.max(logp, axis=-1))
-    if kind == "margin":
-        top2 = jax.lax.top_k(logp, 2)[0]
-        return jnp.exp(top2[..., 0]) - jnp.exp(top2[..., 1])
+    if kind == "margin":  # two max passes: lax.top_k is a sort on CPU
+        first = jnp.argmax(logp, axis=-1)
+        l1 = jnp.max(logp, axis=-1)
+        l2 = jnp.max(jnp.where(jax.nn.one_hot(first, logp.shape[-1], dtype=bool), -jnp.inf, logp), axis=-1)
+        return jnp.exp(l1) - jnp.exp(l2)
     if kind == "neg_entropy":
         return -entropy(logp)
     raise ValueError(f"confidence: unknown kind {kind!r}; allowed: {list(CONFIDENCES)}")

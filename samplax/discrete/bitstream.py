@@ -508,4 +508,21 @@ def bitstream(steps: int = 32, solver: str = "ddim", spacing: Literal["entropic"
         return tok, info
 
     return DiscreteSampler(name="bitstream", run=run, options=options, extra_calls=False,
-                           max_calls=lambda length: nfe)
+                           max_calls=lambda length: nfe, model_for=_model_for)
+
+
+_MODELS: dict = {}
+
+
+def _model_for(model, hmm):
+    """The runner's hook (DiscreteSampler.model_for): the exact bitstream model of the problem (its
+    entropy profile computed once per named problem and process)."""
+    if isinstance(model, BitstreamModel) and model.denoise is not None:
+        return model
+    from samplax.discrete.exact import PROBLEMS
+
+    if hmm.name not in PROBLEMS:
+        return bitstream_model(hmm)
+    if hmm.name not in _MODELS:
+        _MODELS[hmm.name] = bitstream_model(hmm)
+    return _MODELS[hmm.name]

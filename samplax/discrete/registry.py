@@ -1,13 +1,22 @@
 """Every registered masked-diffusion sampler: name -> factory (plain typed keyword arguments)."""
+from samplax.discrete import parallel
 from samplax.discrete.infogain import info_gain
 from samplax.discrete.lsd import lsd
 from samplax.discrete.samplers import ancestral, first_hitting
 from samplax.discrete.bitstream import bitstream
+from samplax.discrete.dparallel import dparallel
 
 SAMPLERS = {
     "ancestral": ancestral,
     "first_hitting": first_hitting,
     "bitstream": bitstream,
+    "confidence_threshold": parallel.confidence_threshold,
+    "topk": parallel.topk,
+    "llada": parallel.llada,
+    "fast_dllm": parallel.fast_dllm,
+    "sched": parallel.sched,
+    "saber": parallel.saber,
+    "dparallel": dparallel,
     "info_gain": info_gain,
     "lsd": lsd,
 }

@@ -400,8 +400,12 @@ def check_option_types(name: str, options, path: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Training configs
 # ---------------------------------------------------------------------------------------
-NETWORKS = ("mlp", "unet")
-OBJECTIVES = ("noise", "data", "velocity", "flow", "edm")
+NETWORKS = ("mlp", "unet", "transformer")
+OBJECTIVES = ("noise", "data", "velocity", "flow", "edm", "masked")
+#: masked diffusion (loss.objective "masked"): the masking schedules of samplax.discrete
+MASK_SCHEDULE_NAMES = ("linear", "cosine", "poly2")
+#: the fields of model.transformer (a section only discrete configs have) and their checks
+TRANSFORMER_FIELDS = ("width", "depth", "heads", "mlp_ratio", "time_conditioned")
 TIME_INPUTS = ("t", "log_snr")
 TRAIN_SCHEDULES = ("problem", "vp_linear", "vp_cosine", "vp_discrete", "ve", "edm", "flow")
 
@@ -465,6 +469,32 @@ def train_config() -> ml_collections.ConfigDict:
     return c
 
 
+def discrete_train_config() -> ml_collections.ConfigDict:
+    """Defaults of a masked-diffusion training run: a small bidirectional transformer
+    (samplax.models.transformer) on token data, the MDLM loss (samplax.training.discrete_losses)
+    on a masking schedule.  The preview draws ``train.sample_count`` sequences with the
+    exact-in-the-model first-hitting sampler (``sample_solver`` / ``sample_nfe`` are not used)
+    and writes a PNG for ``digits_tokens`` only."""
+    c = train_config()
+    c.data.name = "markov4x8_tokens"
+    c.schedule.name = "linear"
+    c.model.network = "transformer"
+    c.model.label_dropout = 0.0
+    c.model.transformer = ml_collections.ConfigDict(dict(
+        width=64, depth=2, heads=4, mlp_ratio=4,
+        time_conditioned=False,  # the optimal masked-diffusion denoiser does not depend on t
+    ))
+    c.loss.objective = "masked"
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.0
+    c.train.num_steps = 2000
+    c.train.batch_size = 128
+    c.train.sample_every = 0
+    c.train.sample_count = 0
+    return c
+
+
 def _unit(path, v):
     if not 0.0 <= v < 1.0:
         raise ConfigError(path, f"must be in [0, 1), got {v!r}")
@@ -488,9 +518,9 @@ def _positive_tuple(path, v):
 
 
 def _data_name(path, v):
-    from samplax.data import DATASETS
+    from samplax.data import DATASETS, TOKEN_DATASETS
 
-    _choice(DATASETS)(path, v)
+    _choice(tuple(DATASETS) + tuple(TOKEN_DATASETS))(path, v)
 
 
 TRAIN_SCHEMA = {
@@ -500,6 +530,7 @@ TRAIN_SCHEMA = {
                  "factory": Field("str", required=False, nullable=True, check=_nonempty_str)},
     "model": {
         "network": Field("str", check=_choice(NETWORKS)),
+        "transformer": Field("dict", required=False),  # discrete configs only: checked in validate_train
         "factory": Field("str", required=False, nullable=True, check=_nonempty_str),
         "options": Field("dict", required=False),
         "time_input": Field("str", check=_choice(TIME_INPUTS)),
@@ -546,6 +577,63 @@ TRAIN_SCHEMA = {
 }
 
 
+def _check_transformer(values: dict) -> None:
+    tr = values["model"].get("transformer")
+    if tr is None:
+        raise ConfigError("config.model.transformer", f"network 'transformer' needs this section with fields "
+                          f"{list(TRANSFORMER_FIELDS)} (start from samplax.experiment.config.discrete_train_config())")
+    if isinstance(tr, ml_collections.ConfigDict):
+        tr = tr.to_dict()
+    _check_tree({"width": Field("int", check=_positive), "depth": Field("int", check=_positive),
+                 "heads": Field("int", check=_positive), "mlp_ratio": Field("int", check=_positive),
+                 "time_conditioned": Field("bool")}, tr, "config.model.transformer")
+    if tr["width"] % tr["heads"]:
+        raise ConfigError("config.model.transformer.heads", f"must divide the width {tr['width']}, got {tr['heads']}")
+    values["model"]["transformer"] = tr
+
+
+def _validate_discrete(values: dict) -> bool:
+    """Cross-field checks of masked-diffusion training (loss.objective "masked"); False
+    (nothing checked) for a continuous config, which must not use the discrete parts."""
+    from samplax.data import TOKEN_DATASETS
+
+    m, loss, data = values["model"], values["loss"], values["data"]
+    masked = loss["objective"] == "masked"
+    if not masked:
+        if m["network"] == "transformer":
+            raise ConfigError("config.model.network", "'transformer' (a masked-diffusion denoiser over tokens) "
+                              "needs config.loss.objective='masked'")
+        if "transformer" in m:
+            raise ConfigError("config.model.transformer", "only applies to network 'transformer'")
+        if not data.get("factory") and data["name"] in TOKEN_DATASETS:
+            raise ConfigError("config.loss.objective", f"token data {data['name']!r} train with 'masked', "
+                              f"got {loss['objective']!r}")
+        return False
+    if m.get("factory") is None and m["network"] != "transformer":
+        raise ConfigError("config.model.network", f"objective 'masked' needs 'transformer' (or a user network "
+                          f"in config.model.factory), got {m['network']!r}")
+    if m["network"] == "transformer" and not m.get("factory"):
+        _check_transformer(values)
+    if m["class_conditional"]:
+        raise ConfigError("config.model.class_conditional", "masked diffusion is trained unconditionally here; "
+                          "allowed: False")
+    if not data.get("factory") and data["name"] not in TOKEN_DATASETS:
+        raise ConfigError("config.data.name", f"objective 'masked' needs token data; allowed: {list(TOKEN_DATASETS)} "
+                          f"(or a data factory whose Dataset has vocab_size > 0), got {data['name']!r}")
+    sc = values["schedule"]
+    if sc.get("factory"):
+        raise ConfigError("config.schedule.factory", "objective 'masked' takes a masking schedule by name; allowed: "
+                          f"None with config.schedule.name in {list(MASK_SCHEDULE_NAMES)}")
+    _choice(MASK_SCHEDULE_NAMES)("config.schedule.name", sc["name"])
+    if sc.get("options"):
+        raise ConfigError("config.schedule.options", "masking schedules take no options")
+    if loss["weighting"] != "none" or loss["discrete"]:
+        raise ConfigError("config.loss.weighting" if loss["weighting"] != "none" else "config.loss.discrete",
+                          "objective 'masked' has its own weight -alpha'(t) / (1 - alpha(t)); allowed: "
+                          "weighting 'none', discrete False")
+    return True
+
+
 def validate_train(cfg) -> dict:
     """Schema and cross-field checks of a training config; returns it as a plain dict."""
     values = _as_dict(cfg)
@@ -557,12 +645,14 @@ def validate_train(cfg) -> dict:
     loss, sched, data = values["loss"], values["schedule"]["name"], values["data"]["name"]
     if not values["data"].get("factory"):
         _data_name("config.data.name", data)
+    if values["model"].get("options") and not values["model"].get("factory"):
+        raise ConfigError("config.model.options", "only applies to a user network (config.model.factory)")
+    if _validate_discrete(values):
+        return values
     if values["schedule"].get("factory"):
         sched = "factory"
     else:
         _choice(TRAIN_SCHEDULES)("config.schedule.name", sched)
-    if values["model"].get("options") and not values["model"].get("factory"):
-        raise ConfigError("config.model.options", "only applies to a user network (config.model.factory)")
     if sched == "problem" and data not in ("gmm2d", "gmm64d"):
         raise ConfigError("config.schedule.name", f"'problem' (the problem file's schedule) needs data gmm2d or "
                           f"gmm64d, got data {data!r}; allowed otherwise: {list(TRAIN_SCHEDULES[1:])}")

@@ -245,12 +245,9 @@ def load_model(cfg: dict) -> Loaded:
     if not m.get("checkpoint"):
         hmm = exact.load_problem(m["name"])
         return Loaded(exact.exact_model(hmm), hmm, m["name"], dict(problem=m["name"]))
+    from samplax.experiment.trainer import load_trained_discrete
     try:
-        from samplax.discrete.learned import load_discrete_model
-    except ImportError:
-        raise ConfigError("config.model.checkpoint", "trained discrete networks are not available in this build") from None
-    try:
-        model, info = load_discrete_model(m["checkpoint"], step=m.get("step"), which=m.get("params", "ema"))
+        model, info = load_trained_discrete(m["checkpoint"], step=m.get("step"), which=m.get("params", "ema"))
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError("config.model.checkpoint", str(e)) from None
     data = info.get("problem")

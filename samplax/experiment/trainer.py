@@ -11,6 +11,13 @@ A training workdir holds::
     tb/                    TensorBoard scalars (tensorboardX)
     samples/step_<k>.png   preview samples drawn with the EMA parameters
 
+Masked diffusion (``loss.objective = "masked"``, configs from
+:func:`samplax.experiment.config.discrete_train_config`): token data (int32 sequences,
+``Dataset.vocab_size`` V), a :class:`samplax.models.transformer.MaskedTransformer`, the
+MDLM loss of :mod:`samplax.training.discrete_losses` on a masking schedule of
+:mod:`samplax.discrete`, the same train step, EMA, checkpoints and resumption; a trained
+model loads back as a :class:`samplax.discrete.DiscreteModel` with :func:`load_discrete_model`.
+
 The run is a pure function of its config: the batch of step k is
 ``dataset.batch(data_seed, k)``, the RNG of step k is ``fold_in(PRNGKey(seed), k)``.
 So a run killed at any moment and restarted with the same command resumes from its
@@ -58,8 +65,17 @@ EVAL_SEED_OFFSET = 1_000_003  # the fixed evaluation batch: data seed + this, st
 # ---------------------------------------------------------------------------------------
 # Config -> objects
 # ---------------------------------------------------------------------------------------
+def is_masked(cfg: dict) -> bool:
+    """A masked-diffusion (discrete, token) training config."""
+    return cfg["loss"]["objective"] == "masked"
+
+
 def build_schedule(cfg: dict):
     sc = cfg["schedule"]
+    if is_masked(cfg):  # a masking schedule alpha(t) (validate_train checked the name)
+        from samplax.discrete.base import mask_schedule
+
+        return mask_schedule(sc["name"])
     name, options = sc["name"], dict(sc.get("options") or {})
     if sc.get("factory"):  # a user's schedule: "pkg.module:callable"(**options)
         return user.call_factory(sc["factory"], options, "config.schedule.factory", "config.schedule.options",
@@ -99,6 +115,14 @@ def build_network(cfg: dict, dataset):
         extra = {"num_classes": k} if m["class_conditional"] else {}
         return user.call_factory(m["factory"], dict(m.get("options") or {}), "config.model.factory",
                                  "config.model.options", user.is_flax_module, "a flax.linen.Module", extra=extra)
+    if m["network"] == "transformer":
+        from samplax.models.transformer import MaskedTransformer
+
+        if not getattr(dataset, "vocab_size", 0) or len(dataset.shape) != 1:
+            raise ConfigError("config.model.network", f"'transformer' takes token sequences (a Dataset with "
+                              f"vocab_size > 0 and shape (L,)); data {dataset.name!r} has shape {dataset.shape}")
+        return MaskedTransformer(vocab_size=int(dataset.vocab_size), length=int(dataset.shape[0]),
+                                 **dict(m["transformer"]))
     if m["network"] == "mlp":
         if len(dataset.shape) != 1:
             raise ConfigError("config.model.network", f"'mlp' takes vectors; data {dataset.name!r} has shape "
@@ -139,6 +163,15 @@ def model_identity(cfg: dict, dataset) -> dict:
 
 def build_loss(cfg: dict, net, schedule, dataset):
     """``loss_fn(params, batch, key) -> (loss, aux)`` with batch = (x, labels or None)."""
+    if is_masked(cfg):
+        from samplax.training.discrete_losses import masked_diffusion_loss
+
+        vocab = int(dataset.vocab_size)
+
+        def masked_loss_fn(params, batch, key):
+            return masked_diffusion_loss(lambda z, t: jax.nn.log_softmax(net.apply(params, z, t), axis=-1),
+                                         batch[0], key, schedule, vocab)
+        return masked_loss_fn
     apply = network_apply(net, schedule, cfg["model"]["time_input"], precond=precond(cfg),
                           sigma_data=cfg["model"]["sigma_data"])
     loss = cfg["loss"]
@@ -158,10 +191,16 @@ def build_loss(cfg: dict, net, schedule, dataset):
     return loss_fn
 
 
+def data_dtype(dataset):
+    """int32 for token data (vocab_size > 0), float32 otherwise."""
+    return np.int32 if getattr(dataset, "vocab_size", 0) else np.float32
+
+
 def init_params(cfg: dict, net, dataset):
-    x = jnp.zeros((1,) + tuple(dataset.shape), jnp.float32)
+    x = jnp.zeros((1,) + tuple(dataset.shape), data_dtype(dataset))
     s = jnp.zeros((1,), jnp.float32)
-    return net.init(jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1), x, s)
+    init = jax.jit(net.init) if is_masked(cfg) else net.init  # (eager flax init costs seconds of dispatch)
+    return init(jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1), x, s)
 
 
 def build_optimizer(cfg: dict):
@@ -204,7 +243,7 @@ def check_workdir(workdir):
 def check_preview(cfg: dict) -> None:
     """The preview solver must reach the preview NFE (checked only when previews are drawn)."""
     t = cfg["train"]
-    if not t["sample_count"]:
+    if not t["sample_count"] or is_masked(cfg):  # discrete previews: first-hitting, no solver/NFE
         return
     from samplax.solvers import get_solver, steps_for_nfe
 
@@ -372,7 +411,7 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
 
     def batch_at(step: int):
         x, y = s.dataset.batch(t["data_seed"], step, t["batch_size"])
-        x = devices.put_global(np.asarray(x, np.float32), x_sh)
+        x = devices.put_global(np.asarray(x, data_dtype(s.dataset)), x_sh)
         return (x, devices.put_global(np.asarray(y, np.int32), y_sh) if k else None)
 
     eval_batch = s.dataset.batch(t["data_seed"] + EVAL_SEED_OFFSET, 0, t["batch_size"])
@@ -502,8 +541,11 @@ def image_grid(images: np.ndarray, cols: int = 10, pad: int = 1) -> np.ndarray:
 
 
 def write_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
-    """A PNG of samples: an image grid (one row per class when conditional) or a 2-D scatter."""
+    """A PNG of samples: an image grid (one row per class when conditional) or a 2-D scatter
+    (masked diffusion: digits_tokens only, decoded with the first-hitting sampler)."""
     t = s.cfg["train"]
+    if is_masked(s.cfg):
+        return _write_discrete_preview(s, params, path, step)
     k = num_classes(s.cfg, s.dataset)
     n = t["sample_count"]
     labels = jnp.arange(n, dtype=jnp.int32) % k if k else None
@@ -539,6 +581,46 @@ def write_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
     io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
     plt.close(fig)
     return path
+
+
+def _write_discrete_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
+    if s.dataset.name != "digits_tokens":
+        return None
+    from samplax.data import tokens_to_digits
+    from samplax.discrete.base import decode
+    from samplax.discrete.registry import SAMPLERS
+
+    n = s.cfg["train"]["sample_count"]
+    model = discrete_model(s, params)
+    x, _ = jax.jit(lambda k: decode(SAMPLERS["first_hitting"](), model, k, n))(jax.random.PRNGKey(0))
+    pic = image_grid(tokens_to_digits(np.asarray(x)), cols=10)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(pic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"digits_tokens step {step}: first_hitting, NFE {s.dataset.shape[0]}", fontsize=9)
+    fig.tight_layout()
+    io.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
+    plt.close(fig)
+    return path
+
+
+def discrete_model(s: Setup, params):
+    """The :class:`samplax.discrete.DiscreteModel` of a masked-diffusion network's parameters
+    (:func:`samplax.discrete.learned.learned_model`)."""
+    from samplax.discrete.learned import learned_model
+
+    if not is_masked(s.cfg):
+        raise ValueError(f"discrete_model: the run trains {s.cfg['loss']['objective']!r}, not a masked-diffusion "
+                         f"model (loss.objective 'masked')")
+    m = s.cfg["model"]  # a user network (factory) may read t; the transformer only when time-conditioned
+    time_agnostic = m.get("factory") is None and not m["transformer"]["time_conditioned"]
+    return learned_model(s.net, params, int(s.dataset.vocab_size), int(s.dataset.shape[0]),
+                         time_agnostic=time_agnostic, name=f"learned:{s.cfg['data']['name']}")
 
 
 class Trained(NamedTuple):
@@ -599,6 +681,30 @@ def load_trained(workdir, step: Optional[int] = None, which: str = "ema") -> Tra
     return Trained(s, params, int(meta["step"]), where)
 
 
-__all__ = ["run_train", "setup", "load_trained", "latest_checkpoint_step", "Trained", "TrainingPreempted",
+def load_trained_discrete(workdir, step: Optional[int] = None, which: str = "ema"):
+    """``(model, info)``: :func:`load_trained`'s checkpoint ``step`` (default the newest intact
+    one; ``which`` = "ema" or "params") of a masked-diffusion run as a
+    :class:`samplax.discrete.DiscreteModel` with its vocabulary, length and ``time_agnostic``
+    flag (True unless the transformer is time-conditioned), and ``info`` = dict(problem = the
+    exact problem of ``<problem>_tokens`` data or None, data = that problem or the data set's
+    name, step, checkpoint, vocab_size, length, time_agnostic)."""
+    tr = load_trained(workdir, step, which)
+    if not is_masked(tr.setup.cfg):
+        raise ValueError(f"{workdir} trained objective {tr.setup.cfg['loss']['objective']!r}, not a masked-diffusion "
+                         f"model (loss.objective 'masked'); load it with load_trained")
+    model = discrete_model(tr.setup, tr.params)
+    name = tr.setup.cfg["data"]["name"]
+    problem = name[:-len("_tokens")] if name.endswith("_tokens") and name != "digits_tokens" else None
+    info = dict(problem=problem, data=problem or name, step=tr.step, checkpoint=tr.checkpoint,
+                vocab_size=model.vocab_size, length=model.length, time_agnostic=model.time_agnostic)
+    return model, info
+
+
+def load_discrete_model(workdir, step: Optional[int] = None, which: str = "ema"):
+    """The :class:`samplax.discrete.DiscreteModel` of :func:`load_trained_discrete`."""
+    return load_trained_discrete(workdir, step, which)[0]
+
+
+__all__ = ["run_train", "setup", "load_trained", "load_discrete_model", "load_trained_discrete", "discrete_model", "is_masked", "latest_checkpoint_step", "Trained", "TrainingPreempted",
            "draw_samples", "image_grid", "write_preview", "trained_model", "model_identity", "train_identity",
            "check_workdir", "check_preview", "CheckpointMismatch", "CheckpointDamaged"]
