@@ -169,54 +169,15 @@ def lsd(steps: int = 4, coefficients: str = "", times: str = "", coefficients_fi
                            max_calls=lambda length: steps)
 
 
-def _output_like(model, x):
-    shape = jax.eval_shape(model, x, jnp.ones((x.shape[0],), jnp.float32))
-    return jnp.zeros(shape.shape, shape.dtype)
-
-
 def make_run(params: LSDParams, schedule: str = "linear", cache: bool = True, precision: str = "high"):
-    """``run(model, x, keys)`` of the student sampler with the given (traceable) parameters.  The
-    step is the ancestral sampler's (samplax.discrete.samplers.ancestral) with its reveal
-    probability replaced by :func:`reveal_probabilities`; the randomness of step k is
-    fold_in(sample key, k) split into the reveal uniforms and the token draws, as there."""
+    """``run(model, x, keys)`` of the student sampler with the given (traceable) parameters: the
+    ancestral sampler's run (samplax.discrete.samplers.ancestral_run: per-position reveal uniforms
+    and Gumbel noise drawn once) on the learned times, with its reveal probabilities replaced by
+    :func:`reveal_probabilities`."""
+    from samplax.discrete.samplers import ancestral_run
+
     sched = mask_schedule(schedule)
-
-    def run(model, x, keys):
-        b, length = x.shape
-        m = model.mask_id
-        use_cache = cache and model.time_agnostic
-        ts = params.times
-        p_unmask = reveal_probabilities(params, sched.name)
-        steps = p_unmask.shape[0]
-
-        def body(carry, k):
-            x, logp, dirty, nfe, nsteps, bad = carry
-            masked = x == m
-            active = jnp.any(masked, axis=-1)
-            call = lambda old: model(x, jnp.full((b,), ts[k], jnp.float32)).astype(old.dtype)  # noqa: E731
-            if use_cache:
-                need = active & dirty
-                logp = jax.lax.cond(jnp.any(need), call, lambda old: old, logp)
-            else:
-                need = active
-                logp = call(logp)
-            nfe = nfe + need.astype(jnp.int32)
-            bad = first_step(bad, need & nonfinite_any(logp, masked), k)
-            kk = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k)
-            kb, kc = jax.vmap(jax.random.split, out_axes=1)(kk)
-            u = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(kb)
-            unmask = masked & (u < p_unmask[k])
-            tok = jax.vmap(lambda key, lp: categorical(key, lp, precision))(kc, logp)
-            x = jnp.where(unmask, tok, x)
-            dirty = jnp.any(unmask, axis=-1)
-            return (x, logp, dirty, nfe, nsteps + active.astype(jnp.int32), bad), None
-
-        zeros = jnp.zeros((b,), jnp.int32)
-        init = (x, _output_like(model, x), jnp.ones((b,), bool), zeros, zeros, zeros - 1)
-        (x, _, _, nfe, nsteps, bad), _ = jax.lax.scan(body, init, jnp.arange(steps, dtype=jnp.int32))
-        return x, DecodeInfo(nfe, nsteps, bad)
-
-    return run
+    return ancestral_run(lambda: (params.times, reveal_probabilities(params, sched.name)), cache, precision)
 
 
 # ----------------------------------------------------------------------------- distillation

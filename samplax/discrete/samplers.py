@@ -28,14 +28,67 @@ from samplax.discrete.base import (DecodeInfo, DiscreteSampler, categorical, che
                                    first_step, mask_schedule, nonfinite_any)
 
 
-def _output_like(model, x):
-    """A zero array shaped and typed as the model's output on ``x`` (no model call is run)."""
-    shape = jax.eval_shape(model, x, jnp.ones((x.shape[0],), jnp.float32))
-    return jnp.zeros(shape.shape, shape.dtype)
-
-
 def _step_keys(keys, k):
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k)
+
+
+def ancestral_run(grid, cache: bool = True, precision: str = "high"):
+    """``run(model, x, keys)`` of an ancestral sampler: ``grid() -> (times, p_unmask)``, called
+    inside ``run`` (arrays, traceable: LSD learns them), gives the times float[K + 1] (from 1 down to
+    0) and the probability p_unmask[k] that step k unmasks a still-masked token.  The randomness is drawn once per sample: a uniform U_i per
+    position and a Gumbel vector G_i per position (``fold_in(sample key, 0)`` / ``(.., 1)``);
+    position i is revealed in the step k where U_i first falls below the cumulative reveal
+    probability ``1 - prod_{j <= k} (1 - p_unmask[j])``, with token ``argmax(log p_k(i) + G_i)``.
+    That is exactly the step-by-step sampler's law: a position is drawn in one step only, and G_i
+    is used nowhere else, so it is independent of everything that step's model output depends on;
+    drawing it once instead of in every step removes (K - 1)/K of the Gumbel noise (the dominant
+    cost on a cheap model: docs/benchmarks/discrete_core.md)."""
+    from samplax.discrete.base import gumbel
+
+    def run(model, x, keys):
+        b, length = x.shape
+        m = model.mask_id
+        use_cache = cache and model.time_agnostic
+        times, p_unmask = grid()
+        steps = p_unmask.shape[0]
+        cum = 1.0 - jnp.cumprod(1.0 - p_unmask)
+        cum = cum.at[-1].set(jnp.where(p_unmask[-1] >= 1.0, 2.0, cum[-1]))  # the last step reveals all
+        k0 = jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys)
+        k1 = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
+        u = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(k0)
+        out = jax.eval_shape(model, x, jnp.ones((b,), jnp.float32))
+        gdt = jnp.float64 if out.dtype == jnp.float64 else jnp.float32
+        if precision == "high":
+            g = jax.vmap(lambda key: gumbel(key, out.shape[1:], gdt, "high"))(k1)
+        else:  # float64 / float32: the categorical of that precision, as the other samplers draw
+            g = jax.vmap(lambda key: gumbel(key, out.shape[1:], jnp.float64 if precision == "float64" else
+                                            jnp.float32, precision))(k1)
+
+        def body(carry, k):
+            x, logp, dirty, nfe, nsteps, bad = carry
+            masked = x == m
+            active = jnp.any(masked, axis=-1)
+            call = lambda old: model(x, jnp.full((b,), times[k], jnp.float32)).astype(old.dtype)  # noqa: E731
+            if use_cache:
+                need = active & dirty
+                logp = jax.lax.cond(jnp.any(need), call, lambda old: old, logp)
+            else:
+                need = active
+                logp = call(logp)
+            nfe = nfe + need.astype(jnp.int32)
+            bad = first_step(bad, need & nonfinite_any(logp, masked), k)
+            unmask = masked & (u < cum[k])
+            tok = jnp.argmax(logp.astype(g.dtype) + g, axis=-1).astype(jnp.int32)
+            x = jnp.where(unmask, tok, x)
+            dirty = jnp.any(unmask, axis=-1)
+            return (x, logp, dirty, nfe, nsteps + active.astype(jnp.int32), bad), None
+
+        zeros = jnp.zeros((b,), jnp.int32)
+        init = (x, jnp.zeros(out.shape, out.dtype), jnp.ones((b,), bool), zeros, zeros, zeros - 1)
+        (x, _, _, nfe, nsteps, bad), _ = jax.lax.scan(body, init, jnp.arange(steps, dtype=jnp.int32))
+        return x, DecodeInfo(nfe, nsteps, bad)
+
+    return run
 
 
 def ancestral(steps: int = 16, schedule: str = "linear", cache: bool = True, precision: str = "high") -> DiscreteSampler:
@@ -45,43 +98,11 @@ def ancestral(steps: int = 16, schedule: str = "linear", cache: bool = True, pre
     check_precision(precision)
     if not isinstance(cache, bool):
         raise ValueError(f"cache: must be a bool, got {cache!r}")
-
-    def run(model, x, keys):
-        b, length = x.shape
-        m = model.mask_id
-        use_cache = cache and model.time_agnostic
+    def grid():
         ts = jnp.linspace(1.0, 0.0, steps + 1, dtype=jnp.float32)
-
-        def body(carry, k):
-            x, logp, dirty, nfe, nsteps, bad = carry
-            t, s = ts[k], ts[k + 1]
-            masked = x == m
-            active = jnp.any(masked, axis=-1)
-            call = lambda old: model(x, jnp.full((b,), t, jnp.float32)).astype(old.dtype)  # noqa: E731
-            if use_cache:
-                need = active & dirty
-                logp = jax.lax.cond(jnp.any(need), call, lambda old: old, logp)
-            else:
-                need = active
-                logp = call(logp)
-            nfe = nfe + need.astype(jnp.int32)
-            bad = first_step(bad, need & nonfinite_any(logp, masked), k)
-            a_t, a_s = sched.alpha(t), sched.alpha(s)
-            p_unmask = jnp.where(k == steps - 1, 1.0, (a_s - a_t) / (1.0 - a_t))
-            kk = _step_keys(keys, k)
-            kb, kc = jax.vmap(jax.random.split, out_axes=1)(kk)
-            u = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(kb)
-            unmask = masked & (u < p_unmask)
-            tok = jax.vmap(lambda key, lp: categorical(key, lp, precision))(kc, logp)
-            x = jnp.where(unmask, tok, x)
-            dirty = jnp.any(unmask, axis=-1)
-            return (x, logp, dirty, nfe, nsteps + active.astype(jnp.int32), bad), None
-
-        zeros = jnp.zeros((b,), jnp.int32)
-        init = (x, _output_like(model, x), jnp.ones((b,), bool), zeros, zeros, zeros - 1)
-        (x, _, _, nfe, nsteps, bad), _ = jax.lax.scan(body, init, jnp.arange(steps))
-        return x, DecodeInfo(nfe, nsteps, bad)
-
+        a_t, a_s = sched.alpha(ts[:-1]), sched.alpha(ts[1:])
+        return ts, jnp.where(jnp.arange(steps) == steps - 1, 1.0, (a_s - a_t) / (1.0 - a_t))
+    run = ancestral_run(grid, cache, precision)
     return DiscreteSampler("ancestral", run, dict(steps=steps, schedule=schedule, cache=cache, precision=precision),
                            max_calls=lambda length: steps)
 
