@@ -69,7 +69,6 @@ def accuracy_rows(n: int, steps=STEPS, problems=PROBLEMS) -> list:
 def network_standin(vocab: int = 17, length: int = 64, hidden: int = 32):
     """A network-sized model: logits = dense(embed(x)) over the whole sequence (~2.2 MFLOP)."""
     import jax
-    import jax.numpy as jnp
 
     from samplax.discrete.base import DiscreteModel, carry_over
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from samplax import discrete as d
-from samplax.discrete.base import DecodeInfo, DiscreteModel
+from samplax.discrete.base import DiscreteModel
 
 ALPHA = 1e-3
 

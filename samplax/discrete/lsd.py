@@ -58,8 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from samplax.discrete.base import (DecodeInfo, DiscreteSampler, categorical, check_int, check_precision,
-                                   first_step, mask_schedule, nonfinite_any, sample_keys)
+from samplax.discrete.base import DiscreteSampler, check_int, check_precision, mask_schedule, sample_keys
 
 Array = jnp.ndarray
 

@@ -38,14 +38,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from ml_collections import config_dict
 
 from samplax import io as sio
 from samplax.experiment import devices
 from samplax.experiment import results as store
 from samplax.experiment.config import (MAX_SAMPLES, MAX_SAVE_SAMPLES, Field, _as_dict, _at_most, _check_tree,
-                                       _choice, _each, _nonneg, _positive)
+                                       _choice, _each, _nonneg)
 from samplax.experiment.errors import ConfigError
 from samplax.experiment.identity import settings_hash
 from samplax.experiment.progress import Progress
@@ -222,7 +221,7 @@ def make_plan(config):
         mine = [o for o in sorted(axes) if o in _accepted(name) and o not in base]
         for values in itertools.product(*(axes[o] for o in mine)):
             options = dict(base, **dict(zip(mine, values)))
-            where = (f"config.sweep.option_axes" if mine else f"config.sweep.sampler_options.{name}")
+            where = ("config.sweep.option_axes" if mine else f"config.sweep.sampler_options.{name}")
             _build(name, options, where, loaded)
             for seed in sw["seeds"]:
                 rows.append(_row(cfg, name, options, seed))
