@@ -125,7 +125,7 @@ def first_hitting(schedule: str = "linear", precision: str = "high") -> Discrete
             kt, kp, kc = jax.vmap(lambda key: jax.random.split(key, 3), out_axes=1)(kk)
             u = jax.vmap(lambda key: jax.random.uniform(key, (), minval=jnp.finfo(jnp.float32).tiny))(kt)
             one_minus = (1.0 - sched.alpha(t)) * u ** (1.0 / jnp.maximum(n, 1).astype(jnp.float32))
-            s = jnp.where(active, sched.t_from_alpha(1.0 - one_minus), t)
+            s = jnp.where(active, sched.t_from_alpha(1.0 - one_minus), t).astype(jnp.float32)
             logp = model(x, s)
             nfe = nfe + active.astype(jnp.int32)
             bad = first_step(bad, active & nonfinite_any(logp, masked), k)
@@ -140,7 +140,7 @@ def first_hitting(schedule: str = "linear", precision: str = "high") -> Discrete
 
         zeros = jnp.zeros((b,), jnp.int32)
         init = (x, jnp.ones((b,), jnp.float32), zeros, zeros - 1)
-        (x, _, nfe, bad), _ = jax.lax.scan(body, init, jnp.arange(length))
+        (x, _, nfe, bad), _ = jax.lax.scan(body, init, jnp.arange(length, dtype=jnp.int32))
         return x, DecodeInfo(nfe, nfe, bad)
 
     return DiscreteSampler("first_hitting", run, dict(schedule=schedule, precision=precision),
