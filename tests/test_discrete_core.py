@@ -157,3 +157,14 @@ def test_nonfinite_model_output_is_reported():
     m = DiscreteModel(fn, 3, 4, True)
     _, info = d.decode(d.first_hitting(), m, jax.random.PRNGKey(0), 3)
     assert np.all(np.asarray(info.nonfinite_step) == 2)
+
+
+def test_samplers_run_in_float64(tiny):
+    """Under x64 the exact model answers in float64; the samplers' counters and times keep their
+    dtypes and the float64 categorical is available."""
+    with jax.enable_x64(True):
+        model = d.exact_model(tiny)
+        for sampler in (d.first_hitting(), d.ancestral(3, precision="float64")):
+            x, info = d.decode(sampler, model, jax.random.PRNGKey(0), 64)
+            assert x.dtype == jnp.int32 and not np.any(np.asarray(x) == tiny.vocab_size)
+            assert info.nfe.dtype == jnp.int32 and int(info.nfe.max()) <= tiny.length
