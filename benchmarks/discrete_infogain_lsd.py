@@ -108,6 +108,41 @@ def part_b(problems, steps_list, n, key, n_traj, iterations, quick):
     return rows, train
 
 
+def part_digits(checkpoint, steps_list, n, quick):
+    """LSD (likelihood objective) on the trained digits transformer, sampled through the experiment
+    runner (FD to the held-out digits, as benchmarks/discrete_digits.py): ancestral vs the learned
+    coefficients at the same steps.  Teacher: 64-step ancestral on the network itself."""
+    import tempfile
+
+    from samplax.experiment import run_sample
+    from samplax.experiment.discrete import discrete_config
+    from samplax.experiment.trainer import load_trained_discrete
+
+    model, info = load_trained_discrete(checkpoint)
+    rows = []
+    for m in steps_list:
+        t0 = time.perf_counter()
+        res = distill(model, m, 64, jax.random.PRNGKey(7), objective="likelihood", n_traj=128 if quick else 512,
+                      patterns=8, rounds=2, iterations=10 if quick else 40, learning_rate=0.05)
+        t_train = time.perf_counter() - t0
+        path = os.path.join(COEF_DIR, f"digits_m{m}_lsd_lik.json")
+        save_params(path, res.params, {"schedule": "linear", "problem": "digits", "checkpoint": checkpoint,
+                                       "step": info.get("step"), "objective": "likelihood", "steps": m})
+        wd = tempfile.mkdtemp(prefix="infogain_lsd_digits_")
+        for name, opts in (("ancestral", dict(steps=m)), ("lsd", dict(steps=m, coefficients_file=path))):
+            c = discrete_config()
+            c.model.name, c.model.checkpoint, c.sampler.name = "digits", checkpoint, name
+            for k, v in opts.items():
+                c.sampler.options[k] = v
+            c.n_samples, c.chunk_size = n, 500
+            (row,) = run_sample(c, wd)
+            rows.append(dict(steps=m, sampler=name, nfe=row["nfe"], fd=row["metrics"].get("fd"),
+                             fd_floor=row["metrics"].get("fd_floor"), train_s=t_train,
+                             coefficients=[round(float(v), 3) for v in np.asarray(res.params.coefficients)]))
+            print(f"  digits {name:9s} steps={m}: nfe {row['nfe']:.2f} FD {rows[-1]['fd']:.2f}", flush=True)
+    return rows
+
+
 def render(results) -> str:
     def table(rows):
         return md_table(HEADER, [[r["problem"], r["sampler"], r["setting"], fmt(r["nfe"]), fmt(r["tv"]),
@@ -129,6 +164,11 @@ def render(results) -> str:
         f"## B. LSD / LSD+ vs ancestral at the same steps (n = {results['n_b']} samples per row)",
         table(results["rows_b"]),
         "### Learned parameters", tr,
+    ] + ([f"## C. LSD (likelihood) on the trained digits transformer (n = {results['n_digits']} sequences, FD)",
+          md_table(["steps", "sampler", "NFE/sample", "FD", "FD floor", "Phi"],
+                   [[r["steps"], r["sampler"], fmt(r["nfe"]), fmt(r["fd"]), fmt(r["fd_floor"]),
+                     ", ".join(map(str, r["coefficients"])) if r["sampler"] == "lsd" else "1"]
+                    for r in results["rows_digits"]])] if results.get("rows_digits") else []) + [
         "Columns: NFE/sample = mean model calls per sample (one call = one sequence evaluation; the "
         "info-gain candidates of a step are one batched call of N (or N V) sequences per sample); TV = "
         "empirical total variation to the enumerated truth; TV floor = the TV of the same number of exact "
@@ -173,12 +213,19 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "benchmarks", "discrete_infogain_lsd.md"))
     ap.add_argument("--from-json", default="", help="re-render the report of a written .json (no measurement)")
+    ap.add_argument("--digits", default="", help="also part C on this trained digits checkpoint "
+                    "(e.g. /work/runs/train_discrete_digits)")
+    ap.add_argument("--digits-only", action="store_true", help="with --from-json: add part C to that report")
     args = ap.parse_args()
     if args.from_json:
         import json
         with open(args.from_json) as fh:
             results = json.load(fh)
         results["summary"] = SUMMARY
+        if args.digits and args.digits_only:
+            results["n_digits"] = 200 if args.quick else 1000
+            results["rows_digits"] = part_digits(args.digits, [4] if args.quick else [8, 4], results["n_digits"],
+                                                 args.quick)
         atomic_write_text(args.out, render(results))
         atomic_write_json(os.path.splitext(args.out)[0] + ".json", results)
         return
@@ -194,9 +241,11 @@ def main():
     print("Part B: LSD", flush=True)
     rows_b, train = part_b(problems, steps_list, n_b, key, n_traj=128 if args.quick else 512,
                            iterations=15 if args.quick else 60, quick=args.quick)
+    n_digits = 200 if args.quick else 1000
+    rows_digits = part_digits(args.digits, [4] if args.quick else [8, 4], n_digits, args.quick) if args.digits else []
     results = dict(date=utc_now(), machine=machine_info(), command=command_line("benchmarks.discrete_infogain_lsd"),
                    n_a=n_a, n_b=n_b, rows_a=rows_a, rows_b=rows_b, train=train, summary=SUMMARY,
-                   total_s=time.perf_counter() - t0)
+                   n_digits=n_digits, rows_digits=rows_digits, total_s=time.perf_counter() - t0)
     text = render(results)
     print(text)
     if not args.quick:
