@@ -17,19 +17,17 @@ time t, the time the next one is unmasked has ``P(no unmasking by s) = ((1 - alp
 so ``1 - alpha_s = (1 - alpha_t) u^(1/n)`` with u ~ U(0, 1) (linear schedule: s = t u^(1/n)); then one
 uniformly chosen masked position is drawn from the model at time s.  One call per token, no
 simultaneous draws: on an exact denoiser it samples the data distribution exactly (it is a
-random-order autoregressive sampler), which ``tests/test_discrete_core.py`` checks by chi-square.
+random-order autoregressive sampler), which ``tests/test_discrete_core.py`` checks by chi-square.  Its
+randomness (a uniform per step, a priority per position, a Gumbel vector per position) is drawn
+once per sample.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from samplax.discrete.base import (DecodeInfo, DiscreteSampler, categorical, check_int, check_precision,
+from samplax.discrete.base import (DecodeInfo, DiscreteSampler, check_int, check_precision,
                                    first_step, mask_schedule, nonfinite_any)
-
-
-def _step_keys(keys, k):
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, k)
 
 
 def ancestral_run(grid, cache: bool = True, precision: str = "high"):
@@ -113,27 +111,35 @@ def first_hitting(schedule: str = "linear", precision: str = "high") -> Discrete
     check_precision(precision)
 
     def run(model, x, keys):
+        from samplax.discrete.base import gumbel
+
         b, length = x.shape
         m = model.mask_id
+        # all randomness once per sample (the same law as drawing it per step: every piece is used
+        # once): a uniform per step for the hitting time, a random priority per position (the masked
+        # position with the highest priority is a uniform choice among the masked ones, step after
+        # step), and each position's Gumbel vector for its token
+        out = jax.eval_shape(model, x, jnp.ones((b,), jnp.float32))
+        gdt = jnp.float64 if (out.dtype == jnp.float64 or precision == "float64") else jnp.float32
+        ks = [jax.vmap(lambda key, j=j: jax.random.fold_in(key, j))(keys) for j in range(3)]
+        u_t = jax.vmap(lambda key: jax.random.uniform(key, (length,), minval=jnp.finfo(jnp.float32).tiny))(ks[0])
+        prio = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(ks[1])
+        g = jax.vmap(lambda key: gumbel(key, out.shape[1:], gdt, precision))(ks[2])
 
         def body(carry, k):
             x, t, nfe, bad = carry
             masked = x == m
             n = jnp.sum(masked, axis=-1)
             active = n > 0
-            kk = _step_keys(keys, k)
-            kt, kp, kc = jax.vmap(lambda key: jax.random.split(key, 3), out_axes=1)(kk)
-            u = jax.vmap(lambda key: jax.random.uniform(key, (), minval=jnp.finfo(jnp.float32).tiny))(kt)
-            one_minus = (1.0 - sched.alpha(t)) * u ** (1.0 / jnp.maximum(n, 1).astype(jnp.float32))
+            one_minus = (1.0 - sched.alpha(t)) * u_t[:, k] ** (1.0 / jnp.maximum(n, 1).astype(jnp.float32))
             s = jnp.where(active, sched.t_from_alpha(1.0 - one_minus), t).astype(jnp.float32)
             logp = model(x, s)
             nfe = nfe + active.astype(jnp.int32)
             bad = first_step(bad, active & nonfinite_any(logp, masked), k)
-            # a uniformly chosen masked position (uniform scores; ties impossible in practice)
-            score = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(kp)
-            pos = jnp.argmax(jnp.where(masked, score, -1.0), axis=-1)
+            pos = jnp.argmax(jnp.where(masked, prio, -1.0), axis=-1)
             lp = jnp.take_along_axis(logp, pos[:, None, None], axis=1)[:, 0]
-            tok = jax.vmap(lambda key, l: categorical(key, l, precision))(kc, lp)
+            gp = jnp.take_along_axis(g, pos[:, None, None], axis=1)[:, 0]
+            tok = jnp.argmax(lp.astype(gdt) + gp, axis=-1).astype(jnp.int32)
             hit = jax.nn.one_hot(pos, length, dtype=bool) & active[:, None]
             x = jnp.where(hit, tok[:, None], x)
             return (x, s, nfe, bad), None
