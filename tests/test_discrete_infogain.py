@@ -8,27 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samplax.discrete import (DiscreteModel, carry_over, chi_square_test, decode, enumerate_log_probs, exact_model,
+from samplax.discrete.exact import table_model
+from samplax.discrete import (chi_square_test, decode, enumerate_log_probs, exact_model,
                               get_sampler, random_hmm)
 from samplax.discrete.infogain import expected_candidates, info_gain, model_call, sampled_scores
 
 ALPHA = 1e-3  # significance of the chi-square tests
 
 
-def _table_model(hmm):
-    """The exact denoiser of ``hmm`` by brute force over its enumerated joint (a weighted sum over
-    the V^L sequences consistent with the revealed tokens): cheap to compile for tiny problems."""
-    v, n = hmm.vocab_size, hmm.length
-    seqs = jnp.asarray(np.array(list(itertools.product(range(v), repeat=n))), jnp.int32)
-    w = jnp.asarray(np.exp(enumerate_log_probs(hmm)))
-    onehot = jax.nn.one_hot(seqs, v, dtype=w.dtype)
-
-    def fn(x, t):
-        consistent = jnp.all((x[:, None, :] == v) | (x[:, None, :] == seqs[None]), axis=-1)
-        marg = jnp.einsum("bs,slv->blv", jnp.where(consistent, w[None], 0.0), onehot)
-        return carry_over(jnp.log(marg / jnp.sum(marg, axis=-1, keepdims=True)), x, v)
-
-    return DiscreteModel(fn=fn, vocab_size=v, length=n, time_agnostic=True, name=f"table:{hmm.name}")
+_table_model = table_model  # the brute-force exact denoiser (samplax.discrete.exact)
 
 
 def _joint(hmm):

@@ -1,14 +1,13 @@
 """Learnable sampler distillation (samplax/discrete/lsd.py): identity = ancestral bit for bit, the
 exact output law of a coefficient sampler (chi-square, with a wrong-coefficient mutation), exact
 NFE, the distillation objectives, coefficient files and option checks."""
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samplax.discrete import (DiscreteModel, ancestral, carry_over, chi_square_test, decode, enumerate_log_probs,
+from samplax.discrete.exact import table_model
+from samplax.discrete import (ancestral, chi_square_test, decode, enumerate_log_probs,
                               exact_model, get_sampler, markov_chain, random_hmm)
 from samplax.discrete.lsd import (LSDParams, distill, exact_distribution, identity_params, lsd, save_params,
                                   uniform_times)
@@ -16,20 +15,7 @@ from samplax.discrete.lsd import (LSDParams, distill, exact_distribution, identi
 ALPHA = 1e-3  # significance of the chi-square tests
 
 
-def _table_model(hmm):
-    """The exact denoiser of ``hmm`` by brute force over its enumerated joint (a weighted sum over
-    the V^L sequences consistent with the revealed tokens): cheap to compile for tiny problems."""
-    v, n = hmm.vocab_size, hmm.length
-    seqs = jnp.asarray(np.array(list(itertools.product(range(v), repeat=n))), jnp.int32)
-    w = jnp.asarray(np.exp(enumerate_log_probs(hmm)))
-    onehot = jax.nn.one_hot(seqs, v, dtype=w.dtype)
-
-    def fn(x, t):
-        consistent = jnp.all((x[:, None, :] == v) | (x[:, None, :] == seqs[None]), axis=-1)
-        marg = jnp.einsum("bs,slv->blv", jnp.where(consistent, w[None], 0.0), onehot)
-        return carry_over(jnp.log(marg / jnp.sum(marg, axis=-1, keepdims=True)), x, v)
-
-    return DiscreteModel(fn=fn, vocab_size=v, length=n, time_agnostic=True, name=f"table:{hmm.name}")
+_table_model = table_model  # the brute-force exact denoiser (samplax.discrete.exact)
 
 
 def test_identity_coefficients_are_ancestral_bitwise():

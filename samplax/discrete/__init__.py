@@ -2,7 +2,7 @@
 from samplax.discrete.base import (CONFIDENCES, LOG_ZERO, MASK_SCHEDULES, PRECISIONS, DecodeInfo, DiscreteModel,
                                    DiscreteSampler, MaskSchedule, all_masked, carry_over, categorical, confidence,
                                    decode, entropy, gumbel, mask_schedule, sample_keys)
-from samplax.discrete.exact import (HMM, PROBLEMS, all_sequences, conditionals, enumerate_log_probs, exact_model,
+from samplax.discrete.exact import (HMM, PROBLEMS, all_sequences, conditionals, enumerate_log_probs, exact_model, table_model,
                                     load_problem, log_prob, make_hmm, markov_chain, random_hmm, sequence_index,
                                     true_samples)
 from samplax.discrete.infogain import info_gain

@@ -243,6 +243,26 @@ def true_samples(hmm: HMM, key, n: int):
     return jax.vmap(one)(keys)
 
 
+def table_model(hmm: HMM) -> DiscreteModel:
+    """The same exact denoiser as :func:`exact_model`, by brute force over the enumerated joint: a
+    sum over the V^L sequences consistent with the revealed tokens.  Cheap to compile and
+    independent of the forward-backward code, for tiny problems (tests, cross-checks)."""
+    import itertools
+
+    v, n = hmm.vocab_size, hmm.length
+    seqs = jnp.asarray(np.array(list(itertools.product(range(v), repeat=n))), jnp.int32)
+    w = jnp.asarray(np.exp(enumerate_log_probs(hmm)))
+    onehot = jax.nn.one_hot(seqs, v, dtype=w.dtype)
+
+    def fn(x, t):
+        del t
+        consistent = jnp.all((x[:, None, :] == v) | (x[:, None, :] == seqs[None]), axis=-1)
+        marg = jnp.einsum("bs,slv->blv", jnp.where(consistent, w[None], 0.0), onehot)
+        return carry_over(jnp.log(marg / jnp.sum(marg, axis=-1, keepdims=True)), x, v)
+
+    return DiscreteModel(fn=fn, vocab_size=v, length=n, time_agnostic=True, name=f"table:{hmm.name}")
+
+
 def exact_model(hmm: HMM) -> DiscreteModel:
     """The exact masked-diffusion denoiser of ``hmm`` as a time-agnostic DiscreteModel (float32
     output unless x64 is on)."""
