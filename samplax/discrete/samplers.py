@@ -30,6 +30,13 @@ from samplax.discrete.base import (DecodeInfo, DiscreteSampler, check_int, check
                                    first_step, mask_schedule, nonfinite_any)
 
 
+def _noise_dtype(out, precision: str):
+    """The dtype in which a sampler adds Gumbel noise to log-probabilities: float64 for a float64
+    model output or precision "float64", else float32 (``gumbel(..., "float32")`` itself is always
+    float32)."""
+    return jnp.float64 if (out.dtype == jnp.float64 or precision == "float64") else jnp.float32
+
+
 def ancestral_run(grid, cache: bool = True, precision: str = "high"):
     """``run(model, x, keys)`` of an ancestral sampler: ``grid() -> (times, p_unmask)``, called
     inside ``run`` (arrays, traceable: LSD learns them), gives the times float[K + 1] (from 1 down to
@@ -55,12 +62,7 @@ def ancestral_run(grid, cache: bool = True, precision: str = "high"):
         k1 = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
         u = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(k0)
         out = jax.eval_shape(model, x, jnp.ones((b,), jnp.float32))
-        gdt = jnp.float64 if out.dtype == jnp.float64 else jnp.float32
-        if precision == "high":
-            g = jax.vmap(lambda key: gumbel(key, out.shape[1:], gdt, "high"))(k1)
-        else:  # float64 / float32: the categorical of that precision, as the other samplers draw
-            g = jax.vmap(lambda key: gumbel(key, out.shape[1:], jnp.float64 if precision == "float64" else
-                                            jnp.float32, precision))(k1)
+        g = jax.vmap(lambda key: gumbel(key, out.shape[1:], _noise_dtype(out, precision), precision))(k1)
 
         def body(carry, k):
             x, logp, dirty, nfe, nsteps, bad = carry
@@ -120,7 +122,7 @@ def first_hitting(schedule: str = "linear", precision: str = "high") -> Discrete
         # position with the highest priority is a uniform choice among the masked ones, step after
         # step), and each position's Gumbel vector for its token
         out = jax.eval_shape(model, x, jnp.ones((b,), jnp.float32))
-        gdt = jnp.float64 if (out.dtype == jnp.float64 or precision == "float64") else jnp.float32
+        gdt = _noise_dtype(out, precision)
         ks = [jax.vmap(lambda key, j=j: jax.random.fold_in(key, j))(keys) for j in range(3)]
         u_t = jax.vmap(lambda key: jax.random.uniform(key, (length,), minval=jnp.finfo(jnp.float32).tiny))(ks[0])
         prio = jax.vmap(lambda key: jax.random.uniform(key, (length,)))(ks[1])

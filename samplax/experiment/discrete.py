@@ -27,6 +27,7 @@ went non-finite are counted (``nonfinite``) with the first such step, and the ro
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import math
@@ -35,7 +36,6 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from ml_collections import config_dict
@@ -288,7 +288,7 @@ def _model_in(loaded, dtype: str, sampler=None):
 
 def run_row(spec: dict, cfg: dict, loaded, mesh, dev: dict, versions: dict, workdir: str, writer: bool,
             memo: dict) -> dict:
-    from samplax.discrete.base import all_masked
+    from samplax.discrete.base import all_masked, sample_keys
     from samplax.discrete.registry import get_sampler
 
     n = spec["n_samples"]
@@ -300,7 +300,7 @@ def run_row(spec: dict, cfg: dict, loaded, mesh, dev: dict, versions: dict, work
     rep = devices.replicated(mesh)
     xs, nfe, steps, bad = [], [], [], []
     compile_s, run_s = 0.0, 0.0
-    ctx = jax.enable_x64(True) if spec["dtype"] == "float64" else _null()
+    ctx = jax.enable_x64(True) if spec["dtype"] == "float64" else contextlib.nullcontext()
     with ctx:
         model = _model_in(loaded, spec["dtype"], sampler)
 
@@ -311,10 +311,7 @@ def run_row(spec: dict, cfg: dict, loaded, mesh, dev: dict, versions: dict, work
         jitted = jax.jit(program, in_shardings=(sh,), out_shardings=rep)
         compiled = None
         for start in range(0, n, chunk):
-            idx = np.arange(start, start + chunk, dtype=np.int64)
-            keys_host = np.asarray(jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-                key, jnp.asarray(idx.astype(np.uint32))))
-            keys = devices.put_global(keys_host, sh)
+            keys = devices.put_global(np.asarray(sample_keys(key, chunk, start)), sh)
             if compiled is None:
                 t0 = time.perf_counter()
                 compiled = jitted.lower(keys).compile()
@@ -344,14 +341,6 @@ def run_row(spec: dict, cfg: dict, loaded, mesh, dev: dict, versions: dict, work
         path.parent.mkdir(parents=True, exist_ok=True)
         sio.atomic_save_npy(path, x[: cfg["metrics"]["save_samples"]].astype(np.int16))
     return row
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _metrics(spec: dict, loaded, x: np.ndarray, bad: np.ndarray, memo: dict):
