@@ -1,0 +1,43 @@
+"""Every decoder by name: ``SAMPLERS[name](**options) -> Decoder`` (the options are plain values, so a
+config or a sweep axis can set them)."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import jax.numpy as jnp
+
+from samplax.decoding.base import Decoder, Problem, check_prompt, make_transform, sample
+from samplax.decoding.exact import exact_log_probs
+
+
+def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+              typical: float = 1.0, cached: bool = True) -> Decoder:
+    """Ancestral decoding with the usual logit transforms (temperature, then top-k, top-p, min-p,
+    typical; neutral values switch them off).  Exact target: the enumerated transformed proposal."""
+    transform = make_transform(temperature, top_k, top_p, min_p, typical)
+    if not isinstance(cached, bool):
+        raise ValueError(f"cached: must be True or False, got {cached!r}")
+
+    def run(problem: Problem, keys):
+        return sample(problem.lm, keys, transform, cached=cached, prompt=problem.prompt)
+
+    def target(problem: Problem):
+        return exact_log_probs(problem.lm, transform, problem.prompt)
+
+    return Decoder("ancestral", run, dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                          typical=typical, cached=cached), target)
+
+
+SAMPLERS: Dict[str, Callable[..., Decoder]] = {
+    "ancestral": ancestral,
+}
+
+
+def get_decoder(name: str, **options) -> Decoder:
+    """``SAMPLERS[name](**options)``; one ValueError naming the decoder or the option otherwise."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler: unknown decoder {name!r}; allowed: {sorted(SAMPLERS)}")
+    try:
+        return SAMPLERS[name](**options)
+    except TypeError as e:
+        raise ValueError(f"sampler.options for {name!r}: {e}") from None
