@@ -64,7 +64,7 @@ def ead_schedule(t_start: float = 1.2, t_end: float = 0.1, decay: float = 8.0, w
     offset = check_int("offset", offset, 0)
 
     def fn(pos):
-        return ead_temperature(jnp.asarray(pos, jnp.float32) - offset, t_start, t_end, decay, warmup)
+        return ead_temperature(jnp.asarray(pos).astype(jnp.result_type(float)) - offset, t_start, t_end, decay, warmup)
     return temperature_schedule(fn, name="ead")
 
 
