@@ -77,7 +77,7 @@ def test_next_token_loss_is_the_exact_negative_log_likelihood():
         lm = table_lm(logits, v, n)
         joint = logits - np.log(np.exp(logits).sum())
         x = all_sequences(v, n)[rng.choice(v ** n, 50)]
-        loss, aux = causal_lm_loss(lm.logits_fn, jnp.asarray(x))
+        loss, aux = jax.jit(lambda x: causal_lm_loss(lm.logits_fn, x))(jnp.asarray(x))
         np.testing.assert_allclose(np.asarray(aux["per_example"]), -joint[sequence_index(x, v)], atol=1e-10)
         assert abs(float(loss) - float(np.mean(-joint[sequence_index(x, v)])) / n) < 1e-10
 
@@ -113,3 +113,34 @@ def test_causal_train_config_validates_and_builds_the_lm_wiring():
         lm.logits_fn(x), x[..., None], -1)[..., 0].sum(-1)))(params, x)
     np.testing.assert_allclose(np.asarray(aux["per_example"]), -np.asarray(ll), rtol=1e-6)
     assert abs(float(loss) - float(-ll.mean()) / 8) < 1e-5
+
+
+def test_load_causal_lm_restores_a_checkpoint_as_the_same_language_model(tmp_path):
+    """The loader on a freshly initialised model: a workdir holding its config and a checkpoint
+    (written as run_train writes them) loads back as the LanguageModel of those parameters."""
+    from samplax.experiment import results as store
+    from samplax.experiment.checkpoints import Checkpoints
+    from samplax.experiment.trainer import (CHECKPOINT_DIR, init_params, load_trained_causal, setup,
+                                            train_identity)
+    from samplax.training.train import init_train_state
+
+    c = causal_train_config()
+    c.model.transformer.update(width=8, depth=1, heads=2, mlp_ratio=1)
+    s = setup(c)
+    params = init_params(s.cfg, s.net, s.dataset)
+    state = init_train_state(params, s.optimizer)
+    state = state.replace(ema_params=jax.tree.map(lambda a: a + 0.1, params))  # tell EMA from raw parameters
+    wd = tmp_path / "run"
+    wd.mkdir()
+    store.save_config(str(wd), "train", s.cfg, train_identity(s.cfg))
+    with Checkpoints(wd / CHECKPOINT_DIR, s.identity, train_identity(s.cfg)) as ck:
+        ck.save(7, state)
+    lm, info = load_trained_causal(str(wd))
+    assert (info["lm"], info["step"], lm.vocab_size, lm.length, lm.name) == ("markov4x8", 7, 4, 8,
+                                                                                "causal:markov4x8_lm")
+    x = jnp.asarray(all_sequences(4, 8)[::997])
+    want = causal_language_model(s.net, state.ema_params).logits_fn
+    raw = causal_language_model(s.net, params).logits_fn
+    got = jax.jit(lambda x: (lm.logits_fn(x), want(x), raw(x)))(x)
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(got[1]), atol=1e-6)  # the EMA parameters
+    assert np.abs(np.asarray(got[0]) - np.asarray(got[2])).max() > 1e-3
