@@ -1,4 +1,5 @@
-"""The masked-diffusion training loss (continuous-time NELBO) and its exact expectation.
+"""The masked-diffusion training loss (continuous-time NELBO) and its exact expectation; and the
+next-token loss of causal language models (:func:`causal_lm_loss`).
 
 Masked (absorbing-state) diffusion (Sahoo et al. 2024, "Simple and Effective Masked
 Diffusion Language Models" (MDLM); Shi et al. 2024, "Simplified and Generalized Masked
