@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from samplax.decoding import get_decoder, make_problem, sample_keys, table_lm
-from samplax.decoding.annealed import ead_temperature
+from samplax.decoding.annealed import ead_schedule, ead_temperature
 from samplax.decoding.exact import all_sequences, sequence_index
 from samplax.discrete.metrics import chi_square_test
 
@@ -22,6 +22,12 @@ def test_schedule_is_the_papers_formula():
     want = [1.0, 1.0] + [max(1 + 1.2 - np.exp(k / 8.0), 0.1) for k in range(2, 8)]
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert got[2] > got[3] > got[4] and got[-1] == pytest.approx(0.1)  # cools, then clamps at t_end
+    # after a prompt of 2 tokens the first generated token (model position 2) is at t = 0: tau_max
+    logp = np.log(np.array([0.5, 0.3, 0.2]))
+    with jax.enable_x64(True):
+        got = np.asarray(ead_schedule(1.2, 0.1, 8.0, offset=2)(logp, 2))
+    want = logp / 1.2 - np.logaddexp.reduce(logp / 1.2)
+    np.testing.assert_allclose(got, want, atol=1e-12)
     for bad in (dict(t_start=0.0), dict(t_end=-1.0), dict(decay=0.0), dict(warmup=-1), dict(t_start=1.0, t_end=2.0)):
         with pytest.raises(ValueError, match=list(bad)[0]):
             get_decoder("annealed", **bad)
