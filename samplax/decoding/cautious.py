@@ -284,19 +284,25 @@ def cautious_log_probs(lm: LanguageModel, entropy_low: float = 0.5, entropy_high
             score = np.where(Q > 0, -logQ / seg_len[None, :], np.inf)
         big = 2 ** 40
         cq = np.where(Q > 0, np.round(score / _TIE64), big - 1).astype(np.int64)
+        nW = W.shape[0]
         rowkey = (np.arange(U.size, dtype=np.int64)[:, None] * big + cq).reshape(-1)
-        order = np.argsort(rowkey, kind="stable")
+        order = np.argsort(rowkey, kind="stable")      # rows stay contiguous, each sorted by score
         sk, sQ = rowkey[order], Q.reshape(-1)[order]
-        c0 = np.concatenate([[0.0], np.cumsum(sQ)])
-        left, right = np.searchsorted(sk, sk, "left"), np.searchsorted(sk, sk, "right")
         rows = sk // big
-        row_start = rows * W.shape[0]
-        total = c0[row_start + W.shape[0]] - c0[row_start]
-        E = c0[right] - c0[left]
-        G = total - (c0[right] - c0[row_start])
+        # E: the mass of the tie group (summed over its members only: no cancellation)
+        is_start = np.r_[True, sk[1:] != sk[:-1]]
+        E = np.add.reduceat(sQ, np.flatnonzero(is_start))[np.cumsum(is_start) - 1]
+        # G: the mass scoring worse in the same row, summed from the row's worst end
+        suffix = np.concatenate([np.cumsum(sQ.reshape(U.size, nW)[:, ::-1], axis=1)[:, ::-1],
+                                 np.zeros((U.size, 1))], axis=1)
+        right = np.searchsorted(sk, sk, "right") - rows * nW
+        G = suffix[rows, right]
         n = N[U][rows]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            win_sorted = np.where(sQ > 0, sQ / E * ((G + E) ** n - G ** n), 0.0)
+        # Q/E [(G + E)^n - G^n] = Q sum_{i<n} (G + E)^i G^(n-1-i): no division, no cancellation
+        acc = np.zeros_like(sQ)
+        for i in range(int(n.max())):
+            acc += np.where(i < n, (G + E) ** i * G ** np.maximum(n - 1 - i, 0), 0.0)
+        win_sorted = sQ * acc
         win = np.empty_like(win_sorted)
         win[order] = win_sorted
         win = win.reshape(U.size, W.shape[0]) * m[U][:, None]
