@@ -154,6 +154,48 @@ def bench_causal(workdir, log, n=N):
     return lm, log_q, res
 
 
+TEMPS = tuple(np.round(np.arange(0.30, 1.51, 0.05), 2))
+
+
+def temperature_frontier(lm, log_p, L):
+    """Exact (T, entropy, loglik, q(S50)) of plain temperature sampling on a grid of T: the
+    trade-off a decoder's (entropy, loglik) is compared with (equal entropy, interpolated)."""
+    from samplax.decoding import exact_log_probs, temperature
+
+    member, _ = _s50(log_p)
+    out = []
+    for T in TEMPS:
+        q = exact_log_probs(lm, temperature(float(T)))
+        out.append(dict(T=float(T), **_target_props(q, log_p, L, member)))
+    return out
+
+
+def add_frontier(res, causal_workdir=None):
+    """For every decoder row: the loglik and q(S50) of plain temperature sampling at the same
+    entropy per token (linear interpolation on the T grid), and the row's excess over it."""
+    from samplax.decoding import exact_log_probs, load_lm
+
+    fronts = {}
+    for lm_name in dict.fromkeys(r["lm"] for r in res["decoders"]):
+        if lm_name.startswith("causal"):
+            from samplax.experiment.trainer import load_trained_causal
+
+            lm, _ = load_trained_causal(causal_workdir or res["causal"]["workdir"])
+        else:
+            lm = load_lm(lm_name)
+        log_p = exact_log_probs(lm)
+        fronts[lm_name] = temperature_frontier(lm, log_p, lm.length)
+    for r in res["decoders"]:
+        f = fronts[r["lm"]]
+        H = np.array([e["entropy"] for e in f])
+        order = np.argsort(H)
+        r["T_equal_H"] = float(np.interp(r["entropy"], H[order], np.array([e["T"] for e in f])[order]))
+        r["loglik_T"] = float(np.interp(r["entropy"], H[order], np.array([e["loglik"] for e in f])[order]))
+        r["s50_T"] = float(np.interp(r["entropy"], H[order], np.array([e["s50"] for e in f])[order]))
+    res["frontier"] = fronts
+    return res
+
+
 def render(res) -> str:
     c = res.get("causal")
     out = ["# The causal Flax LM, annealed (EAD) and cautious (CNTP) decoding", "",
@@ -185,6 +227,20 @@ def render(res) -> str:
              f"{r['s50']:.3f}", f"{r['us_per_token']:.2f} ({r['wall_ratio']:.1f}x)"] for r in res["decoders"]]
     out += [C.md_table(["LM", "decoder", "TV", "TV floor", "chi p", "calls/token", "loglik", "H", "TV(q, p)",
                         "q(S50)", "us/token"], rows, ["l", "l"] + ["r"] * 9), ""]
+    if res["decoders"] and "loglik_T" in res["decoders"][0]:
+        out += ["### Against plain temperature at the same entropy", "",
+                "Each decoder's exact entropy per token H is matched by plain temperature sampling at T(H) "
+                "(exact, T on a grid 0.30..1.50 step 0.05, linear interpolation); the columns give that "
+                "temperature's loglik and q(S50) and the decoder's excess over them (positive: the decoder "
+                "buys more likelihood for the same loss of diversity).", "",
+                C.md_table(["LM", "decoder", "H", "T(H)", "loglik (T)", "loglik excess", "q(S50) (T)",
+                            "q(S50) excess"],
+                           [[r["lm"], f"`{r['decoder']}`", f"{r['entropy']:.3f}", f"{r['T_equal_H']:.2f}",
+                             f"{r['loglik_T']:.3f}", f"{r['loglik'] - r['loglik_T']:+.3f}", f"{r['s50_T']:.3f}",
+                             f"{r['s50'] - r['s50_T']:+.3f}"] for r in res["decoders"]],
+                           ["l", "l"] + ["r"] * 6), ""]
+    if res.get("frontier_command"):
+        out += [f"(The equal-entropy comparison was added from the JSON with `{res['frontier_command']}`.)", ""]
     out += ["## Reading", ""] + res.get("reading", [])
     return "\n".join(out) + "\n"
 
@@ -194,8 +250,22 @@ def main():
     ap.add_argument("--causal", default="/work/runs/train_causal_chain")
     ap.add_argument("--n", type=int, default=N)
     ap.add_argument("--from-json", default=None)
+    ap.add_argument("--add-frontier", action="store_true",
+                    help="with --from-json: add the equal-entropy temperature comparison (exact) and rewrite")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
+    if args.from_json and args.add_frontier:
+        import json
+
+        with open(args.from_json) as fh:
+            res = add_frontier(json.load(fh), args.causal)
+        res["frontier_command"] = C.command_line(MODULE)
+        res["reading"] = reading(res)
+        C.atomic_write_json(args.out.replace(".md", ".json"), res)
+        text = render(res)
+        C.atomic_write_text(args.out, text)
+        print(text)
+        return
     if args.from_json:
         print(C.rerender_from_json(args.from_json, args.out, render))
         return
@@ -214,6 +284,7 @@ def main():
         lm = load_lm(name)
         res["decoders"] += bench_decoders(name, lm, exact_log_probs(lm), print, args.n, [DECODERS[i] for i in which])
     res["seconds"] = time.perf_counter() - t0
+    add_frontier(res, args.causal)
     res["reading"] = reading(res)
     C.atomic_write_json(args.out.replace(".md", ".json"), res)
     text = render(res)
@@ -232,10 +303,14 @@ def reading(res):
         lines.append(f"* {lm}: every decoder's samples are {'consistent with' if ok else 'NOT all consistent with'} "
                      f"its enumerated target (chi-square p > 0.001: {ok}).")
         for r in rs[1:]:
+            extra = ""
+            if "loglik_T" in r:
+                extra = (f" Against plain temperature T = {r['T_equal_H']:.2f} of the same entropy: loglik "
+                         f"{r['loglik'] - r['loglik_T']:+.3f}, q(S50) {r['s50'] - r['s50_T']:+.3f}.")
             lines.append(f"  * `{r['decoder']}`: loglik {r['loglik'] - base['loglik']:+.3f} nats/token, entropy "
                          f"{r['entropy'] - base['entropy']:+.3f} nats/token, q(S50) {r['s50'] - base['s50']:+.3f} vs "
                          f"ancestral; {r['calls_per_token']:.2f} target calls per token, "
-                         f"{r['wall_ratio']:.1f}x its wall time.")
+                         f"{r['wall_ratio']:.1f}x its wall time.{extra}")
     return lines
 
 
