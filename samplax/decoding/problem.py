@@ -16,8 +16,13 @@ import numpy as np
 
 from samplax.decoding.base import LanguageModel, Problem, check_prompt
 from samplax.decoding.exact import LMS, load_lm
+from samplax.decoding import speculative as _speculative
 
-DRAFTS: Dict[str, Callable[..., Any]] = {}
+DRAFTS: Dict[str, Callable[..., Any]] = {
+    "mix_uniform": _speculative.mix_uniform_draft,
+    "bigram": _speculative.bigram_draft,
+    "hmm_perturbed": _speculative.hmm_perturbed_draft,
+}
 REWARDS: Dict[str, Callable[..., Any]] = {}
 CONSTRAINTS: Dict[str, Callable[..., Any]] = {}
 TASKS: Dict[str, Callable[..., Any]] = {}
