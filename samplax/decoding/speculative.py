@@ -56,7 +56,7 @@ __all__ = ["speculative_sample", "spectr_sample", "kseq_select", "kseq_rho", "ks
            "expected_counts", "ExpectedCounts", "leviathan_tokens_per_call", "acceptance_rate",
            "speculative", "spectr", "mix_uniform_draft", "bigram_draft", "hmm_perturbed_draft"]
 
-_BISECT = 48   # bisection steps for rho* (interval [1, k] shrinks to k / 2^48)
+_BISECT = 32   # bisection steps for rho* (the interval [1, k] shrinks to (k - 1) / 2^32)
 
 
 def _dtype():
@@ -81,10 +81,16 @@ def _bad(rows):
 # ---------------------------------------------------------------------------------------
 # One-draft speculative sampling
 # ---------------------------------------------------------------------------------------
+_SPEC_RULES = {"exact": 0, "accept_always": 1, "accept_inverse": 2, "residual_p": 3}
+_SPECTR_RULES = {"exact": 0, "naive": 1}
+
+
 def _speculative_one(target: LanguageModel, draft: LanguageModel, transform: Transform, gamma: int, P: int,
-                     x0, key, accept_rule: str = "exact", residual_rule: str = "exact"):
-    """One sequence (vmapped by the caller).  ``accept_rule`` / ``residual_rule`` other than
-    ``"exact"`` are deliberately wrong variants for the mutation tests."""
+                     x0, key, rule):
+    """One sequence (vmapped by the caller).  ``rule`` (traced int, :data:`_SPEC_RULES`): 0 is the
+    algorithm; the others are deliberately wrong variants kept for the mutation tests (accept every
+    draft token, accept with min(1, q/p), resample a rejected token from p instead of the residual);
+    a traced switch, so the tests compile the sampler once."""
     L = target.length
     dt = _dtype()
     T = jax.vmap(transform, in_axes=(0, 0))
@@ -114,21 +120,15 @@ def _speculative_one(target: LanguageModel, draft: LanguageModel, transform: Tra
         raw, idx = _rows(target.logits_fn(x[None])[0], c.pos, gamma + 1)    # ONE target call
         lp = T(raw, idx)
         ratio = jnp.exp(gather_logp(lp[:gamma], dtok) - gather_logp(dlq, dtok))
-        if accept_rule == "always":
-            ratio = jnp.ones_like(ratio)
-        elif accept_rule == "inverse":          # min(1, q/p): wrong
-            ratio = 1.0 / jnp.maximum(ratio, 1e-30)
+        ratio = jnp.where(rule == 1, jnp.inf, jnp.where(rule == 2, 1.0 / jnp.maximum(ratio, 1e-30), ratio))
         u = jax.random.uniform(ka, (gamma,), dt)
         acc = (u < ratio) & (jnp.arange(gamma) < g)
         n = jnp.sum(jnp.cumprod(acc.astype(jnp.int32))).astype(jnp.int32)
 
         p_n = jax.lax.dynamic_index_in_dim(lp, n, 0, False)
         q_n = jax.lax.dynamic_index_in_dim(dlq, jnp.minimum(n, gamma - 1), 0, False)
-        if residual_rule == "exact":
-            res = jnp.maximum(jnp.exp(p_n) - jnp.exp(q_n), 0.0)
-            log_res = jnp.where(jnp.sum(res) > 0, _log(res), p_n)
-        else:                                    # resample from p itself: wrong
-            log_res = p_n
+        res = jnp.maximum(jnp.exp(p_n) - jnp.exp(q_n), 0.0)
+        log_res = jnp.where((jnp.sum(res) > 0) & (rule != 3), _log(res), p_n)
         tok = categorical(kr, jnp.where(n < g, log_res, p_n))
         final = c.pos + n < L                  # no bonus once the sequence is full
         x = x.at[c.pos + n].set(tok, mode="drop")
@@ -175,8 +175,7 @@ def _finish(keys, out):
 
 
 def speculative_sample(target: LanguageModel, draft: LanguageModel, keys, gamma: int = 4,
-                       transform: Transform = identity, prompt=None, *, _accept: str = "exact",
-                       _residual: str = "exact"):
+                       transform: Transform = identity, prompt=None, *, _rule: str = "exact"):
     """One-draft speculative sampling (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023,
     Algorithm 2), one sequence per key, vmapped; each sample advances its own position in a
     ``lax.while_loop`` until ``L``.  Output law: ancestral sampling of ``transform(target)``.
@@ -185,8 +184,8 @@ def speculative_sample(target: LanguageModel, draft: LanguageModel, keys, gamma:
     _check_pair(target, draft)
     gamma = check_int("gamma", gamma, 1)
     keys, P, x0 = _start(target, keys, prompt)
-    run = _jitted("speculative", target, draft, transform, gamma, 1, P, _accept, _residual)
-    return _finish(keys, run(x0, keys))
+    run = _jitted("speculative", target, draft, transform, gamma, 1, P)
+    return _finish(keys, run(x0, keys, jnp.asarray(_SPEC_RULES[_rule], jnp.int32), jnp.asarray(1, jnp.int32)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,7 +234,7 @@ def kseq_residual(p, q, rho, k):
     return jnp.maximum(p - m * f[..., None], 0.0)
 
 
-def kseq_select(key, logp, logq, cands, active, rule: str = "exact"):
+def kseq_select(key, logp, logq, cands, active, naive=False):
     """K-SEQ draft selection (Sun et al. 2023, Sec. 4, Algorithm "K-SEQ"): among the active
     candidates ``cands[active]`` (i.i.d. draws from q), take them in turn and accept candidate i with
     probability ``min(1, p(X_i) / (rho* q(X_i)))``; if none is accepted draw from ``p_res``.  The
@@ -243,23 +242,27 @@ def kseq_select(key, logp, logq, cands, active, rule: str = "exact"):
     probability is ``1 - (1 - beta(rho*))^k``.
 
     logp, logq: [V] log-probabilities; cands int32[k]; active bool[k] (at least one).  Returns
-    ``(token, accepted_from_draft)``.  ``rule="naive"`` is a deliberately wrong variant for the
-    mutation tests (rho = 1 for every k: the per-candidate speculative rule, not valid for k > 1)."""
+    ``(token, accepted_from_draft)``.  ``naive`` (bool, may be traced) is a deliberately wrong variant
+    for the mutation tests: rho = 1 and residual ``norm(max(p - q, 0))`` for every k, i.e. the
+    one-draft rule applied to each candidate in turn (valid only for k = 1)."""
     p, q = jnp.exp(logp), jnp.exp(logq)
     kk = jnp.sum(active).astype(p.dtype)
-    rho = jnp.ones((), p.dtype) if rule == "naive" else kseq_rho(p, q, kk)
+    rho = jnp.where(naive, 1.0, kseq_rho(p, q, kk))
     ka, kr = jax.random.split(key)
     ratio = p[cands] / (rho * q[cands])
     u = jax.random.uniform(ka, cands.shape, p.dtype)
     acc = active & (u < ratio)
-    res = kseq_residual(p, q, rho, kk) if rule != "naive" else jnp.maximum(p - q, 0.0)
+    res = jnp.where(naive, jnp.maximum(p - q, 0.0), kseq_residual(p, q, rho, kk))
     y_res = categorical(kr, jnp.where(jnp.sum(res) > 0, _log(res), logp))
     any_acc = jnp.any(acc)
     return jnp.where(any_acc, cands[jnp.argmax(acc)], y_res), any_acc
 
 
 def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transform, gamma: int, k: int, P: int,
-                x0, key, rule: str = "exact"):
+                x0, key, rule, k_used):
+    """One sequence.  ``k_used`` (traced, <= k): drafts actually used (the others are drawn and
+    ignored: the tests run k = 1 on the k-draft program); ``rule`` (traced, :data:`_SPECTR_RULES`):
+    1 is the wrong per-candidate rule of :func:`kseq_select` for the mutation tests."""
     L = target.length
     dt = _dtype()
 
@@ -293,7 +296,7 @@ def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transfor
             j0 = jnp.argmax(active)
             t = c.pos + i
             row = raw[j0, i]
-            y, _ = kseq_select(jax.random.fold_in(ks, i), transform(row, t), dlq[i, j0], dtok[i], active, rule)
+            y, _ = kseq_select(jax.random.fold_in(ks, i), transform(row, t), dlq[i, j0], dtok[i], active, rule == 1)
             emit = live & (i < g)
             new_active = active & (dtok[i] == y)
             matched = jnp.any(new_active)
@@ -302,7 +305,7 @@ def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transfor
             carry = (jnp.where(emit, new_active, active), live & (i < g) & matched,
                      n_acc + (emit & matched).astype(jnp.int32), lp_sum, bad)
             return carry, (y, emit)
-        active0 = jnp.ones((k,), bool)
+        active0 = jnp.arange(k) < k_used
         (active, live, n_acc, lp_sum, bad_t), (ys, emits) = jax.lax.scan(
             sel, (active0, jnp.asarray(True), jnp.asarray(0, jnp.int32), jnp.asarray(0.0, dt),
                   jnp.asarray(L, jnp.int32)), jnp.arange(gamma, dtype=jnp.int32))
@@ -329,7 +332,7 @@ def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transfor
 
 
 def spectr_sample(target: LanguageModel, draft: LanguageModel, keys, k: int = 2, gamma: int = 4,
-                  transform: Transform = identity, prompt=None, *, _rule: str = "exact"):
+                  transform: Transform = identity, prompt=None, *, _rule: str = "exact", _k_used=None):
     """SpecTr (Sun et al. 2023): k i.i.d. drafts of length gamma, one target call per iteration,
     K-SEQ selection position by position among the drafts that agree with the output so far, a bonus
     token when some draft survives all gamma positions.  Output law: ancestral sampling of
@@ -338,24 +341,26 @@ def spectr_sample(target: LanguageModel, draft: LanguageModel, keys, k: int = 2,
     k = check_int("k", k, 1)
     gamma = check_int("gamma", gamma, 1)
     keys, P, x0 = _start(target, keys, prompt)
-    run = _jitted("spectr", target, draft, transform, gamma, k, P, _rule, "exact")
-    return _finish(keys, run(x0, keys))
+    k_used = k if _k_used is None else check_int("k_used", _k_used, 1)
+    if k_used > k:
+        raise ValueError(f"k_used: must be <= k = {k}, got {k_used}")
+    run = _jitted("spectr", target, draft, transform, gamma, k, P)
+    return _finish(keys, run(x0, keys, jnp.asarray(_SPECTR_RULES[_rule], jnp.int32), jnp.asarray(k_used, jnp.int32)))
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_cached(kind, target, draft, transform, gamma, k, P, rule_a, rule_b, x64):
+def _jitted_cached(kind, target, draft, transform, gamma, k, P, x64):
     if kind == "speculative":
-        def one(x0, key):
-            return _speculative_one(target, draft, transform, gamma, P, x0, key, rule_a, rule_b)
+        def one(x0, key, rule, k_used):
+            return _speculative_one(target, draft, transform, gamma, P, x0, key, rule)
     else:
-        def one(x0, key):
-            return _spectr_one(target, draft, transform, gamma, k, P, x0, key, rule_a)
-    return jax.jit(jax.vmap(one, in_axes=(None, 0)))
+        def one(x0, key, rule, k_used):
+            return _spectr_one(target, draft, transform, gamma, k, P, x0, key, rule, k_used)
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, None, None)))
 
 
-def _jitted(kind, target, draft, transform, gamma, k, P, rule_a, rule_b):
-    return _jitted_cached(kind, target, draft, transform, gamma, k, P, rule_a, rule_b,
-                          bool(jax.config.jax_enable_x64))
+def _jitted(kind, target, draft, transform, gamma, k, P):
+    return _jitted_cached(kind, target, draft, transform, gamma, k, P, bool(jax.config.jax_enable_x64))
 
 
 # ---------------------------------------------------------------------------------------
@@ -374,6 +379,7 @@ class ExpectedCounts(NamedTuple):
         return self.tokens / self.target_calls
 
 
+@functools.lru_cache(maxsize=16)
 def _conditionals(lm: LanguageModel, transform: Optional[Transform]):
     """cond[t]: float64[V**t, V], ``transform(p(. | h), t)`` for every prefix h of length t."""
     V, L = lm.vocab_size, lm.length
@@ -392,14 +398,32 @@ def _conditionals(lm: LanguageModel, transform: Optional[Transform]):
     return [probs[::V ** (L - t), t, :] for t in range(L)]
 
 
+def _f_np(beta, k):
+    safe = np.where(beta > 0, np.minimum(beta, 1.0), 1.0)
+    with np.errstate(divide="ignore"):          # beta = 1: log1p(-1) = -inf, expm1(-inf) = -1
+        return np.where(beta > 0, -np.expm1(k * np.log1p(-safe)) / safe, float(k))
+
+
+def _kseq_rho_np(p, q, k):
+    """:func:`kseq_rho` in numpy float64 (the same bisection), vectorised over rows."""
+    def gap(rho):
+        return rho - _f_np(np.minimum(q, p / rho[..., None]).sum(-1), k)
+    lo = np.ones(p.shape[:-1])
+    hi = lo * max(k, 1)
+    for _ in range(_BISECT):
+        mid = 0.5 * (lo + hi)
+        ok = gap(mid) >= 0
+        lo, hi = np.where(ok, lo, mid), np.where(ok, mid, hi)
+    return np.where(gap(np.ones_like(lo)) >= 0, 1.0, hi)
+
+
 def _kseq_joint(p, q, k):
     """Token-level K-SEQ with k candidates, vectorised over rows: (J[c][..., y] = P(Y = y and c
-    candidates equal y) for c = 0..k).  numpy float64, the same rho* as :func:`kseq_rho`."""
-    with jax.enable_x64(True):
-        rho = np.asarray(kseq_rho(jnp.asarray(p), jnp.asarray(q), k))
-        res = np.asarray(kseq_residual(jnp.asarray(p), jnp.asarray(q), jnp.asarray(rho), k))
+    candidates equal y) for c = 0..k).  numpy float64, the same rho* bisection as :func:`kseq_rho`."""
+    rho = _kseq_rho_np(p, q, k)
     m = np.minimum(q, p / rho[..., None])            # accept with value y at a given candidate
     beta = m.sum(-1, keepdims=True)
+    res = np.maximum(p - m * _f_np(beta, k), 0.0)
     rej_y = q - m                                    # rejected and equal to y
     rej_n = np.maximum((1.0 - beta) - rej_y, 0.0)    # rejected and not y
     mass = res.sum(-1, keepdims=True)                # (1 - beta)^k: every candidate rejected
