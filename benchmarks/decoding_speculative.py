@@ -9,9 +9,9 @@ hmm_perturbed(eps = 0.5).  Per row N sequences (one key each).
 Columns: "tok/call" = L / mean target calls (measured); "exact" = L / E[target calls] from the
 forward recursion over all prefixes (samplax.decoding.speculative.expected_counts, with the K-SEQ
 token law for SpecTr); "formula" = Leviathan et al. 2023 eq. (1), (1 - a^(gamma+1)) / (1 - a),
-with a = E[beta] the target-averaged acceptance rate (their Def. 3.1); for SpecTr the same formula
+with a = E[beta] the target-averaged acceptance rate (their Sec. 3); for SpecTr the same formula
 with a_k = E[1 - (1 - beta(rho*))^k], the K-SEQ acceptance probability of k fresh candidates (Sun et
-al. 2023, Sec. 4) -- both assume i.i.d. acceptance, an infinite sequence and (for SpecTr) that all k
+al. 2023, k-sequential selection) -- both assume i.i.d. acceptance, an infinite sequence and (for SpecTr) that all k
 drafts stay candidates, so they are upper-bound-like approximations, not the exact value.
 "accepted" = mean draft tokens kept per sequence; "speed-up" = L / mean target calls (ancestral
 decoding makes L); "draft calls" per sequence (a SpecTr draft call is one batched call on k drafts);

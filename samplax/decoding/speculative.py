@@ -8,15 +8,18 @@ and a rejection rule keeps the output distributed exactly as the target's.
   positions in ONE ``logits_fn`` call, draft token i is accepted with probability ``min(1, p_i/q_i)``;
   at the first rejection the token is drawn from ``norm(max(0, p - q))`` and the iteration ends; when
   all are accepted a bonus token is drawn from ``p_{gamma}``.  Output law = the target's (Leviathan
-  et al. Appendix A.1; Chen et al. Theorem 1).
+  et al., the correctness argument of Sec. 2.3 / Appendix; Chen et al. Theorem 1).
 * :func:`spectr_sample`: SpecTr (Sun, Suresh, Ro, Beirami, Jain & Yu 2023, "SpecTr: Fast Speculative
   Decoding via Optimal Transport").  ``k`` i.i.d. draft sequences of length ``gamma`` (the paper's k
   independent drafts of length L, one batched draft call per position), one target call on all of
   them, then position by position the token-level draft selection K-SEQ (:func:`kseq_select`, the
-  paper's Algorithm "K-SEQ" of Section 4: accept candidate i with probability ``min(1, p/(rho q))``,
+  paper's "k-sequential selection": accept candidate i with probability ``min(1, p/(rho q))``,
   candidates in turn, else draw from the residual ``p_res``) among the drafts that still agree with
   the tokens chosen so far; the drafts that match the chosen token stay candidates for the next
-  position (SpecTr, the paper's Algorithm 3 / Figure 2).  With ``k = 1`` K-SEQ is the speculative rule.
+  position (one SpecTr iteration as in the paper's Figures 2 and 3).  With ``k = 1`` K-SEQ is the
+  speculative rule.  (Section / algorithm numbers of the SpecTr paper are not cited: only its
+  abstract, figure captions and a secondary statement of K-SEQ, Sequoia's Appendix F, were at hand;
+  the formulas here are derived and checked exactly in the tests.)
 
 Exactness: with a logit transform ``T`` (temperature), both samplers draw from ``T(target)`` position by
 position: the acceptance ratio and residual use the transformed target ``p = T(p_target)`` and the
@@ -34,7 +37,7 @@ verified draft token), ``extras["iterations"]`` = target calls.
 :func:`expected_counts`: the EXACT expected number of target calls, draft calls and accepted tokens
 (and the output distribution, which must equal the target's) by a forward recursion over all
 prefixes of an enumerable LM pair, for both samplers.  :func:`leviathan_tokens_per_call` is the
-paper's closed form ``(1 - a^(gamma+1)) / (1 - a)`` (Leviathan et al. eq. 1, i.i.d. acceptance).
+paper's closed form ``(1 - a^(gamma+1)) / (1 - a)`` (Leviathan et al. eq. (1), i.i.d. acceptance).
 """
 from __future__ import annotations
 
@@ -203,12 +206,14 @@ def _beta(p, q, rho):
 
 
 def kseq_rho(p, q, k):
-    """rho* of K-SEQ (Sun et al. 2023, Sec. 4): the smallest rho in [1, k] (up to the bisection
-    tolerance) with ``(1 - (1 - beta(rho))^k) / beta(rho) <= rho``, ``beta(rho) = sum_x min(q(x),
-    p(x)/rho)``: the condition under which the residual ``p_res`` is a distribution (every rho that
-    satisfies it keeps K-SEQ exact; the acceptance probability ``1 - (1 - beta)^k`` falls as rho
-    grows).  Bisection keeps the upper end feasible (rho = k always is).  p, q: probabilities
-    [..., V]; k: number of candidates (>= 1, may be traced)."""
+    """rho* of K-SEQ (Sun et al. 2023, k-sequential selection): a rho in [1, k] on the boundary of
+    ``(1 - (1 - beta(rho))^k) / beta(rho) <= rho``, ``beta(rho) = sum_x min(q(x), p(x)/rho)``, the
+    condition under which the residual ``p_res`` is a distribution (every rho that satisfies it keeps
+    K-SEQ exact; the acceptance probability ``1 - (1 - beta)^k`` falls as rho grows, so the smallest
+    feasible rho is wanted).  rho = 1 when it is feasible (always for k = 1), else bisection on
+    [1, k] keeping the upper end feasible (rho = k always is): the smallest feasible rho when the
+    condition is monotone in rho, a feasible one in any case.  p, q: probabilities [..., V]; k: number
+    of candidates (>= 1, may be traced)."""
     k = jnp.asarray(k, p.dtype)
 
     def gap(rho):
@@ -227,7 +232,7 @@ def kseq_rho(p, q, k):
 
 def kseq_residual(p, q, rho, k):
     """The K-SEQ residual ``p_res(x) = [p(x) - min(q(x), p(x)/rho) (1 - (1 - beta)^k) / beta] /
-    (1 - beta)^k`` (Sun et al. 2023, Sec. 4), unnormalised here (its mass is ``(1 - beta)^k``, the
+    (1 - beta)^k`` (Sun et al. 2023, K-SEQ), unnormalised here (its mass is ``(1 - beta)^k``, the
     probability that every candidate is rejected); clipped at 0 against rounding."""
     m = jnp.minimum(q, p / rho[..., None])
     f = _f_of_beta(jnp.sum(m, -1), jnp.asarray(k, p.dtype))
@@ -235,11 +240,11 @@ def kseq_residual(p, q, rho, k):
 
 
 def kseq_select(key, logp, logq, cands, active, naive=False):
-    """K-SEQ draft selection (Sun et al. 2023, Sec. 4, Algorithm "K-SEQ"): among the active
+    """K-SEQ draft selection (Sun et al. 2023, "k-sequential selection"): among the active
     candidates ``cands[active]`` (i.i.d. draws from q), take them in turn and accept candidate i with
     probability ``min(1, p(X_i) / (rho* q(X_i)))``; if none is accepted draw from ``p_res``.  The
-    output is distributed as p exactly (Sun et al., Lemma on K-SEQ validity); the acceptance
-    probability is ``1 - (1 - beta(rho*))^k``.
+    output is distributed as p exactly: P(Y = y) = min(q, p/rho)(y) sum_{i<k} (1 - beta)^i + (1 - beta)^k
+    p_res(y) = p(y); the acceptance probability is ``1 - (1 - beta(rho*))^k``.
 
     logp, logq: [V] log-probabilities; cands int32[k]; active bool[k] (at least one).  Returns
     ``(token, accepted_from_draft)``.  ``naive`` (bool, may be traced) is a deliberately wrong variant
@@ -496,7 +501,7 @@ def expected_counts(target: LanguageModel, draft: LanguageModel, gamma: int, k: 
 
 def acceptance_rate(target: LanguageModel, draft: LanguageModel, transform: Optional[Transform] = None) -> float:
     """Leviathan et al.'s alpha = E_{prefix ~ p}[beta(prefix)], ``beta = sum_x min(p(x), q(x))`` (their
-    Definition 3.1 / Theorem 3.5), averaged over the positions of a sequence drawn from the target."""
+    Sec. 3), averaged over the positions of a sequence drawn from the target."""
     pc = _conditionals(target, transform)
     qc = _conditionals(draft, transform)
     V, L = target.vocab_size, target.length
