@@ -53,7 +53,7 @@ from samplax.decoding.base import (LOG_ZERO, Decoder, LanguageModel, Problem, Tr
                                    check_positive, check_prompt, gather_logp, identity, make_info,
                                    temperature as temperature_transform)
 from samplax.decoding.exact import MAX_ENUMERATE, all_sequences, exact_log_probs, hmm_lm
-from samplax.discrete.base import categorical
+from samplax.discrete.base import gumbel
 
 __all__ = ["speculative_sample", "spectr_sample", "kseq_select", "kseq_rho", "kseq_residual",
            "expected_counts", "ExpectedCounts", "leviathan_tokens_per_call", "acceptance_rate",
@@ -96,6 +96,7 @@ def _speculative_one(target: LanguageModel, draft: LanguageModel, transform: Tra
     a traced switch, so the tests compile the sampler once."""
     L = target.length
     dt = _dtype()
+    V = target.vocab_size
     T = jax.vmap(transform, in_axes=(0, 0))
 
     class C(NamedTuple):
@@ -109,14 +110,17 @@ def _speculative_one(target: LanguageModel, draft: LanguageModel, transform: Tra
         bad: jax.Array
 
     def body(c: C):
-        key, kd, ka, kr = jax.random.split(c.key, 4)
+        # all the noise of one iteration in two draws (Gumbel rows: gamma drafts + the final token)
+        key, kg, ka = jax.random.split(c.key, 3)
+        G = gumbel(kg, (gamma + 1, V), dt)
+        u = jax.random.uniform(ka, (gamma,), dt)
         g = jnp.minimum(gamma, L - c.pos).astype(jnp.int32)
 
         def dstep(x, i):
             t = c.pos + i
             row = jax.lax.dynamic_index_in_dim(draft.logits_fn(x[None])[0], jnp.minimum(t, L - 1), 0, False)
             lq = transform(row, t)
-            tok = categorical(jax.random.fold_in(kd, i), lq)
+            tok = _gumbel_max(lq, G[i])
             return x.at[t].set(tok, mode="drop"), (tok, lq, _bad(row))
         x, (dtok, dlq, dbad) = jax.lax.scan(dstep, c.x, jnp.arange(gamma, dtype=jnp.int32))
 
@@ -124,7 +128,6 @@ def _speculative_one(target: LanguageModel, draft: LanguageModel, transform: Tra
         lp = T(raw, idx)
         ratio = jnp.exp(gather_logp(lp[:gamma], dtok) - gather_logp(dlq, dtok))
         ratio = jnp.where(rule == 1, jnp.inf, jnp.where(rule == 2, 1.0 / jnp.maximum(ratio, 1e-30), ratio))
-        u = jax.random.uniform(ka, (gamma,), dt)
         acc = (u < ratio) & (jnp.arange(gamma) < g)
         n = jnp.sum(jnp.cumprod(acc.astype(jnp.int32))).astype(jnp.int32)
 
@@ -132,7 +135,7 @@ def _speculative_one(target: LanguageModel, draft: LanguageModel, transform: Tra
         q_n = jax.lax.dynamic_index_in_dim(dlq, jnp.minimum(n, gamma - 1), 0, False)
         res = jnp.maximum(jnp.exp(p_n) - jnp.exp(q_n), 0.0)
         log_res = jnp.where((jnp.sum(res) > 0) & (rule != 3), _log(res), p_n)
-        tok = categorical(kr, jnp.where(n < g, log_res, p_n))
+        tok = _gumbel_max(jnp.where(n < g, log_res, p_n), G[gamma])
         final = c.pos + n < L                  # no bonus once the sequence is full
         x = x.at[c.pos + n].set(tok, mode="drop")
 
@@ -239,6 +242,11 @@ def kseq_residual(p, q, rho, k):
     return jnp.maximum(p - m * f[..., None], 0.0)
 
 
+def _gumbel_max(logp, g):
+    """A categorical draw from the Gumbel row ``g`` (Gumbel-max; LOG_ZERO tokens never win)."""
+    return jnp.argmax(logp.astype(g.dtype) + g, axis=-1).astype(jnp.int32)
+
+
 def kseq_select(key, logp, logq, cands, active, naive=False):
     """K-SEQ draft selection (Sun et al. 2023, "k-sequential selection"): among the active
     candidates ``cands[active]`` (i.i.d. draws from q), take them in turn and accept candidate i with
@@ -254,11 +262,17 @@ def kseq_select(key, logp, logq, cands, active, naive=False):
     kk = jnp.sum(active).astype(p.dtype)
     rho = jnp.where(naive, 1.0, kseq_rho(p, q, kk))
     ka, kr = jax.random.split(key)
-    ratio = p[cands] / (rho * q[cands])
     u = jax.random.uniform(ka, cands.shape, p.dtype)
+    return _kseq_noise(u, gumbel(kr, p.shape, p.dtype), p, q, rho, kk, cands, active, naive)
+
+
+def _kseq_noise(u, g, p, q, rho, kk, cands, active, naive):
+    """K-SEQ with its noise given: uniforms ``u[k]`` for the candidates, a Gumbel row ``g[V]`` for
+    the residual draw."""
+    ratio = p[cands] / (rho * q[cands])
     acc = active & (u < ratio)
     res = jnp.where(naive, jnp.maximum(p - q, 0.0), kseq_residual(p, q, rho, kk))
-    y_res = categorical(kr, jnp.where(jnp.sum(res) > 0, _log(res), logp))
+    y_res = _gumbel_max(jnp.where(jnp.sum(res) > 0, _log(res), _log(p)), g)
     any_acc = jnp.any(acc)
     return jnp.where(any_acc, cands[jnp.argmax(acc)], y_res), any_acc
 
@@ -270,6 +284,7 @@ def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transfor
     1 is the wrong per-candidate rule of :func:`kseq_select` for the mutation tests."""
     L = target.length
     dt = _dtype()
+    V = target.vocab_size
 
     class C(NamedTuple):
         x: jax.Array
@@ -282,14 +297,19 @@ def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transfor
         bad: jax.Array
 
     def body(c: C):
-        key, kd, ks, kb = jax.random.split(c.key, 4)
+        # all the noise of one iteration in two draws: Gumbel rows for the k drafts at each position,
+        # the residual draw at each position and the bonus; uniforms for the K-SEQ acceptances
+        key, kg, ku = jax.random.split(c.key, 3)
+        G = gumbel(kg, (gamma * (k + 1) + 1, V), dt)
+        Gd, Gr = G[:gamma * k].reshape(gamma, k, V), G[gamma * k:]
+        U = jax.random.uniform(ku, (gamma, k), dt)
         g = jnp.minimum(gamma, L - c.pos).astype(jnp.int32)
 
         def dstep(xs, i):                     # one batched draft call on the k drafts
             t = c.pos + i
             rows = jax.lax.dynamic_index_in_dim(draft.logits_fn(xs), jnp.minimum(t, L - 1), 1, False)   # [k, V]
             lq = jax.vmap(transform, in_axes=(0, None))(rows, t)
-            toks = jax.vmap(categorical)(jax.random.split(jax.random.fold_in(kd, i), k), lq)
+            toks = _gumbel_max(lq, Gd[i])
             return xs.at[:, t].set(toks, mode="drop"), (toks, lq, jnp.any(_bad(rows)))
         xs0 = jnp.broadcast_to(c.x, (k, L))
         xs, (dtok, dlq, dbad) = jax.lax.scan(dstep, xs0, jnp.arange(gamma, dtype=jnp.int32))
@@ -301,7 +321,11 @@ def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transfor
             j0 = jnp.argmax(active)
             t = c.pos + i
             row = raw[j0, i]
-            y, _ = kseq_select(jax.random.fold_in(ks, i), transform(row, t), dlq[i, j0], dtok[i], active, rule == 1)
+            lp_t = transform(row, t)
+            p, q = jnp.exp(lp_t), jnp.exp(dlq[i, j0])
+            kk = jnp.sum(active).astype(p.dtype)
+            rho = jnp.where(rule == 1, 1.0, kseq_rho(p, q, kk))
+            y, _ = _kseq_noise(U[i], Gr[i], p, q, rho, kk, dtok[i], active, rule == 1)
             emit = live & (i < g)
             new_active = active & (dtok[i] == y)
             matched = jnp.any(new_active)
@@ -320,7 +344,7 @@ def _spectr_one(target: LanguageModel, draft: LanguageModel, transform: Transfor
         bonus = live & (c.pos + gamma < L)
         j0 = jnp.argmax(active)
         brow = raw[j0, gamma]
-        yb = categorical(kb, transform(brow, c.pos + gamma))
+        yb = _gumbel_max(transform(brow, c.pos + gamma), Gr[gamma])
         x = jnp.where(bonus, x.at[jnp.minimum(c.pos + gamma, L - 1)].set(yb), x)
         lp_sum = lp_sum + jnp.where(bonus, brow[yb], 0.0)
         bad_t = jnp.where(bonus & (bad_t == L) & _bad(brow), c.pos + gamma, bad_t)
