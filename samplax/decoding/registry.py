@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from samplax.decoding.base import Decoder, Problem, check_prompt, make_transform, sample
 from samplax.decoding.exact import exact_log_probs
 from samplax.decoding import speculative as _speculative
+from samplax.decoding.annealed import annealed
+from samplax.decoding.cautious import cautious
 
 
 def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
@@ -33,6 +35,8 @@ SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "ancestral": ancestral,
     "speculative": _speculative.speculative,
     "spectr": _speculative.spectr,
+    "annealed": annealed,
+    "cautious": cautious,
 }
 
 
