@@ -16,9 +16,13 @@ import numpy as np
 
 from samplax.decoding.base import LanguageModel, Problem, check_prompt
 from samplax.decoding.exact import LMS, load_lm
+from samplax.decoding import rewards as _rewards
 
 DRAFTS: Dict[str, Callable[..., Any]] = {}
-REWARDS: Dict[str, Callable[..., Any]] = {}
+REWARDS: Dict[str, Callable[..., Any]] = {
+    "token_count": _rewards.token_count,
+    "regex": _rewards.regex,
+}
 CONSTRAINTS: Dict[str, Callable[..., Any]] = {}
 TASKS: Dict[str, Callable[..., Any]] = {}
 

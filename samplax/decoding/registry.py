@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from samplax.decoding.base import Decoder, Problem, check_prompt, make_transform, sample
 from samplax.decoding.exact import exact_log_probs
+from samplax.decoding.smc import power_smc, smc_reward
 
 
 def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
@@ -30,6 +31,8 @@ def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_
 
 SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "ancestral": ancestral,
+    "smc_reward": smc_reward,
+    "power_smc": power_smc,
 }
 
 
