@@ -117,16 +117,17 @@ def test_power_smc_without_catch_up_is_biased(runs):
 
 
 def test_tv_decreases_with_particles(runs):
-    """One particle outputs the proposal (here the LM: its TV is exact); 4 and N particles, measured."""
+    """One particle outputs the proposal (here the LM: its TV is exact, 0.36); 2 and N particles, measured
+    (about 0.19 and 0.016)."""
     problem, out = runs
     lp, _ = _power_target(problem)
     tv1 = 0.5 * np.abs(np.exp(_exact_log_p(problem)) - np.exp(lp)).sum()
-    x4, _ = _run(D.get_decoder("power_smc", particles=4, alpha=POWER, proposal_temperature=1.0), problem, 3)
-    tv4 = D.tv_to_exact(x4, lp, 3)
+    x2, _ = _run(D.get_decoder("power_smc", particles=2, alpha=POWER, proposal_temperature=1.0), problem, 3)
+    tv2 = D.tv_to_exact(x2, lp, 3)
     tvN = D.tv_to_exact(out["power", True][0], lp, 3)
     floor = D.tv_floor(lp, RUNS)
-    # each gap is several times the sampling floor (the TV of 4000 exact draws)
-    assert tv1 > tv4 + 5 * floor and tv4 > tvN + 5 * floor, (tv1, tv4, tvN, floor)
+    # each gap is more than 5 times the sampling floor (the TV of 4000 exact draws, ~0.015)
+    assert tv1 > tv2 + 5 * floor and tv2 > tvN + 5 * floor, (tv1, tv2, tvN, floor)
 
 
 def test_ess_triggered_resampling_skips_when_ess_is_high(runs):

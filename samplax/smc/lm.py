@@ -7,31 +7,39 @@ cached state.  Step t extends every particle by one token drawn from a proposal 
     w_t = gamma_t(x_<=t) / (gamma_{t-1}(x_<t) q_t(x_t | x_<t)),                                   (1)
 
 where ``gamma_t`` are unnormalised intermediate targets over prefixes ending in the full target
-``gamma_T`` at the last position (Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo samplers",
-eq. 31 with the forward kernel as proposal; Naesseth, Lindsten & Schön 2019, "Elements of Sequential
-Monte Carlo", Alg. 2).  A :class:`Potential` supplies ``log gamma_t(x_<=t) - log gamma_{t-1}(x_<t)``;
+``gamma_T`` at the last position: the sequential-importance-sampling weight for nested targets
+(Doucet & Johansen 2009, "A tutorial on particle filtering and smoothing", Sec. 3.2, with resampling
+as in their Sec. 3.3-3.5).  A :class:`Potential` supplies ``log gamma_t(x_<=t) - log gamma_{t-1}(x_<t)``;
 the proposal's log-probability is subtracted here.  Resampling (ESS-triggered), the normalised weights
 and the unbiased estimate ``Z_hat`` of ``Z = sum_x gamma_T(x)`` are :func:`samplax.smc.core.smc`'s:
 E[Z_hat] = Z for any particle count and any adaptive resampling rule.
 
-Two potentials:
+The potential here is :func:`tilted_power_potential`, ``gamma_t(x_<=t) = p(x_<=t)^{alpha_t}
+exp(r(x_<=t) / beta)``, with two instances:
 
-* :func:`reward_potential`: ``gamma_t(x_<=t) = p(x_<=t) exp(r(x_<=t) / beta)`` with a prefix reward
-  ``r``; with the LM itself as proposal the weight is ``exp((r(x_<=t) - r(x_<t)) / beta)``, which
-  telescopes to ``exp(r(x) / beta)`` over the sequence (Markovic-Voronov et al. 2026, "Sampling for
-  Quality: Training-Free Reward-Guided LLM Decoding via Sequential Monte Carlo", Sec. 3: the
-  prefix-only SMC whose potentials are prefix rewards; the full target is ``p(x) exp(r(x)/beta) / Z``).
-* :func:`power_potential`: ``gamma_t(x_<=t) = p(x_<=t)^{alpha_t}`` with an exponent schedule
-  ``alpha_t`` ending at ``alpha`` (Azizi et al. 2026, "Power-SMC: Low-Latency Sequence-Level Power
-  Sampling for Training-Free LLM Reasoning": the power target ``p^alpha / Z`` and the exponent ramp).
-  Then (1) reads
+* :func:`reward_potential` (all ``alpha_t = 1``): ``gamma_t(x_<=t) = p(x_<=t) exp(r(x_<=t) / beta)``
+  with a prefix reward ``r``; with the LM itself as proposal the weight is ``exp((r(x_<=t) - r(x_<t))
+  / beta)``, which telescopes to ``exp(r(x) / beta)`` over the sequence (Markovic-Voronov et al.
+  2026, "Sampling for Quality: Training-Free Reward-Guided LLM Decoding via Sequential Monte Carlo",
+  Sec. 3, the prefix-only SMC whose potentials are prefix rewards; full target ``p(x) exp(r(x) / beta)
+  / Z``; the paper notes the framework subsumes power-tempered targets, which the combined potential
+  makes literal).
+* :func:`power_potential` (no reward): ``gamma_t(x_<=t) = p(x_<=t)^{alpha_t}`` with an exponent
+  schedule ``alpha_t`` ending at ``alpha`` (Azizi et al. 2026, "Power-SMC: Low-Latency Sequence-Level
+  Power Sampling for Training-Free LLM Reasoning": the power target ``p^alpha / Z``, the exponent
+  ramp, the proposal at temperature ``1 / alpha_t``).  Then (1) reads
 
       w_t = p(x_<t)^{alpha_t - alpha_{t-1}} p(x_t | x_<t)^{alpha_t} / q_t(x_t | x_<t):           (2)
 
-  the first factor is the *catch-up* of the whole prefix to the new exponent.  Leaving it out makes
-  the weights those of ``prod_t p(x_t | x_<t)^{alpha_t}``, a different target; its normaliser is
-  larger than Z (every ``alpha_t <= alpha`` and ``p <= 1``), so ``Z_hat`` is biased upwards
-  (docs/decoding_smc.md gives the exact ratio and the measured one).
+  the first factor is the *catch-up* of the whole prefix to the new exponent (the public Power-SMC
+  code applies it as ``delta * cum_logp_prev``; the README's weight formula omits it).  Leaving it out
+  makes the weights those of ``prod_t p(x_t | x_<t)^{alpha_t}``, a different target whose normaliser
+  is larger than Z (every ``alpha_t <= alpha`` and ``p <= 1``), so ``Z_hat`` is biased upwards and the
+  output law is wrong (docs/decoding_smc.md gives the exact ratio and the measured one).
+
+The numbers of a potential (``alpha_t``, ``1 / beta``, the proposal temperature per position, the
+two mutation switches) are traced parameters (:class:`LMSMCParams`): runs that differ only in them
+share one compilation.
 
 The LM is duck-typed (this module does not import ``samplax.decoding``): anything with ``vocab_size``,
 ``length``, ``logits_fn(x int32[B, L']) -> logp[B, L', V]`` (causal, normalised) and optionally the
