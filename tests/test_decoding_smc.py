@@ -118,11 +118,15 @@ def test_power_smc_without_catch_up_is_biased(runs):
 
 def test_tv_decreases_with_particles(runs):
     """One particle outputs the proposal (here the LM: its TV is exact, 0.36); 2 and N particles, measured
-    (about 0.19 and 0.016)."""
+    (about 0.19 and 0.016).  The 2-particle run uses the LM without its cached path (each step calls
+    logits_fn on the token buffer): the same law, one call per step, no call to read the prompt."""
     problem, out = runs
     lp, _ = _power_target(problem)
     tv1 = 0.5 * np.abs(np.exp(_exact_log_p(problem)) - np.exp(lp)).sum()
-    x2, _ = _run(D.get_decoder("power_smc", particles=2, alpha=POWER, proposal_temperature=1.0), problem, 3)
+    lm = problem.lm
+    uncached = problem._replace(lm=D.LanguageModel(lm.logits_fn, lm.vocab_size, lm.length, name="uncached"))
+    x2, info2 = _run(D.get_decoder("power_smc", particles=2, alpha=POWER, proposal_temperature=1.0), uncached, 3)
+    assert np.all(x2[:, 0] == 1) and np.all(np.asarray(info2.target_calls) == 2 * 3)
     tv2 = D.tv_to_exact(x2, lp, 3)
     tvN = D.tv_to_exact(out["power", True][0], lp, 3)
     floor = D.tv_floor(lp, RUNS)
