@@ -178,24 +178,27 @@ def test_smc_reward_without_telescoping_is_biased(runs):
     assert D.chi_square_test(x, lp, 3).p_value < 1e-6
 
 
-@pytest.mark.parametrize("pattern,soft", [("ab", False), ("c.a", False), ("c.a", True)])
-def test_regex_and_token_count_rewards_match_their_definitions(pattern, soft):
+REGEX_CASES = (("ab", False), ("c.a", False), ("c.a", True))
+
+
+def test_regex_and_token_count_rewards_match_their_definitions():
     """Against Python's re.search on the token strings (token v = letter 'a' + v), every prefix length."""
     lm = _lm()
     seqs = D.all_sequences(3, 4)
     strings = [R.tokens_to_string(s) for s in seqs]
-    fn = jax.jit(R.regex(lm, pattern, 2.0, soft).fn)
+    rewards = [R.regex(lm, pattern, 2.0, soft) for pattern, soft in REGEX_CASES] + [R.token_count(lm, 1, 0.5)]
+    fn = jax.jit(lambda x, n: [r.fn(x, n) for r in rewards])       # one compilation for all four
     for n in (0, 2, 3, 4):
-        got = np.asarray(fn(jnp.asarray(seqs), n))
+        got = [np.asarray(g) for g in fn(jnp.asarray(seqs), n)]
         pre = [s[:n] for s in strings]
-        if soft:
-            want = [2.0 * max(j for j in range(len(pattern) + 1) if re.search(pattern[:j], s)) / len(pattern)
-                    for s in pre]
-        else:
-            want = [2.0 * (re.search(pattern, s) is not None) for s in pre]
-        np.testing.assert_allclose(got, want)
-    tc = R.token_count(lm, token=1, scale=0.5)
-    np.testing.assert_allclose(np.asarray(tc.fn(jnp.asarray(seqs), 3)), 0.5 * (seqs[:, :3] == 1).sum(1))
+        for (pattern, soft), g in zip(REGEX_CASES, got):
+            if soft:
+                want = [2.0 * max(j for j in range(len(pattern) + 1) if re.search(pattern[:j], s)) / len(pattern)
+                        for s in pre]
+            else:
+                want = [2.0 * (re.search(pattern, s) is not None) for s in pre]
+            np.testing.assert_allclose(g, want, err_msg=f"{pattern} soft={soft} n={n}")
+        np.testing.assert_allclose(got[-1], 0.5 * (seqs[:, :n] == 1).sum(1))
 
 
 @pytest.mark.parametrize("call,match", [

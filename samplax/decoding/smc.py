@@ -80,7 +80,9 @@ def _runner(lm: LanguageModel, reward, particles, resampling, ess_threshold, pro
     @jax.jit
     def run(keys, params):
         res = smc_fn(keys, params)
-        idx = lmsmc.pick_particle(keys, res, categorical)
+        # the final draw among n weights: JAX's Gumbel in the weights' dtype is enough (a weight below
+        # e^-16 of the largest, never drawn in float32, is far below the O(1/n) bias of the output)
+        idx = lmsmc.pick_particle(keys, res)
         take = jax.vmap(lambda a, i: a[i])
         B = keys.shape[0]
         extras = {"ess": res.ess, "resampled": res.resampled,
