@@ -9,8 +9,10 @@ independent particle system per sequence, the output drawn from its final weight
   factor (the mutation), whose E[Z_hat] / Z is compared with its exact value (the normaliser of
   prod_t p(x_t | x_<t)^alpha_t over Z, by enumeration).  Baseline: ancestral sampling at temperature
   1 / alpha (token-level sharpening, not p^alpha): its exact TV by enumeration.
-* Reward SMC for p exp(r / beta) / Z with the regex reward "ab" (token 0 directly followed by token 1;
-  indicator), beta = 0.25, and with token_count(token 3), beta = 0.5; and the non-telescoping mutation.
+* Reward SMC for p(y | prompt) exp(r / beta) / Z after the prompt (2, 5) (3 generated tokens, 512
+  sequences, so that TV is resolved at this N) with the regex reward "ab" (token 0 directly followed
+  by token 1; indicator), beta = 0.25, and with token_count(token 3), beta = 0.5; and the
+  non-telescoping mutation.
 
 TV: empirical total variation of the N outputs to the enumerated target; "TV floor": the TV of N
 exact draws (the estimator's bias); chi2 p: Pearson, cells of expected count < 5 pooled.  E[Z_hat]/Z:
@@ -42,6 +44,7 @@ MODULE = "benchmarks.decoding_smc"
 OUT = os.path.join("docs", "benchmarks", "decoding_smc.md")
 PARTICLES = (1, 4, 16, 64, 256)
 ALPHA = 4.0
+PROMPT = (2, 5)                    # the reward problems: 3 generated tokens after it, 512 sequences
 CHUNK_PARTICLES = 1 << 18          # runs * particles per jitted call
 
 
@@ -91,9 +94,12 @@ def accuracy_rows(n_seq: int, particles, log=print):
                          tv=float(0.5 * np.abs(np.exp(lq) - np.exp(lp_pow)).sum()), tv_floor=None, chi2_p=None,
                          z_ratio=None, z_se=None, z_expected=None, resampled=None, time_s=None))
         problems = {
-            "regex 'ab' b=0.25": (D.make_problem(lm, reward="regex", reward_options={"pattern": "ab"}), 0.25),
-            "token_count(3) b=0.5": (D.make_problem(lm, reward="token_count", reward_options={"token": 3}), 0.5),
+            "regex 'ab' b=0.25": (D.make_problem(lm, reward="regex", reward_options={"pattern": "ab"},
+                                                 prompt=PROMPT), 0.25),
+            "token_count(3) b=0.5": (D.make_problem(lm, reward="token_count", reward_options={"token": 3},
+                                                    prompt=PROMPT), 0.5),
         }
+        log_p_prompt = D.exact_log_probs(lm, None, np.asarray(PROMPT))
         configs = []
         for n in particles:
             configs.append(("power a=4", "power_smc adaptive", n, dict(alpha=ALPHA), None))
@@ -106,9 +112,10 @@ def accuracy_rows(n_seq: int, particles, log=print):
             for n in particles:
                 configs.append((name, "smc_reward", n, dict(beta=beta), None))
             fn = jax.jit(prob.reward.fn)
-            r_sum = sum(np.asarray(fn(jnp.asarray(seqs), k)) for k in range(1, L + 1))
-            _, logZ = D.tilted_target(log_p, r, beta)
-            wrong = float(np.exp(logsumexp(log_p + r_sum / beta) - logZ))
+            # without telescoping: initial weight 1, then exp(r(x_<=t)/beta) at each generated position t
+            r_sum = sum(np.asarray(fn(jnp.asarray(seqs), k)) for k in range(len(PROMPT) + 1, L + 1))
+            _, logZ = D.tilted_target(log_p_prompt, r, beta)
+            wrong = float(np.exp(logsumexp(log_p_prompt + r_sum / beta) - logZ))
             configs.append((name, "smc_reward, no telescoping (mutation)", particles[-1],
                             dict(beta=beta, telescoping=False), wrong))
         for target, label, n, opts, expected in configs:
@@ -117,13 +124,14 @@ def accuracy_rows(n_seq: int, particles, log=print):
                 dec = D.get_decoder("power_smc", particles=n, **opts)
             else:
                 prob, beta = problems[target]
-                lp, logZ = D.tilted_target(log_p, D.enumerate_rewards(prob.reward, V, L), beta)
+                lp, logZ = D.tilted_target(log_p_prompt, D.enumerate_rewards(prob.reward, V, L), beta)
                 dec = D.get_decoder("smc_reward", particles=n, **opts)
             t0 = time.perf_counter()
             x, lz, nres = _decode(dec, prob, n_seq, n, seed=n)
             dt = time.perf_counter() - t0
             zr = D.z_ratio(lz, logZ)
-            row = dict(target=target, decoder=label, particles=n, calls=n * L, tv=D.tv_to_exact(x, lp, V),
+            calls = n * L if target.startswith("power") else n * (L - len(PROMPT)) + len(PROMPT)
+            row = dict(target=target, decoder=label, particles=n, calls=calls, tv=D.tv_to_exact(x, lp, V),
                        tv_floor=D.tv_floor(lp, n_seq), chi2_p=D.chi_square_test(x, lp, V).p_value,
                        z_ratio=zr.ratio, z_se=zr.stderr, z_expected=expected, resampled=float(nres.mean()),
                        time_s=dt)
@@ -236,7 +244,9 @@ def render(res: dict) -> str:
     lines = ["# SMC decoders: Power-SMC and reward-guided SMC against their exact targets", "",
              C.machine_md(res["machine"], res["command"], res["date"]), "",
              f"hmm8x5 (V = 8, L = 5). N = {res['n']} output sequences per row, each from its own particle "
-             "system (output drawn from the final weights). Target calls per sequence = particles x L. "
+             "system (output drawn from the final weights). Power target: the whole sequence (32768 "
+             "sequences); reward targets: after the prompt (2, 5), 512 sequences. Target calls per sequence = "
+             "particles x generated tokens (+ 2 to read the prompt). "
              "TV floor: TV of N exact draws. chi2 p < 1e-3: distinguishable from the target at this N. "
              "E[Z_hat]/Z: mean over the N runs +- its standard error (1 for an unbiased estimator); for the "
              "mutations the exact value of what they estimate is given.", "",
@@ -273,7 +283,7 @@ def main():
     if args.from_json:
         return C.rerender_from_json(args.from_json, OUT, render)
     C.enable_compilation_cache()
-    n = 2_000 if args.quick else 50_000
+    n = 2_000 if args.quick else 30_000
     particles = (1, 4) if args.quick else PARTICLES
     speed_cfg = [("hmm8x5", 1, 64, 0.5), ("hmm8x5", 64, 64, 0.5), ("rnn", 1, 64, 0.5), ("rnn", 64, 64, 0.5),
                  ("rnn", 64, 64, 1.0)]

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.decoding.base import LanguageModel, check_int
+from samplax.decoding.base import LanguageModel
 from samplax.decoding.exact import Reward
 
 __all__ = ["token_count", "regex", "regex_dfa", "tokens_to_string"]
