@@ -72,7 +72,8 @@ def runs():
             dec = D.get_decoder("power_smc", particles=N, alpha=POWER, proposal_temperature=1.0, catch_up=catch_up)
             out["power", catch_up] = _run(dec, problem, 1)
         for tele in (True, False):
-            out["reward", tele] = _run(D.get_decoder("smc_reward", particles=N, beta=BETA, telescoping=tele), problem, 2)
+            dec = D.get_decoder("smc_reward", particles=N, beta=BETA, telescoping=tele)
+            out["reward", tele] = _run(dec, problem, 2)
         return problem, out
 
 
