@@ -179,6 +179,15 @@ def test_smc_reward_without_telescoping_is_biased(runs):
     assert D.chi_square_test(x, lp, 3).p_value < 1e-6
 
 
+def test_power_schedule_is_the_papers_ramp():
+    """Power-SMC's linear ramp alpha_t = 1 + (alpha - 1) (t + 1) / ramp over the generated tokens, alpha
+    from then on and at the last position (the final catch-up); 1 on the prompt."""
+    np.testing.assert_allclose(lmsmc.power_schedule(4.0, 5), [1.6, 2.2, 2.8, 3.4, 4.0])
+    np.testing.assert_allclose(lmsmc.power_schedule(4.0, 6, 2, ramp=2), [1, 1, 2.5, 4, 4, 4])
+    np.testing.assert_allclose(lmsmc.power_schedule(3.0, 5, 1, ramp=10), [1, 1.2, 1.4, 1.6, 3.0])
+    np.testing.assert_allclose(lmsmc.power_schedule(3.0, 4, 1, "constant"), [1, 3, 3, 3])
+
+
 REGEX_CASES = (("ab", False), ("c.a", False), ("c.a", True))
 
 
