@@ -24,6 +24,13 @@ DRAFTS: Dict[str, Callable[..., Any]] = {
     "hmm_perturbed": _speculative.hmm_perturbed_draft,
 }
 REWARDS: Dict[str, Callable[..., Any]] = {}
+from samplax.decoding import rewards as _rewards
+
+DRAFTS: Dict[str, Callable[..., Any]] = {}
+REWARDS: Dict[str, Callable[..., Any]] = {
+    "token_count": _rewards.token_count,
+    "regex": _rewards.regex,
+}
 CONSTRAINTS: Dict[str, Callable[..., Any]] = {}
 TASKS: Dict[str, Callable[..., Any]] = {}
 

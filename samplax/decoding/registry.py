@@ -11,6 +11,7 @@ from samplax.decoding.exact import exact_log_probs
 from samplax.decoding import speculative as _speculative
 from samplax.decoding.annealed import annealed
 from samplax.decoding.cautious import cautious
+from samplax.decoding.smc import power_smc, smc_reward
 
 
 def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
@@ -37,6 +38,8 @@ SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "spectr": _speculative.spectr,
     "annealed": annealed,
     "cautious": cautious,
+    "smc_reward": smc_reward,
+    "power_smc": power_smc,
 }
 
 
