@@ -6,6 +6,7 @@ from typing import Callable, Dict
 
 import jax.numpy as jnp
 
+from samplax.decoding import constrained as _constrained
 from samplax.decoding.base import Decoder, Problem, check_prompt, make_transform, sample
 from samplax.decoding.exact import exact_log_probs
 
@@ -30,6 +31,9 @@ def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_
 
 SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "ancestral": ancestral,
+    "masked": _constrained.masked,
+    "awrs_smc": _constrained.awrs_smc,
+    "asap": _constrained.asap,
 }
 
 
