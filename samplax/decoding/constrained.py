@@ -409,17 +409,13 @@ def masked_sample(lm: LanguageModel, c: Constraint, keys, prompt=None, cached: b
 # ---------------------------------------------------------------------------------------
 # AWRS (Lipkin et al. 2025)
 # ---------------------------------------------------------------------------------------
-def _first_true(a):
-    """Index of the first True of a 1-D bool array (its length if none)."""
-    return jnp.where(jnp.any(a), jnp.argmax(a), a.shape[0])
-
-
-def _phantoms(key, masses, live):
+def _phantoms(g, masses, live):
     """Geometric counts ``k ~ P(k) = m^k (1 - m)`` (redraws of already-rejected tokens before a fresh
-    token, when the rejected mass is m) for each ``live`` entry, summed."""
+    token, when the rejected mass is m) for each ``live`` entry, summed; ``g`` standard Gumbel noise
+    (``log U = -exp(-g)`` for a uniform U: one random draw serves both the order and the counts)."""
     m = jnp.clip(masses, 0.0, 1.0 - 1e-7)
-    u = jax.random.uniform(key, masses.shape, masses.dtype, minval=jnp.finfo(masses.dtype).tiny)
-    k = jnp.where(m > 0, jnp.floor(jnp.log(u) / jnp.log(jnp.where(m > 0, m, 0.5))), 0.0)
+    log_u = -jnp.exp(-g)
+    k = jnp.where(m > 0, jnp.floor(log_u / jnp.log(jnp.where(m > 0, m, 0.5))), 0.0)
     return jnp.sum(jnp.where(live, jnp.minimum(k, 2.0 ** 30), 0.0))
 
 
@@ -451,45 +447,44 @@ def awrs_step(key, logp, ok, estimator: str = "geometric"):
         raise ValueError(f"estimator: unknown {estimator!r}; allowed: {list(ESTIMATORS)}")
     V = logp.shape[-1]
     dt = logp.dtype
-    k1, k2, k3, k4 = jax.random.split(key, 4)
+    g = gumbel(key, (4, V), dt)          # rows: run 1 order, run 2 order, phantom counts of runs 1, 2
     support = logp > LOG_ZERO / 2
     p = jnp.where(support, jnp.exp(logp), 0.0)
     acc = ok & support
     n_support = jnp.sum(support)
-    idx = jnp.arange(V)
-
-    key1 = jnp.where(support, logp + gumbel(k1, (V,), dt), -jnp.inf)
-    order1 = jnp.argsort(-key1)
-    a1 = acc[order1]
-    f1 = _first_true(a1)                                   # draws rejected before the acceptance
-    found = f1 < V
-    token = order1[jnp.minimum(f1, V - 1)].astype(jnp.int32)
-    p1 = p[order1]
-    cum1 = jnp.cumsum(p1) - p1                             # rejected mass before each draw
-    rejected_mass = jnp.sum(jnp.where(idx < f1, p1, 0.0))
+    found = jnp.any(acc)
+    # Gumbel-top-k without a sort: token u is drawn before v iff its key is larger, so the first
+    # accepted token is the accepted one with the largest key and the rejections are the keys above it.
+    key1 = jnp.where(support, logp + g[0], -jnp.inf)
+    token = jnp.argmax(jnp.where(acc, key1, -jnp.inf)).astype(jnp.int32)
+    rej1 = support & (key1 > key1[token])
+    f1 = jnp.sum(rej1)
+    M1 = jnp.sum(jnp.where(rej1, p, 0.0))
 
     if estimator == "recursive":
-        nxt = jnp.minimum(f1 + 1, V - 1)
-        has_next = (f1 + 1 < n_support)
-        c_next = jnp.where(has_next, a1[nxt], True)         # no next token: nothing left to estimate
-        w = jnp.where(c_next, 1.0 - rejected_mass, p[token])
-        w = jnp.clip(w, 0.0, 1.0)
+        later = support & (key1 < key1[token])
+        has_next = jnp.any(later)
+        nxt = jnp.argmax(jnp.where(later, key1, -jnp.inf))
+        c_next = jnp.where(has_next, acc[nxt], True)        # no next token: nothing left to estimate
+        w = jnp.clip(jnp.where(c_next, 1.0 - M1, p[token]), 0.0, 1.0)
         log_w = jnp.where(found, jnp.log(w), -jnp.inf)
         checks = jnp.where(found, f1 + 1 + has_next, n_support)
         return token, log_w.astype(dt), checks.astype(jnp.int32)
 
-    rejected = jnp.zeros((V,), bool).at[order1].set(idx < f1)
-    support2 = support & ~rejected
-    key2 = jnp.where(support2, logp + gumbel(k2, (V,), dt), -jnp.inf)
-    order2 = jnp.argsort(-key2)
-    a2 = acc[order2]
-    f2 = _first_true(a2)
-    p2 = p[order2]
-    cum2 = rejected_mass + jnp.cumsum(p2) - p2
-    ph = _phantoms(k3, cum1, idx <= f1) + _phantoms(k4, cum2, idx <= f2)
+    support2 = support & ~rej1
+    key2 = jnp.where(support2, logp + g[1], -jnp.inf)
+    second = jnp.argmax(jnp.where(acc, key2, -jnp.inf))
+    rej2 = support2 & (key2 > key2[second])
+    f2 = jnp.sum(rej2)
+    # rejected mass before each fresh draw: before v in run 1, the mass of the keys above v; in run 2,
+    # all of run 1's rejections plus run 2's keys above v
+    before1 = jnp.sum(jnp.where(key1[None, :] > key1[:, None], p[None, :], 0.0), axis=1)
+    before2 = M1 + jnp.sum(jnp.where(key2[None, :] > key2[:, None], p[None, :], 0.0), axis=1)
+    draws1 = rej1 | (jnp.arange(V) == token)
+    draws2 = rej2 | (jnp.arange(V) == second)
+    ph = _phantoms(g[2:], jnp.stack([before1, before2]), jnp.stack([draws1, draws2]))
     n_rejects = f1 + f2 + ph
     log_w = jnp.where(found, -jnp.log1p(n_rejects.astype(dt)), -jnp.inf)
-    second = order2[jnp.minimum(f2, V - 1)]
     checks = jnp.where(found, f1 + 1 + f2 + 1 - (second == token), n_support)
     return token, log_w.astype(dt), checks.astype(jnp.int32)
 
@@ -533,7 +528,7 @@ def awrs_smc_sample(lm: LanguageModel, c: Constraint, keys, particles: int = 16,
         checks = jnp.where(given, 0, checks)
         new = dict(x=jax.lax.dynamic_update_index_in_dim(parts["x"], tok, pos, axis=1), lm=lm_state,
                    q=advance(c, parts["q"], tok), lp=parts["lp"] + jnp.where(given, 0.0, gather_logp(logp, tok)),
-                   checks=parts["checks"] + jnp.sum(checks),
+                   checks=parts["checks"] + jnp.sum(checks).astype(jnp.int32),
                    bad=jnp.where((parts["bad"] < 0) & ~jnp.all(jnp.isfinite(logp), axis=-1) & ~given, pos,
                                  parts["bad"]))
         return new, log_w
@@ -610,7 +605,7 @@ def asap_chain(lm: LanguageModel, c: Constraint, key, num_samples: int, table=No
     the LM is enumerable (the paper keeps a trie of the sampled prefixes).
     Returns ``(table, tokens int32[n, L], log_p float[n], log_q float[n])`` where ``log_q`` is each
     sample's log-probability under the sampler that drew it.  ``update=False`` never refines (= naive
-    masking).  L model calls per sample."""
+    masking; it may be a traced bool).  L model calls per sample."""
     V, L = lm.vocab_size, lm.length
     _check_constraint(c, lm, "asap")
     prompt = check_prompt(prompt, lm)
@@ -651,8 +646,7 @@ def asap_chain(lm: LanguageModel, c: Constraint, key, num_samples: int, table=No
 
     def one(table, i):
         x, codes, rows, lp, lq = draw(jax.random.fold_in(key, i), table)
-        if update:
-            table = refine(table, codes, rows)
+        table = jnp.where(update, refine(table, codes, rows), table)
         return table, (x, lp, lq)
 
     table, (xs, lps, lqs) = jax.lax.scan(one, table, jnp.arange(num_samples, dtype=jnp.int32))
