@@ -465,8 +465,8 @@ def awrs_step(key, logp, ok, estimator: str = "geometric"):
         later = support & (key1 < key1[token])
         has_next = jnp.any(later)
         nxt = jnp.argmax(jnp.where(later, key1, -jnp.inf))
-        c_next = jnp.where(has_next, acc[nxt], True)        # no next token: nothing left to estimate
-        w = jnp.clip(jnp.where(c_next, 1.0 - M1, p[token]), 0.0, 1.0)
+        # no next token: x was the last of the support, where 1 - M = p(x) exactly (p(x) has no rounding)
+        w = jnp.clip(jnp.where(has_next & acc[nxt], 1.0 - M1, p[token]), 0.0, 1.0)
         log_w = jnp.where(found, jnp.log(w), -jnp.inf)
         checks = jnp.where(found, f1 + 1 + has_next, n_support)
         return token, log_w.astype(dt), checks.astype(jnp.int32)
