@@ -171,6 +171,16 @@ def test_asap_converges_to_the_conditional():
         # mutation: never refining the estimates stays at naive masking's bias
         bad = run(False)
         assert not (bad[3] < 0.25 * bad[0])
+        # the registered decoder: key k's output is sample iterations + 1 of its own chain
+        pb = make_problem(lm, constraint="dyck")
+        keys = sample_keys(jax.random.PRNGKey(5), 3)
+        x, info = get_decoder("asap", iterations=3).run(pb, keys)
+        one = jax.jit(lambda k: C.asap_chain(lm, c, k, 4))
+        for i in range(3):
+            _, xs, lps, lqs = one(keys[i])
+            np.testing.assert_array_equal(np.asarray(x[i]), np.asarray(xs[-1]))
+            np.testing.assert_allclose([info.log_p[i], info.log_q[i]], [lps[-1], lqs[-1]], rtol=1e-12)
+        assert np.all(np.asarray(info.target_calls) == 4 * L)
 
 
 def test_bad_options_and_inputs_raise():
