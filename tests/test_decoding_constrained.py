@@ -195,6 +195,8 @@ def test_bad_options_and_inputs_raise():
                  dict(constraint="dyck", constraint_options=dict(pairs=2)),
                  dict(constraint="regex_contains", constraint_options=dict(pattern="0,7")),
                  dict(constraint="regex_contains", constraint_options=dict(pattern="a")),
+                 dict(constraint="regex_contains", constraint_options=dict(pattern="01")),
+                 dict(constraint="regex_even", constraint_options=dict(token="0,1")),
                  dict(constraint="regex_even", constraint_options=dict(token=-1)),
                  dict(constraint="no_such_language")]:
         with pytest.raises(ValueError):

@@ -140,11 +140,12 @@ def _lm_size(lm) -> Tuple[int, int, Optional[int]]:
 
 def _tokens_option(name: str, value, V: int, eos) -> Tuple[int, ...]:
     """A token list option: an int or a comma-separated string of token ids ("0,1")."""
-    try:
-        toks = (int(value),) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else \
-            tuple(int(t) for t in str(value).split(","))
-    except ValueError:
-        toks = ()
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        toks = (int(value),)
+    else:
+        parts = [t.strip() for t in str(value).split(",")]
+        # "01" is refused, not read as token 1: every part must be one canonical integer
+        toks = tuple(int(t) for t in parts) if all(t.lstrip("-").isdigit() and str(int(t)) == t for t in parts) else ()
     if not toks or any(t < 0 or t >= V or t == eos for t in toks):
         raise ValueError(f"{name}: expected token ids in [0, {V}) (not the EOS token) as an int or a comma-separated "
                          f"string like '0,1', got {value!r}")
@@ -177,7 +178,10 @@ def regex_contains(lm, pattern="0,1") -> Constraint:
 def regex_even(lm, token=0) -> Constraint:
     """The regular language "an even number of ``token``" (``([^t]* t [^t]* t)* [^t]*``)."""
     V, L, eos = _lm_size(lm)
-    (t,) = _tokens_option("token", token, V, eos)[:1]
+    toks = _tokens_option("token", token, V, eos)
+    if len(toks) != 1:
+        raise ValueError(f"token: expected one token id in [0, {V}), got {token!r}")
+    t = toks[0]
     T = np.tile(np.arange(2, dtype=np.int32)[:, None], (1, V))
     T[:, t] = 1 - np.arange(2)
     return make_dfa(T, np.array([True, False]), L, 0, f"regex_even({t})", eos)
