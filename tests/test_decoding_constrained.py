@@ -90,13 +90,13 @@ def test_masked_equals_its_enumeration_and_is_biased():
         assert chi_square_test(exact, q, V).p_value < ALPHA
 
 
-def _awrs_draws(estimator, n=40000):
+def _awrs_draws(estimator, n=20000):
     logp = jnp.log(jnp.array([0.31, 0.22, 0.17, 0.12, 0.09, 0.06, 0.03], jnp.float64))
     ok = jnp.array([False, True, False, True, True, False, True])
     keys = jax.random.split(jax.random.PRNGKey(7), n)
-    tok, log_w, checks = jax.jit(jax.vmap(lambda k: C.awrs_step(k, logp, ok, estimator)))(keys)
+    tok, log_w, checks, rej = jax.jit(jax.vmap(lambda k: C.awrs_step(k, logp, ok, estimator)))(keys)
     p = np.exp(np.asarray(logp))
-    return np.asarray(tok), np.exp(np.asarray(log_w)), np.asarray(checks), p, np.asarray(ok)
+    return np.asarray(tok), np.exp(np.asarray(log_w)), np.asarray(checks), np.asarray(rej), p, np.asarray(ok)
 
 
 def _unbiased(w, Z):
@@ -107,7 +107,7 @@ def _unbiased(w, Z):
 def test_awrs_exact_token_and_unbiased_weight(estimator):
     from scipy import stats
     with jax.enable_x64(True):
-        tok, w, checks, p, ok = _awrs_draws(estimator)
+        tok, w, checks, rej, p, ok = _awrs_draws(estimator)
     Z = float((p * ok).sum())
     counts = np.bincount(tok, minlength=7)
     assert counts[~ok].sum() == 0
@@ -116,9 +116,12 @@ def test_awrs_exact_token_and_unbiased_weight(estimator):
     for v in np.flatnonzero(ok):                                                  # E[w | token] = Z
         assert abs(w[tok == v].mean() - Z) / (w[tok == v].std(ddof=1) / np.sqrt((tok == v).sum())) < 4.0
     assert 1 <= checks.min() and checks.max() <= 7 and checks.mean() < 7        # fewer than full masking
-    if estimator == "geometric":  # mutation: 1/N instead of 1/(N-1) (N trials to two acceptances) is biased
-        assert not _unbiased(1.0 / (1.0 / w + 1.0), Z)
-    else:                         # mutation: forgetting the rejected mass (w = 1 when the next token passes)
+    # mutations (each a plausible bug) must fail the same z-test
+    if estimator == "awrs":         # off by one: (1 - M_1) / (R + 2)
+        assert not _unbiased(w * (rej + 1) / (rej + 2), Z)
+    elif estimator == "geometric":  # 1/N instead of 1/(N-1) (N trials to two acceptances)
+        assert not _unbiased(1.0 / (rej + 2), Z)
+    else:                           # forgetting the rejected mass (w = 1 when the next token passes)
         nxt_pass = w > p.max() + 1e-12
         assert not _unbiased(np.where(nxt_pass, 1.0, w), Z)
 
@@ -128,8 +131,8 @@ def test_awrs_smc_targets_the_conditional_with_unbiased_Z():
         lm = _lm()
         pb = make_problem(lm, constraint="dyck")
         pi, log_Z = C.constrained_log_probs(lm, pb.constraint)
-        # the recursive estimator: the SMC driver is the same for both, and it compiles 2x faster
-        dec = get_decoder("awrs_smc", particles=32, ess_threshold=0.5, estimator="recursive")
+        # the paper's estimator (the SMC driver is the same for all three; "geometric" compiles 2x slower)
+        dec = get_decoder("awrs_smc", particles=32, ess_threshold=0.5, estimator="awrs")
         x, info = jax.jit(lambda k: dec.run(pb, k))(sample_keys(jax.random.PRNGKey(1), 2000))
         x = np.asarray(x)
         assert chi_square_test(x, pi, V).p_value > ALPHA

@@ -59,7 +59,7 @@ __all__ = ["Constraint", "make_dfa", "completion_table", "regex_contains", "rege
            "asap_init_table", "asap_chain", "asap_log_probs", "efg_table", "masked", "awrs_smc", "asap",
            "tv", "kl"]
 
-ESTIMATORS = ("geometric", "recursive")
+ESTIMATORS = ("awrs", "geometric", "recursive")
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,35 +423,51 @@ def _phantoms(g, masses, live):
     return jnp.sum(jnp.where(live, jnp.minimum(k, 2.0 ** 30), 0.0))
 
 
-def awrs_step(key, logp, ok, estimator: str = "geometric"):
-    """One AWRS draw: ``(token, log_w, checks)`` for next-token log-probs ``logp float[V]`` and the
-    constraint ``ok bool[V]`` (Lipkin et al. 2025, Sec. 3).
+def awrs_step(key, logp, ok, estimator: str = "awrs"):
+    """One AWRS draw: ``(token, log_w, checks, rejections)`` for next-token log-probs ``logp float[V]``
+    and the constraint ``ok bool[V]`` (Lipkin et al. 2025, Sec. 3).
 
     Adaptive rejection sampling: order the support of p without replacement by Gumbel-top-k (Kool et
     al. 2019), and return the first accepted token -- exactly a draw from ``p c / Z``; a rejected token
     is never drawn again, so the loop ends within the support size.
 
-    Weights (``E[w | token] = Z = sum_v p(v) c(v)`` for every token, so the pair is properly weighted):
+    Weights (``E[w | token] = Z = sum_v p(v) c(v)`` for every token, so the pair is properly weighted;
+    all three are checked so, unconditionally and per token, in the tests):
 
-    * ``"geometric"`` (the paper's with-replacement reconstruction, two acceptances): continue with a
-      second without-replacement run (new Gumbel keys; the rejected tokens stay removed) until a second
-      acceptance; before every fresh draw add the redraws a with-replacement sampler would have made of
-      the already-rejected tokens (geometric with the rejected mass m: ``P(k) = m^k (1 - m)``).  The
-      reconstructed with-replacement run is Bernoulli(Z) trials until two successes, N trials in all,
-      and ``w = 1 / (N - 1)`` is the unbiased negative-binomial estimator of Z (Haldane 1945).
-    * ``"recursive"``: one run plus one check.  With the accepted token x, the rejected mass M and y
-      the next token in the without-replacement order, ``w = p(x) + (1 - M - p(x)) c(y)`` (E over y
-      is ``p(x) + sum_{a in A, a != x} p(a) = Z``; for a rejected first draw the estimate of the
-      smaller problem is rescaled by ``1 - p``, which telescopes to this form).
+    * ``"awrs"`` (the paper's estimate, as in its reference implementation, genlm/awrs-colm-2025): run
+      adaptive rejection sampling twice, the second round starting afresh (new Gumbel keys) but with
+      round 1's rejections removed; with M_1 the mass rejected in round 1 and R the distinct
+      rejections of both rounds, ``w = (1 - M_1) / (R + 1)``.
+    * ``"geometric"`` (the with-replacement reconstruction of genlm-control's later ``geometric_awrs``):
+      the same two rounds, and before every fresh draw add the redraws a with-replacement sampler
+      would have made of the already-rejected tokens (geometric with the rejected mass m:
+      ``P(k) = m^k (1 - m)``).  The reconstructed run is Bernoulli(Z) trials until two successes, N
+      trials in all, and ``w = 1 / (N - 1)`` is the unbiased negative-binomial estimator of Z.
+    * ``"recursive"`` (one round plus one check; genlm-control's ``recursive_awrs``): with the
+      accepted token x, the rejected mass M and y the next token in the without-replacement order,
+      ``w = p(x) + (1 - M - p(x)) c(y)`` (E over y is ``p(x) + sum_{a in A, a != x} p(a) = Z``; for a
+      rejected first draw the estimate of the smaller problem is rescaled by ``1 - p``, which
+      telescopes to this form).
 
     ``checks``: distinct constraint evaluations the sequential algorithm makes (an accepted token seen
-    again is cached).  No accepted token in the support: ``log_w = -inf`` (the particle dies).
+    again is cached).  ``rejections``: the R (or N - 2 for "geometric", with the phantom redraws; the
+    round-1 rejections for "recursive") behind the weight, float.  No accepted token in the support:
+    ``log_w = -inf`` (the particle dies).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: unknown {estimator!r}; allowed: {list(ESTIMATORS)}")
+    return _awrs(gumbel(key, (_NOISE_ROWS[estimator], logp.shape[-1]), logp.dtype), logp, ok, estimator)
+
+
+# Gumbel rows an estimator uses: round 1 order, round 2 order, phantom counts of rounds 1 and 2.
+_NOISE_ROWS = {"recursive": 1, "awrs": 2, "geometric": 4}
+
+
+def _awrs(g, logp, ok, estimator):
+    """:func:`awrs_step` given its Gumbel noise ``g float[rows, V]`` (SMC draws all particles' noise in
+    one call: one PRNG evaluation per step instead of one per particle)."""
     V = logp.shape[-1]
     dt = logp.dtype
-    g = gumbel(key, (4, V), dt)          # rows: run 1 order, run 2 order, phantom counts of runs 1, 2
     support = logp > LOG_ZERO / 2
     p = jnp.where(support, jnp.exp(logp), 0.0)
     acc = ok & support
@@ -473,7 +489,7 @@ def awrs_step(key, logp, ok, estimator: str = "geometric"):
         w = jnp.clip(jnp.where(has_next & acc[nxt], 1.0 - M1, p[token]), 0.0, 1.0)
         log_w = jnp.where(found, jnp.log(w), -jnp.inf)
         checks = jnp.where(found, f1 + 1 + has_next, n_support)
-        return token, log_w.astype(dt), checks.astype(jnp.int32)
+        return token, log_w.astype(dt), checks.astype(jnp.int32), f1.astype(dt)
 
     support2 = support & ~rej1
     key2 = jnp.where(support2, logp + g[1], -jnp.inf)
@@ -482,6 +498,12 @@ def awrs_step(key, logp, ok, estimator: str = "geometric"):
     f2 = jnp.sum(rej2)
     # rejected mass before each fresh draw: before v in run 1, the mass of the keys above v; in run 2,
     # all of run 1's rejections plus run 2's keys above v
+    if estimator == "awrs":
+        # the paper's two-round estimate: (mass left after round 1's rejections) / (rejections + 1)
+        w = jnp.sum(jnp.where(support2, p, 0.0)) / (f1 + f2 + 1).astype(dt)
+        log_w = jnp.where(found, jnp.log(w), -jnp.inf)
+        checks = jnp.where(found, f1 + 1 + f2 + 1 - (second == token), n_support)
+        return token, log_w.astype(dt), checks.astype(jnp.int32), (f1 + f2).astype(dt)
     before1 = jnp.sum(jnp.where(key1[None, :] > key1[:, None], p[None, :], 0.0), axis=1)
     before2 = M1 + jnp.sum(jnp.where(key2[None, :] > key2[:, None], p[None, :], 0.0), axis=1)
     draws1 = rej1 | (jnp.arange(V) == token)
@@ -490,11 +512,11 @@ def awrs_step(key, logp, ok, estimator: str = "geometric"):
     n_rejects = f1 + f2 + ph
     log_w = jnp.where(found, -jnp.log1p(n_rejects.astype(dt)), -jnp.inf)
     checks = jnp.where(found, f1 + 1 + f2 + 1 - (second == token), n_support)
-    return token, log_w.astype(dt), checks.astype(jnp.int32)
+    return token, log_w.astype(dt), checks.astype(jnp.int32), n_rejects.astype(dt)
 
 
 def awrs_smc_sample(lm: LanguageModel, c: Constraint, keys, particles: int = 16, ess_threshold: float = 0.5,
-                    resampling: str = "systematic", estimator: str = "geometric", prompt=None, cached: bool = True):
+                    resampling: str = "systematic", estimator: str = "awrs", prompt=None, cached: bool = True):
     """SMC for ``p(x | x in L)`` with the AWRS token draw as the proposal (Lipkin et al. 2025, Sec. 4;
     the particle filter of Lew et al. 2023 / Loula et al. 2025 "Syntactic and Semantic Control of LLMs
     via SMC"), on :func:`samplax.smc.core.smc`.
@@ -524,8 +546,8 @@ def awrs_smc_sample(lm: LanguageModel, c: Constraint, keys, particles: int = 16,
         prev = jax.lax.dynamic_index_in_dim(parts["x"], jnp.maximum(pos - 1, 0), axis=1, keepdims=False)
         logp, lm_state = step(parts["lm"], prev, pos)
         ok = allowed(c, parts["q"], pos)
-        ks = jax.random.split(key, N)
-        tok, log_w, checks = jax.vmap(lambda k, l, o: awrs_step(k, l, o, estimator))(ks, logp, ok)
+        g = gumbel(key, (N, _NOISE_ROWS[estimator], lm.vocab_size), logp.dtype)
+        tok, log_w, checks, _ = jax.vmap(lambda gi, l, o: _awrs(gi, l, o, estimator))(g, logp, ok)
         given = pos < P
         tok = jnp.where(given, pr[pos], tok)
         log_w = jnp.where(given, 0.0, log_w)
@@ -701,7 +723,7 @@ def masked(cached: bool = True) -> Decoder:
 
 
 def awrs_smc(particles: int = 16, ess_threshold: float = 0.5, resampling: str = "systematic",
-             estimator: str = "geometric", cached: bool = True) -> Decoder:
+             estimator: str = "awrs", cached: bool = True) -> Decoder:
     """AWRS inside SMC (:func:`awrs_smc_sample`); target ``p(x | x in L)`` as particles -> infinity."""
     check_int("particles", particles, 1)
     check_ess_threshold(ess_threshold, "awrs_smc")
