@@ -19,16 +19,16 @@ Samplers (all exact-checked against enumeration in tests/test_decoding_constrain
 * :func:`masked_sample`: locally constrained decoding (LCD) -- mask the disallowed tokens and
   renormalise at every step.  It samples ``q(x) = prod_t p(x_t | x_<t) 1[allowed] / Z_t(x_<t)``, which
   is NOT ``p(x | x in L) = p(x) 1[x in L] / p(L)``: the ratio ``q / pi = p(L) / prod_t Z_t`` depends on
-  x (Park et al. 2024, "Grammar-Aligned Decoding", Sec. 2, Example 1; Lipkin et al. 2025, Sec. 2).
+  x (Park et al. 2024, "Grammar-Aligned Decoding"; Lipkin et al. 2025).
   :func:`masked_log_probs` enumerates q exactly; the bias is ``TV(q, pi)`` / ``KL``.
 * :func:`awrs_step`: adaptive weighted rejection sampling of one token (Lipkin et al. 2025, "Fast
-  Controlled Generation from Language Models with Adaptive Weighted Rejection Sampling", Sec. 3):
+  Controlled Generation from Language Models with Adaptive Weighted Rejection Sampling"):
   draw tokens from ``p`` without replacement (Gumbel-top-k order) until the constraint accepts one --
   an exact draw from ``p(v) c(v) / Z`` -- and an unbiased estimate of the local mass
   ``Z = sum_v p(v) c(v)`` (``E[w | token] = Z`` for every token: a properly weighted sample).  Inside
   SMC (:func:`awrs_smc_sample`, on :func:`samplax.smc.core.smc`) the weights make the particle system
   target ``p(x | x in L)`` as particles -> infinity and ``E[Z_hat] = p(L)``.
-* :func:`asap_chain`: adaptive sampling with approximate expected futures (Park et al. 2024, Alg. 1):
+* :func:`asap_chain`: adaptive sampling with approximate expected futures (Park et al. 2024, ASAp):
   sample with ``p(v | w) EFG~(wv)``, then refine ``EFG~`` along the sampled path from the LM's
   conditionals; converges to ``p(x | x in L)``.
 
@@ -425,7 +425,7 @@ def _phantoms(g, masses, live):
 
 def awrs_step(key, logp, ok, estimator: str = "awrs"):
     """One AWRS draw: ``(token, log_w, checks, rejections)`` for next-token log-probs ``logp float[V]``
-    and the constraint ``ok bool[V]`` (Lipkin et al. 2025, Sec. 3).
+    and the constraint ``ok bool[V]`` (Lipkin et al. 2025).
 
     Adaptive rejection sampling: order the support of p without replacement by Gumbel-top-k (Kool et
     al. 2019), and return the first accepted token -- exactly a draw from ``p c / Z``; a rejected token
@@ -517,7 +517,7 @@ def _awrs(g, logp, ok, estimator):
 
 def awrs_smc_sample(lm: LanguageModel, c: Constraint, keys, particles: int = 16, ess_threshold: float = 0.5,
                     resampling: str = "systematic", estimator: str = "awrs", prompt=None, cached: bool = True):
-    """SMC for ``p(x | x in L)`` with the AWRS token draw as the proposal (Lipkin et al. 2025, Sec. 4;
+    """SMC for ``p(x | x in L)`` with the AWRS token draw as the proposal (Lipkin et al. 2025;
     the particle filter of Lew et al. 2023 / Loula et al. 2025 "Syntactic and Semantic Control of LLMs
     via SMC"), on :func:`samplax.smc.core.smc`.
 
@@ -589,7 +589,7 @@ def asap_layout(V: int, L: int) -> np.ndarray:
 def asap_init_table(c: Constraint) -> np.ndarray:
     """The initial expected-future estimates EFG~ over all prefixes (float64[sum_t V^t]): 1 where the
     prefix can be completed into a member within length L, else 0 -- the sound over-approximation a
-    grammar-constrained decoder uses (Park et al. 2024, Sec. 3.2); full sequences hold exact membership."""
+    grammar-constrained decoder uses (Park et al. 2024); full sequences hold exact membership."""
     V, L = c.vocab_size, c.length
     states = np.array([c.start], np.int32)
     vals = []
@@ -620,7 +620,7 @@ def _asap_logq(logp, children):
 
 def asap_chain(lm: LanguageModel, c: Constraint, key, num_samples: int, table=None, prompt=None,
                cached: bool = True, update: bool = True):
-    """ASAp (Park et al. 2024, "Grammar-Aligned Decoding", Alg. 1): ``num_samples`` samples in turn,
+    """ASAp (Park et al. 2024, "Grammar-Aligned Decoding"): ``num_samples`` samples in turn,
     each drawn with ``x_t ~ p(v | x_<t) EFG~(x_<t v) / sum``, after which the estimates along the
     sampled path are refined bottom-up, ``EFG~(x_<t) <- sum_v p(v | x_<t) EFG~(x_<t v)`` (the LM's
     conditionals of the path are the ones just computed).  EFG~ starts at the completion indicator
