@@ -10,7 +10,8 @@ neutral), regex_even (an even number of token 0), regex_contains (contains "0 1"
 2. TV to pi vs model calls on three problems:
    * masked: 20,000 samples; TV(q_mask, pi) exact (the bias; it does not shrink with more calls),
      the sampled TV against its floor and the chi-square p against its own q_mask (= sampler check).
-   * awrs_smc (particles 4, 16, 64, the paper's estimator; geometric and recursive at 16): B = 2,000
+   * awrs_smc (particles 4, 16, 64, the paper's estimator; geometric and recursive at 16, and the
+     masking baseline `exact`: every token checked, exact local mass as the weight): B = 2,000
      outputs (one particle per independent system), sampled TV to pi next to the floor of B exact
      samples, chi-square p against pi, E[Z_hat] / p(L) +- its standard error (1 = unbiased).
    * asap: the EXACT distribution of the ASAp sampler after n refining samples (enumerated from its
@@ -105,7 +106,7 @@ def _sweep(quick):
                          n=n_mask, wall_s=wall))
         print(lm_name, rows[-1], flush=True)
         B = 500 if quick else 2000
-        settings = [(n, "awrs") for n in PARTICLES] + [(16, "geometric"), (16, "recursive")]
+        settings = [(n, "awrs") for n in PARTICLES] + [(16, "geometric"), (16, "recursive"), (16, "exact")]
         for n_part, est in settings[:1] if quick else settings:
             dec = get_decoder("awrs_smc", particles=n_part, estimator=est)
             x, info, wall = _run(dec, pb, B, seed=1)

@@ -59,7 +59,7 @@ __all__ = ["Constraint", "make_dfa", "completion_table", "regex_contains", "rege
            "asap_init_table", "asap_chain", "asap_log_probs", "efg_table", "masked", "awrs_smc", "asap",
            "tv", "kl"]
 
-ESTIMATORS = ("awrs", "geometric", "recursive")
+ESTIMATORS = ("awrs", "geometric", "recursive", "exact")
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,6 +449,9 @@ def awrs_step(key, logp, ok, estimator: str = "awrs"):
       rejected first draw the estimate of the smaller problem is rescaled by ``1 - p``, which
       telescopes to this form).
 
+    * ``"exact"`` (not AWRS: the baseline of token masking inside SMC): check every token of the
+      support and use the exact ``Z`` (the same token law; zero weight variance, V checks).
+
     ``checks``: distinct constraint evaluations the sequential algorithm makes (an accepted token seen
     again is cached).  ``rejections``: the R (or N - 2 for "geometric", with the phantom redraws; the
     round-1 rejections for "recursive") behind the weight, float.  No accepted token in the support:
@@ -460,7 +463,7 @@ def awrs_step(key, logp, ok, estimator: str = "awrs"):
 
 
 # Gumbel rows an estimator uses: round 1 order, round 2 order, phantom counts of rounds 1 and 2.
-_NOISE_ROWS = {"recursive": 1, "awrs": 2, "geometric": 4}
+_NOISE_ROWS = {"exact": 1, "recursive": 1, "awrs": 2, "geometric": 4}
 
 
 def _awrs(g, logp, ok, estimator):
@@ -480,6 +483,11 @@ def _awrs(g, logp, ok, estimator):
     rej1 = support & (key1 > key1[token])
     f1 = jnp.sum(rej1)
     M1 = jnp.sum(jnp.where(rej1, p, 0.0))
+
+    if estimator == "exact":        # the masking baseline: check every token, weight = the exact mass Z
+        w = jnp.sum(jnp.where(acc, p, 0.0))
+        log_w = jnp.where(found, jnp.log(jnp.where(found, w, 1.0)), -jnp.inf)
+        return token, log_w.astype(dt), n_support.astype(jnp.int32), f1.astype(dt)
 
     if estimator == "recursive":
         later = support & (key1 < key1[token])
