@@ -100,7 +100,8 @@ def _sweep(quick):
         n_mask = 2000 if quick else 20000
         dec = get_decoder("masked")
         x, info, wall = _run(dec, pb, n_mask)
-        rows.append(dict(method="masked", option="—", calls=L, checks=float(np.mean(info.extras["constraint_checks"])),
+        rows.append(dict(method="masked", option="—", calls=L,
+                         checks=float(np.mean(info.extras["constraint_checks"])),
                          tv_exact=K.tv(pi, q), tv=tv_to_exact(x, pi, V), floor=tv_floor(pi, n_mask),
                          chi2_p=chi_square_test(x, pi, V).p_value, self_p=chi_square_test(x, q, V).p_value,
                          n=n_mask, wall_s=wall))

@@ -56,7 +56,8 @@ def test_automata_match_brute_force_and_completion_tables():
             jnp.asarray(states), jnp.arange(6)))
         for t in range(6):
             can = m.reshape(5 ** (t + 1), -1).any(1).reshape(-1, 5)
-            np.testing.assert_array_equal(got[t], can[sequence_index(seqs[:, :t], 5) if t else np.zeros(len(seqs), int)],
+            rows = sequence_index(seqs[:, :t], 5) if t else np.zeros(len(seqs), int)
+            np.testing.assert_array_equal(got[t], can[rows],
                                           err_msg=f"{c.name} t={t}")
     # EOS: words of the language followed by EOS padding
     c = C.regex_even(_Size(3, 4, eos_id=2), 0)

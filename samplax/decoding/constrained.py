@@ -598,7 +598,7 @@ def asap_init_table(c: Constraint) -> np.ndarray:
     """The initial expected-future estimates EFG~ over all prefixes (float64[sum_t V^t]): 1 where the
     prefix can be completed into a member within length L, else 0 -- the sound over-approximation a
     grammar-constrained decoder uses (Park et al. 2024); full sequences hold exact membership."""
-    V, L = c.vocab_size, c.length
+    L = c.length
     states = np.array([c.start], np.int32)
     vals = []
     for t in range(L + 1):
