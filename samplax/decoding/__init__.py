@@ -9,6 +9,7 @@ from samplax.decoding.exact import (LMS, Reward, all_sequences, constrained_targ
 from samplax.decoding.problem import CONSTRAINTS, DRAFTS, REWARDS, TASKS, make_problem
 from samplax.decoding.registry import SAMPLERS, get_decoder
 from samplax.decoding.metrics import chi_square_test, tv_floor, tv_to_exact, z_ratio
+from samplax.decoding.constrained import Constraint, constrained_log_probs, masked_log_probs  # noqa: E402
 
 __all__ = [
     "LOG_ZERO", "DecodeInfo", "Decoder", "LanguageModel", "Problem", "Transform", "chain", "identity",
@@ -18,3 +19,4 @@ __all__ = [
     "table_lm", "tilted_target", "CONSTRAINTS", "DRAFTS", "REWARDS", "TASKS", "make_problem", "SAMPLERS",
     "get_decoder", "chi_square_test", "tv_floor", "tv_to_exact", "z_ratio",
 ]
+__all__ += ["Constraint", "constrained_log_probs", "masked_log_probs"]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
+from samplax.decoding import constrained as _constrained
 from samplax.decoding.base import LanguageModel, Problem, check_prompt
 from samplax.decoding.exact import LMS, load_lm
 from samplax.decoding import speculative as _speculative
@@ -32,6 +33,12 @@ REWARDS: Dict[str, Callable[..., Any]] = {
     "regex": _rewards.regex,
 }
 CONSTRAINTS: Dict[str, Callable[..., Any]] = {}
+REWARDS: Dict[str, Callable[..., Any]] = {}
+CONSTRAINTS: Dict[str, Callable[..., Any]] = {
+    "regex_contains": _constrained.regex_contains,
+    "regex_even": _constrained.regex_even,
+    "dyck": _constrained.dyck,
+}
 TASKS: Dict[str, Callable[..., Any]] = {}
 
 __all__ = ["DRAFTS", "REWARDS", "CONSTRAINTS", "TASKS", "make_problem", "get_part"]

@@ -6,6 +6,7 @@ from typing import Callable, Dict
 
 import jax.numpy as jnp
 
+from samplax.decoding import constrained as _constrained
 from samplax.decoding.base import Decoder, Problem, check_prompt, make_transform, sample
 from samplax.decoding.exact import exact_log_probs
 from samplax.decoding import speculative as _speculative
@@ -40,6 +41,9 @@ SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "cautious": cautious,
     "smc_reward": smc_reward,
     "power_smc": power_smc,
+    "masked": _constrained.masked,
+    "awrs_smc": _constrained.awrs_smc,
+    "asap": _constrained.asap,
 }
 
 
