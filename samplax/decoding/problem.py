@@ -20,7 +20,11 @@ from samplax.decoding.exact import LMS, load_lm
 DRAFTS: Dict[str, Callable[..., Any]] = {}
 REWARDS: Dict[str, Callable[..., Any]] = {}
 CONSTRAINTS: Dict[str, Callable[..., Any]] = {}
-TASKS: Dict[str, Callable[..., Any]] = {}
+from samplax.decoding.tasks import sum_mod_task  # noqa: E402
+
+TASKS: Dict[str, Callable[..., Any]] = {
+    "sum_mod": sum_mod_task,
+}
 
 __all__ = ["DRAFTS", "REWARDS", "CONSTRAINTS", "TASKS", "make_problem", "get_part"]
 

@@ -29,16 +29,20 @@ score of :mod:`samplax.decoding.adaptive`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Optional, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp as np_logsumexp
 
-from samplax.decoding.base import LanguageModel
+from samplax.decoding.base import LanguageModel, gather_logp, identity
 from samplax.decoding.exact import table_lm
+from samplax.discrete.base import categorical
 
-__all__ = ["Task", "sum_mod_task", "noisy_reasoner_log_probs", "question_index", "completion_log_probs",
+__all__ = ["Task", "sample_with_prompts", "sum_mod_task", "noisy_reasoner_log_probs", "question_index", "completion_log_probs",
            "completion_answers", "answer_probs", "correct_probs", "greedy_completion", "value_tables",
            "prefix_values"]
 
@@ -224,3 +228,42 @@ def prefix_values(task: Task, question, completions, t: int) -> np.ndarray:
     c = np.asarray(completions, np.int64)[:, :t]
     idx = np.sum(c * task.vocab_size ** np.arange(t - 1, -1, -1), axis=1) if t else np.zeros(len(c), np.int64)
     return v[idx]
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling many questions in one compiled program
+# ---------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def sample_with_prompts(lm: LanguageModel, keys, prompts, transform=identity):
+    """Ancestral sampling with a prompt per sample, ``prompts int32[B, P]`` (data, not a constant: one
+    compiled program for every question).  Same draws as :func:`samplax.decoding.base.sample` on the
+    cached path: sample b at position i uses ``fold_in(keys[b], i)`` (so with equal prompts the tokens
+    are identical).  Returns tokens ``int32[B, L]`` and ``log p`` of the generated part (untransformed
+    model) ``[B]``; the model is called L times (the prompt is consumed one position per call)."""
+    B, P = prompts.shape
+    L = lm.length
+    if lm.cached:
+        init, step = lm.init, lm.step
+        state0 = init(B)
+    else:
+        from samplax.decoding.base import uncached_step
+        init, step = uncached_step(lm)
+        state0 = init(B)
+    x0 = jnp.zeros((B, L), jnp.int32).at[:, :P].set(prompts.astype(jnp.int32))
+
+    def body(carry, pos):
+        x, state, lp = carry
+        prev = jax.lax.dynamic_index_in_dim(x, jnp.maximum(pos - 1, 0), axis=1, keepdims=False)
+        logp, state = step(state, prev, pos)
+        logq = transform(logp, pos)
+        ks = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, pos)
+        tok = jax.vmap(lambda k, l: categorical(k, l, "high"))(ks, logq)
+        given = pos < P
+        tok = jnp.where(given, jax.lax.dynamic_index_in_dim(x, pos, axis=1, keepdims=False), tok)
+        x = jax.lax.dynamic_update_index_in_dim(x, tok, pos, axis=1)
+        lp = lp + jnp.where(given, 0.0, gather_logp(logp, tok))
+        return (x, state, lp), None
+
+    dt = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    (x, _, lp), _ = jax.lax.scan(body, (x0, state0, jnp.zeros((B,), dt)), jnp.arange(L))
+    return x, lp

@@ -1,0 +1,212 @@
+"""Adaptive inference-time compute: best-of-N with mid-generation pruning and adaptive N.
+
+Manvi, Singh, Ermon 2024, "Adaptive Inference-Time Compute: LLMs Can Predict if They Can Do Better,
+Even Mid-Generation" (arXiv:2410.02725).  The LLM scores its own (partial) response with a
+*capability-aware self-evaluation*: the probability that restarting would not give a better response
+(their Sec. 3, trained to predict the win-or-tie probability against a fresh sample).  That one score
+drives three things (their Sec. 4):
+
+* best-of-N selection: return the candidate with the highest self-evaluation;
+* early pruning (Sec. 4.2): generate N candidates up to a prefix, score the prefixes, finish only the
+  ``keep`` most promising (they prune 50-75% after 64-128 tokens with little loss);
+* adaptive sampling (Sec. 4.1): sample in batches of exponentially growing size (1, 2, 4, ...) and
+  stop as soon as the predicted win-or-tie probability of the best response so far reaches a
+  threshold (the model only resamples when it predicts a gain).
+
+Here the self-evaluation is the toy LM's exact value function ``v(prefix) = P(the completion ends
+with the right answer | question, prefix)`` (:func:`samplax.decoding.tasks.value_tables`, by
+enumeration) plus Gaussian noise of standard deviation ``noise`` (an imperfect self-evaluator; 0 is an
+oracle).  For a 0/1 reward the predicted win-or-tie probability of the current best ``s`` against a
+fresh sample is ``1 - p_hat (1 - s)`` with ``p_hat`` the self-evaluation at the prompt (the model's
+estimate of its own accuracy on the question: capability-aware).
+
+Cost accounting (``DecodeInfo.target_calls``): the tokens the algorithm generates,
+``n * prune_at + keep * (C - prune_at)`` for pruning (C = completion length), ``n_used * C`` for
+adaptive N; ``extras["self_evals"]`` counts self-evaluation calls (one token each in the paper).  The
+implementation draws every candidate to the end in one compiled program and discards the pruned
+suffixes: the suffix of a candidate is drawn from its own keys given its prefix, so the kept candidates
+are exactly those a stop-at-the-prefix implementation would produce.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import binom, norm
+
+from samplax.decoding.base import Decoder, Problem, check_int, make_info, make_transform
+from samplax.decoding.consistency import sample_paths
+from samplax.decoding.exact import exact_log_probs
+from samplax.decoding.tasks import value_tables
+
+__all__ = ["best_of_n", "adaptive_best_of_n", "self_eval_scores", "pick_correct_prob", "adaptive_schedule"]
+
+_NOISE_TAG = 1 << 29
+
+
+def _check_noise(noise) -> float:
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (noise >= 0 and math.isfinite(noise)):
+        raise ValueError(f"noise: must be a finite number >= 0 (std of the self-evaluation noise), got {noise!r}")
+    return float(noise)
+
+
+def _task_problem(name: str, problem: Problem):
+    if problem.task is None or problem.prompt is None:
+        raise ValueError(f"{name}: needs a problem with a reasoning task and a prompt (the question)")
+    return problem.task, np.asarray(problem.prompt)
+
+
+def self_eval_scores(task, question, x, t: int, noise_draws, noise: float) -> np.ndarray:
+    """float64[...]: the self-evaluation of the first t completion tokens of sequences ``x int[..., L]``:
+    the exact ``P(correct | prefix)`` plus ``noise * noise_draws``."""
+    P = task.prompt_length
+    v = value_tables(task, question)[t]
+    c = np.asarray(x, np.int64)[..., P:P + t]
+    idx = np.sum(c * task.vocab_size ** np.arange(t - 1, -1, -1), axis=-1) if t else np.zeros(c.shape[:-1], np.int64)
+    return v[idx] + noise * np.asarray(noise_draws, np.float64)
+
+
+def _draws(keys, n, C):
+    """Standard normal self-evaluation noise ``[B, n, C + 1]`` (position 0 = the prompt) and one extra
+    draw per key for the capability estimate, from keys independent of the token draws."""
+    def one(k):
+        kk = jax.random.fold_in(k, _NOISE_TAG)
+        return jax.random.normal(kk, (n + 1, C + 1), jnp.float32)
+    z = np.asarray(jax.vmap(one)(jnp.asarray(keys)), np.float64)
+    return z[:, :n], z[:, n, 0]
+
+
+def pick_correct_prob(k: int, n: int, noise: float) -> float:
+    """P(best-of-n picks a correct candidate | k of the n are correct) when final scores are
+    1 + noise*N(0,1) (correct) and noise*N(0,1) (wrong): ``P(max of k N(1, s^2) > max of n-k N(0, s^2))``
+    by quadrature (exact 0/1 without noise)."""
+    if k == 0:
+        return 0.0
+    if k == n or noise == 0:
+        return 1.0
+    s = np.linspace(1 - 9 * noise, 1 + 9 * noise, 4001)
+    dens = k * norm.pdf(s, 1, noise) * norm.cdf(s, 1, noise) ** (k - 1)
+    return float(np.trapezoid(dens * norm.cdf(s, 0, noise) ** (n - k), s))
+
+
+# ---------------------------------------------------------------------------------------
+# Best-of-N with mid-generation pruning
+# ---------------------------------------------------------------------------------------
+def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25, temperature: float = 1.0) -> Decoder:
+    """Best-of-n by self-evaluation, with early pruning (Manvi et al. 2024, Sec. 4.2) when
+    ``prune_at > 0``: after ``prune_at`` completion tokens only the ``keep`` candidates with the highest
+    self-evaluation are finished.  Exact target (``prune_at = 0``): with ``k ~ Binomial(n, p_c)`` correct
+    candidates the pick is correct with :func:`pick_correct_prob`, and given correct (wrong) it is
+    distributed as ``p(. | correct)`` (``p(. | wrong)``)."""
+    n = check_int("n", n, 1)
+    prune_at = check_int("prune_at", prune_at, 0)
+    keep = check_int("keep", keep, 1)
+    if keep > n:
+        raise ValueError(f"keep: must be <= n = {n}, got {keep}")
+    noise = _check_noise(noise)
+    transform = make_transform(temperature)
+
+    def run(problem: Problem, keys):
+        task, q = _task_problem("best_of_n", problem)
+        C = task.completion_length
+        if prune_at >= C:
+            raise ValueError(f"prune_at: must be < the completion length {C} (0 switches pruning off), got {prune_at}")
+        x, lp, _ = sample_paths(problem, keys, n, transform)
+        B = x.shape[0]
+        z, _ = _draws(keys, n, C)
+        alive = np.ones((B, n), bool)
+        if prune_at:
+            s_mid = self_eval_scores(task, q, x, prune_at, z[..., prune_at], noise)
+            order = np.argsort(-s_mid, axis=1, kind="stable")
+            alive = np.zeros((B, n), bool)
+            np.put_along_axis(alive, order[:, :keep], True, 1)
+        s_end = self_eval_scores(task, q, x, C, z[..., C], noise)
+        pick = np.argmax(np.where(alive, s_end, -np.inf), axis=1)
+        rows = np.arange(B)
+        n_fin = keep if prune_at else n
+        tokens = n * prune_at + n_fin * (C - prune_at)
+        evals = (n if prune_at else 0) + n_fin
+        info = make_info(B, tokens, jnp.asarray(lp[rows, pick]),
+                         extras={"answer": jnp.asarray(task.answer(x[rows, pick]), jnp.int32),
+                                 "n_samples": jnp.full((B,), n_fin, jnp.int32),
+                                 "self_evals": jnp.full((B,), evals, jnp.int32)})
+        return jnp.asarray(x[rows, pick], jnp.int32), info
+
+    def target(problem: Problem):
+        if prune_at:
+            raise ValueError("best_of_n: the exact output distribution is enumerated for prune_at = 0 only")
+        task, q = _task_problem("best_of_n", problem)
+        logq = exact_log_probs(problem.lm, transform, problem.prompt)
+        qv = np.exp(logq)
+        right = (np.arange(logq.size) % task.vocab_size) == task.correct(q)
+        pc = float(qv[right].sum())
+        ks = np.arange(n + 1)
+        p_pick = float(np.sum(binom.pmf(ks, n, pc) * np.array([pick_correct_prob(int(k), n, noise) for k in ks])))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(right, np.log(qv) - np.log(pc) + np.log(p_pick),
+                           np.log(qv) - np.log1p(-pc) + np.log1p(-p_pick))
+        return np.where(qv > 0, out, -np.inf)
+
+    return Decoder("best_of_n", run, dict(n=n, prune_at=prune_at, keep=keep, noise=noise, temperature=temperature),
+                   target, needs=("task", "prompt"))
+
+
+# ---------------------------------------------------------------------------------------
+# Adaptive N
+# ---------------------------------------------------------------------------------------
+def adaptive_schedule(n_max: int, growth: str = "exponential"):
+    """The cumulative sample counts at which adaptive sampling checks whether to stop: batches of
+    1, 2, 4, ... (``"exponential"``, Manvi et al. Sec. 4.1, fewer sequential rounds) or 1, 2, 3, ...
+    (``"linear"``), capped at n_max."""
+    if growth not in ("exponential", "linear"):
+        raise ValueError(f"growth: must be 'exponential' or 'linear', got {growth!r}")
+    out, total, b = [], 0, 1
+    while total < n_max:
+        total = min(total + b, n_max)
+        out.append(total)
+        b = 2 * b if growth == "exponential" else 1
+    return np.array(out)
+
+
+def adaptive_best_of_n(n_max: int = 16, threshold: float = 0.9, noise: float = 0.25, growth: str = "exponential",
+                       temperature: float = 1.0) -> Decoder:
+    """Adaptive sampling (Manvi et al. 2024, Sec. 4.1): sample in batches (``adaptive_schedule``) and
+    stop when the predicted win-or-tie probability of the best response so far, ``1 - p_hat (1 - s)``
+    (``s`` its self-evaluation, ``p_hat`` the self-evaluation at the prompt, both clipped to [0, 1]),
+    reaches ``threshold``, or at n_max samples; return the best response by self-evaluation."""
+    n_max = check_int("n_max", n_max, 1)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"threshold: must be a number in (0, 1], got {threshold!r}")
+    noise = _check_noise(noise)
+    sched = adaptive_schedule(n_max, growth)
+    transform = make_transform(temperature)
+
+    def run(problem: Problem, keys):
+        task, q = _task_problem("adaptive_best_of_n", problem)
+        C = task.completion_length
+        x, lp, _ = sample_paths(problem, keys, n_max, transform)
+        B = x.shape[0]
+        z, z0 = _draws(keys, n_max, C)
+        s = self_eval_scores(task, q, x, C, z[..., C], noise)                  # [B, n_max]
+        p_hat = np.clip(value_tables(task, q)[0][0] + noise * z0, 0.0, 1.0)    # [B]
+        best = np.maximum.accumulate(np.clip(s, 0.0, 1.0), axis=1)[:, sched - 1]   # [B, rounds]
+        win_tie = 1.0 - p_hat[:, None] * (1.0 - best)
+        stop = win_tie >= threshold
+        stop[:, -1] = True
+        used = sched[np.argmax(stop, axis=1)]                                  # [B]
+        pick = np.argmax(np.where(np.arange(n_max)[None, :] < used[:, None], s, -np.inf), axis=1)
+        rows = np.arange(B)
+        info = make_info(B, jnp.asarray(used * C, jnp.int32), jnp.asarray(lp[rows, pick]),
+                         extras={"answer": jnp.asarray(task.answer(x[rows, pick]), jnp.int32),
+                                 "n_samples": jnp.asarray(used, jnp.int32),
+                                 "self_evals": jnp.asarray(used + 1, jnp.int32)})
+        return jnp.asarray(x[rows, pick], jnp.int32), info
+
+    def target(problem: Problem):
+        raise ValueError("adaptive_best_of_n: the exact output distribution is not enumerated (the stopping "
+                         "rule couples the noisy scores); see docs/decoding_evaluation.md for the measured accuracy")
+
+    return Decoder("adaptive_best_of_n", run, dict(n_max=n_max, threshold=threshold, noise=noise, growth=growth,
+                                                   temperature=temperature), target, needs=("task", "prompt"))

@@ -1,0 +1,302 @@
+"""Self-consistency (majority voting) and RPC: perplexity-weighted consistency with reasoning pruning.
+
+Sample N reasoning paths for a question, extract each path's answer, and return the answer the
+aggregator prefers:
+
+* ``majority``: self-consistency (Wang et al. 2023, "Self-Consistency Improves Chain of Thought
+  Reasoning in Language Models"): the most frequent answer.
+* ``max_prob``: the "perplexity" method: the answer of the single most probable sampled path.
+* ``pc``: Perplexity Consistency (Zhou et al. 2025, "A Theoretical Study on Bridging Internal
+  Probability and Self-Consistency for LLM Reasoning", Sec. 4.1): the confidence of answer y is the sum
+  of the model probabilities ``p(t | x)`` of the *distinct* sampled paths t with answer y; as N grows it
+  tends to the answer's probability (like self-consistency) but its estimation error falls
+  exponentially in N rather than linearly (their Theorem 4.x); duplicates count once.
+* ``rpc``: PC after Reasoning Pruning (their Sec. 4.2): low-probability paths are dropped before the
+  sum.  ``pruning="weibull"`` is the paper's automatic rule: fit a two-component Weibull mixture to the
+  sampled path probabilities and drop a path that belongs rather to the low-mean component *and* lies
+  below the mean sampled probability; ``pruning="mean"`` drops paths below ``tau`` times the mean
+  sampled probability (its N -> infinity limit is exact: the threshold tends to ``tau * sum_t p(t)^2``);
+  ``"none"`` is plain PC.
+
+Ties are broken uniformly at random (the paper's evaluation gives 1/#ties credit, the same expectation).
+
+Exact references (the toy task enumerates every path): :func:`majority_vote_probs` (the exact
+distribution of the majority vote of N samples, by enumerating answer-count vectors),
+:func:`pc_vote_probs_pairs` (the exact PC / RPC vote of N = 2 samples, by enumerating pairs) and
+:func:`limit_vote_probs` (the N -> infinity limit of every aggregator).  The decoders
+``majority_vote`` / ``rpc`` sample the N paths with :func:`samplax.decoding.base.sample` (path j of key
+k uses ``fold_in(k, j)``) and aggregate on the host (float64 numpy).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samplax.decoding.base import Decoder, Problem, check_int, make_info, make_transform, sample
+from samplax.decoding.exact import exact_log_probs
+
+__all__ = ["METHODS", "PRUNINGS", "aggregate", "majority_vote_probs", "pc_vote_probs_pairs", "limit_vote_probs",
+           "sample_paths", "majority_vote", "rpc", "weibull_keep"]
+
+METHODS = ("majority", "max_prob", "pc", "rpc")
+PRUNINGS = ("none", "mean", "weibull")
+
+
+def _check_method(method, pruning, tau):
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
+    if pruning not in PRUNINGS:
+        raise ValueError(f"pruning: must be one of {PRUNINGS}, got {pruning!r}")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau:
+        raise ValueError(f"tau: must be a number >= 0, got {tau!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Reasoning pruning with a two-component Weibull mixture (Zhou et al. 2025, Sec. 4.2)
+# ---------------------------------------------------------------------------------------
+def _weibull_logpdf(x, k, lam):
+    z = x / lam
+    return np.log(k / lam) + (k - 1) * np.log(np.maximum(z, 1e-300)) - z ** k
+
+
+def weibull_keep(probs) -> np.ndarray:
+    """bool[N]: the paths Reasoning Pruning keeps.  A two-component Weibull mixture is fitted by
+    maximum likelihood to the sampled path probabilities (mixture weight in [0.2, 0.8], as the paper's
+    released evaluation); a path is dropped when it is more likely under the component of lower mean
+    *and* its probability is below the mean sampled probability."""
+    from scipy.optimize import minimize
+    from scipy.special import gamma
+
+    p = np.asarray(probs, np.float64)
+    if p.size < 3 or np.ptp(p) <= 1e-12 * max(p.max(), 1e-300):
+        return np.ones(p.shape, bool)
+    scale = p.max()
+    x = p / scale                                       # the fit is scale-free; keeps the optimiser sane
+
+    def nll(th):
+        w, k1, l1, k2, l2 = th
+        a = np.log(w) + _weibull_logpdf(x, k1, l1)
+        b = np.log1p(-w) + _weibull_logpdf(x, k2, l2)
+        return -np.sum(np.logaddexp(a, b))
+    res = minimize(nll, [0.5, 1.0, 1.0, 1.5, 2.0], method="L-BFGS-B",
+                   bounds=[(0.2, 0.8), (0.01, None), (0.01, None), (0.01, None), (0.01, None)])
+    w, k1, l1, k2, l2 = res.x
+    if l1 * gamma(1 + 1 / k1) < l2 * gamma(1 + 1 / k2):   # component 1 = the high-mean one
+        w, k1, l1, k2, l2 = 1 - w, k2, l2, k1, l1
+    high = np.log(w) + _weibull_logpdf(x, k1, l1)
+    low = np.log1p(-w) + _weibull_logpdf(x, k2, l2)
+    return ~((low > high) & (p < p.mean()))
+
+
+# ---------------------------------------------------------------------------------------
+# Aggregation (host, vectorised over repeats)
+# ---------------------------------------------------------------------------------------
+def aggregate(answers, path_ids, log_p, n_answers: int, method: str = "rpc", pruning: str = "mean",
+              tau: float = 1.0, tie_u=None, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """The voted answer of each row: ``answers int[R, N]`` (the answer of each sampled path),
+    ``path_ids int[R, N]`` (equal ids = the same path; PC counts a path once), ``log_p float[R, N]``
+    (``log p(path | question)``).  Returns int[R].  ``tie_u float[R, n_answers]`` (uniform draws) breaks
+    ties uniformly at random (else ``rng`` draws them)."""
+    _check_method(method, pruning, tau)
+    a = np.asarray(answers, np.int64)
+    ids = np.asarray(path_ids, np.int64)
+    lp = np.asarray(log_p, np.float64)
+    if a.ndim != 2 or ids.shape != a.shape or lp.shape != a.shape:
+        raise ValueError(f"aggregate: answers, path_ids and log_p must be [R, N] of one shape, got "
+                         f"{a.shape}, {ids.shape}, {lp.shape}")
+    R, N = a.shape
+    if tie_u is None:
+        tie_u = (rng or np.random.default_rng(0)).random((R, n_answers))
+    onehot = a[..., None] == np.arange(n_answers)                       # [R, N, m]
+    if method == "majority":
+        score = onehot.sum(1).astype(np.float64)
+    elif method == "max_prob":
+        best = np.argmax(lp + 1e-12 * np.asarray(tie_u)[np.arange(R)[:, None], a], axis=1)
+        return a[np.arange(R), best]
+    else:
+        p = np.exp(lp)
+        order = np.argsort(ids, axis=1, kind="stable")
+        sid = np.take_along_axis(ids, order, 1)
+        first_sorted = np.concatenate([np.ones((R, 1), bool), sid[:, 1:] != sid[:, :-1]], axis=1)
+        first = np.empty_like(first_sorted)
+        np.put_along_axis(first, order, first_sorted, 1)                # one copy of each distinct path
+        keep = first
+        if method == "rpc" and pruning == "mean":
+            keep = keep & (p >= tau * p.mean(1, keepdims=True))
+        elif method == "rpc" and pruning == "weibull":
+            keep = keep & np.stack([weibull_keep(p[r]) for r in range(R)])
+        score = np.einsum("rn,rnm->rm", p * keep, onehot)
+        # every path pruned (cannot happen with tau <= 1): fall back to PC
+        score = np.where(score.sum(1, keepdims=True) > 0, score, np.einsum("rn,rnm->rm", p * first, onehot))
+    top = score >= score.max(1, keepdims=True) * (1 - 1e-9)
+    return np.argmax(np.where(top, np.asarray(tie_u), -1.0), axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Exact references
+# ---------------------------------------------------------------------------------------
+def majority_vote_probs(answer_probs, n: int) -> np.ndarray:
+    """float64[m]: the exact probability that the majority vote of n i.i.d. answers (distribution
+    ``answer_probs``), ties broken uniformly, is each answer -- a sum over the answer-count vectors
+    (multinomial probabilities)."""
+    pi = np.asarray(answer_probs, np.float64)
+    m = pi.size
+    n = check_int("n", n, 1)
+    out = np.zeros(m)
+    for counts in itertools.product(range(n + 1), repeat=m - 1):
+        last = n - sum(counts)
+        if last < 0:
+            continue
+        c = np.array(counts + (last,))
+        logw = math.lgamma(n + 1) - sum(math.lgamma(int(k) + 1) for k in c)
+        with np.errstate(divide="ignore"):
+            logw += float(np.sum(np.where(c > 0, c * np.log(np.where(pi > 0, pi, 1.0)), 0.0)))
+        if np.any((c > 0) & (pi == 0)):
+            continue
+        win = c == c.max()
+        out[win] += math.exp(logw) / win.sum()
+    return out
+
+
+def pc_vote_probs_pairs(log_p, answers, n_answers: int, method: str = "pc", pruning: str = "none",
+                        tau: float = 1.0) -> np.ndarray:
+    """float64[m]: the exact distribution of the vote of N = 2 sampled paths (every ordered pair of
+    paths enumerated, ties split evenly), for ``pc`` / ``rpc`` with ``"none"`` or ``"mean"`` pruning
+    and for ``max_prob``.  ``log_p float[T]``: every path's log-probability, ``answers int[T]``."""
+    _check_method(method, pruning, tau)
+    if pruning == "weibull":
+        raise ValueError("pc_vote_probs_pairs: the Weibull fit needs >= 3 paths (it keeps every path of a pair)")
+    lp = np.asarray(log_p, np.float64)
+    ans = np.asarray(answers, np.int64)
+    p = np.exp(lp)
+    T = p.size
+    i, j = np.meshgrid(np.arange(T), np.arange(T), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    w = p[i] * p[j]
+    A = np.stack([ans[i], ans[j]], 1)
+    ids = np.stack([i, j], 1)
+    LP = np.stack([lp[i], lp[j]], 1)
+    good = w > 0
+    out = np.zeros(n_answers)
+    # ties split evenly: average the vote over every tie-break order of the answers
+    for perm in itertools.permutations(range(n_answers)):
+        u = np.broadcast_to(np.array(perm, np.float64) / n_answers, (int(good.sum()), n_answers))
+        v = aggregate(A[good], ids[good], LP[good], n_answers, method, pruning, tau, tie_u=u)
+        out += np.bincount(v, weights=w[good], minlength=n_answers)
+    return out / math.factorial(n_answers)
+
+
+def limit_vote_probs(log_p, answers, n_answers: int, method: str = "rpc", pruning: str = "mean",
+                     tau: float = 1.0) -> np.ndarray:
+    """float64[m]: the N -> infinity limit of the vote (a point mass on the winner, split evenly over
+    ties).  ``majority`` and ``pc``: the most probable answer; ``max_prob``: the answer of the most
+    probable path; ``rpc`` with ``"mean"``: the answer with the most mass on paths with ``p(t) >= tau
+    sum_s p(s)^2`` (the limit of tau times the mean sampled probability).  Weibull pruning has no
+    closed-form limit (use a large N)."""
+    _check_method(method, pruning, tau)
+    lp = np.asarray(log_p, np.float64)
+    ans = np.asarray(answers, np.int64)
+    p = np.exp(lp)
+    if method == "max_prob":
+        top = p >= p.max() * (1 - 1e-9)
+        return np.bincount(ans[top], minlength=n_answers) / top.sum()
+    keep = np.ones_like(p, bool)
+    if method == "rpc":
+        if pruning == "weibull":
+            raise ValueError("limit_vote_probs: the Weibull pruning limit has no closed form; use pruning='mean'")
+        if pruning == "mean":
+            keep = p >= tau * np.sum(p * p)
+    score = np.bincount(ans, weights=p * keep, minlength=n_answers)
+    win = score >= score.max() * (1 - 1e-9)
+    return win / win.sum()
+
+
+# ---------------------------------------------------------------------------------------
+# Decoders
+# ---------------------------------------------------------------------------------------
+def _path_ids(x, P, V):
+    c = np.asarray(x, np.int64)[..., P:]
+    return np.sum(c * V ** np.arange(c.shape[-1] - 1, -1, -1), axis=-1)
+
+
+def sample_paths(problem: Problem, keys, n: int, transform=None):
+    """N sampled paths per key: tokens ``int[B, N, L]`` and ``log p`` of their generated parts
+    ``[B, N]`` (numpy), and the model calls per path.  Path j of key k uses the key ``fold_in(k, j)``
+    (:func:`samplax.decoding.tasks.sample_with_prompts`: one compiled program for every question)."""
+    from samplax.decoding.tasks import sample_with_prompts
+    keys = jnp.asarray(keys)
+    B = keys.shape[0]
+    sub = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n)))(keys)
+    flat = sub.reshape((B * n,) + sub.shape[2:])
+    prompts = jnp.broadcast_to(jnp.asarray(problem.prompt, jnp.int32), (B * n, len(problem.prompt)))
+    x, lp = sample_with_prompts(problem.lm, flat, prompts, transform if transform is not None else make_transform())
+    L = problem.lm.length
+    return np.asarray(x).reshape(B, n, L), np.asarray(lp, np.float64).reshape(B, n), L
+
+
+def _voting_decoder(name, method, n, pruning, tau, temperature):
+    n = check_int("n", n, 1)
+    _check_method(method, pruning, tau)
+    transform = make_transform(temperature)
+
+    def run(problem: Problem, keys):
+        if problem.task is None or problem.prompt is None:
+            raise ValueError(f"{name}: needs a problem with a reasoning task and a prompt (the question)")
+        task = problem.task
+        keys = jnp.asarray(keys)
+        x_np, lp_np, calls = sample_paths(problem, keys, n, transform)
+        B = x_np.shape[0]
+        P = len(problem.prompt)
+        ans = task.answer(x_np)
+        ids = _path_ids(x_np, P, problem.lm.vocab_size)
+        tie_u = np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1 << 30), (task.n_answers,)))(keys))
+        # PC / RPC weigh paths by the model's own probability: the untransformed log p
+        vote = aggregate(ans, ids, lp_np, task.n_answers, method, pruning, tau, tie_u=tie_u)
+        match = ans == vote[:, None]
+        if method == "majority":   # the first path with the voted answer: given the vote it is ~ p(. | answer)
+            pick = np.argmax(match, axis=1)
+        else:                      # the most probable sampled path with the voted answer
+            pick = np.argmax(np.where(match, lp_np, -np.inf), axis=1)
+        out = x_np[np.arange(B), pick]
+        info = make_info(B, n * calls, jnp.asarray(lp_np[np.arange(B), pick]),
+                         extras={"answer": jnp.asarray(vote, jnp.int32),
+                                 "n_samples": jnp.full((B,), n, jnp.int32)})
+        return jnp.asarray(out, jnp.int32), info
+
+    def target(problem: Problem):
+        if method != "majority":
+            raise ValueError(f"{name}: the exact output distribution of {method!r} voting is not enumerable "
+                             f"for N > 2 (use pc_vote_probs_pairs / limit_vote_probs for the vote)")
+        task = problem.task
+        logq = exact_log_probs(problem.lm, transform, problem.prompt)
+        seq_ans = np.arange(logq.size) % problem.lm.vocab_size     # the answer is the last token
+        q = np.exp(logq)
+        pa = np.bincount(seq_ans, weights=q, minlength=task.n_answers)
+        vote = majority_vote_probs(pa, n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(q > 0, np.log(q) - np.log(pa[seq_ans]) + np.log(vote[seq_ans]), -np.inf)
+        return out
+
+    opts = dict(n=n, temperature=temperature)
+    if method != "majority":
+        opts.update(method=method, pruning=pruning, tau=tau)
+    return Decoder(name, run, opts, target, needs=("task", "prompt"))
+
+
+def majority_vote(n: int = 8, temperature: float = 1.0) -> Decoder:
+    """Self-consistency: the majority answer of n sampled paths (returns the first path with it).
+    Exact target: ``sum_a P(vote = a) p(x | answer a)`` with the vote's law from
+    :func:`majority_vote_probs` (given the answers, each path is distributed as p(. | its answer))."""
+    return _voting_decoder("majority_vote", "majority", n, "none", 1.0, temperature)
+
+
+def rpc(n: int = 8, method: str = "rpc", pruning: str = "mean", tau: float = 1.0, temperature: float = 1.0) -> Decoder:
+    """RPC (Zhou et al. 2025): perplexity consistency over n sampled paths after reasoning pruning;
+    ``method`` also takes ``"pc"`` (no pruning) and ``"max_prob"``.  Returns the most probable sampled
+    path with the voted answer."""
+    return _voting_decoder("rpc", method, n, pruning, tau, temperature)
