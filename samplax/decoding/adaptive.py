@@ -29,6 +29,7 @@ are exactly those a stop-at-the-prefix implementation would produce.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -37,8 +38,7 @@ import numpy as np
 from scipy.stats import binom, norm
 
 from samplax.decoding.base import Decoder, Problem, check_int, make_info, make_transform
-from samplax.decoding.consistency import sample_paths
-from samplax.decoding.exact import exact_log_probs
+from samplax.decoding.consistency import chunked, path_keys, sample_paths, task_log_probs
 from samplax.decoding.tasks import value_tables
 
 __all__ = ["best_of_n", "adaptive_best_of_n", "self_eval_scores", "pick_correct_prob", "adaptive_schedule"]
@@ -68,14 +68,19 @@ def self_eval_scores(task, question, x, t: int, noise_draws, noise: float) -> np
     return v[idx] + noise * np.asarray(noise_draws, np.float64)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _normals(keys, d):
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, _NOISE_TAG), (d,), jnp.float32))(keys)
+
+
 def _draws(keys, n, C):
-    """Standard normal self-evaluation noise ``[B, n, C + 1]`` (position 0 = the prompt) and one extra
-    draw per key for the capability estimate, from keys independent of the token draws."""
-    def one(k):
-        kk = jax.random.fold_in(k, _NOISE_TAG)
-        return jax.random.normal(kk, (n + 1, C + 1), jnp.float32)
-    z = np.asarray(jax.vmap(one)(jnp.asarray(keys)), np.float64)
-    return z[:, :n], z[:, n, 0]
+    """Standard normal self-evaluation noise ``[B, n, C + 1]`` (position 0 = the prompt; from each
+    path's key ``fold_in(k, j)``) and one draw per key for the capability estimate, independent of
+    the token draws (tag 2**29)."""
+    keys = jnp.asarray(keys)
+    z = chunked(lambda k: _normals(k, C + 1), path_keys(keys, n))
+    z0 = chunked(lambda k: _normals(k, 1), keys)
+    return np.asarray(z, np.float64).reshape(keys.shape[0], n, C + 1), np.asarray(z0, np.float64)[:, 0]
 
 
 def pick_correct_prob(k: int, n: int, noise: float) -> float:
@@ -138,7 +143,7 @@ def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25,
         if prune_at:
             raise ValueError("best_of_n: the exact output distribution is enumerated for prune_at = 0 only")
         task, q = _task_problem("best_of_n", problem)
-        logq = exact_log_probs(problem.lm, transform, problem.prompt)
+        logq = task_log_probs(problem, transform)
         qv = np.exp(logq)
         right = (np.arange(logq.size) % task.vocab_size) == task.correct(q)
         pc = float(qv[right].sum())

@@ -29,6 +29,7 @@ k uses ``fold_in(k, j)``) and aggregate on the host (float64 numpy).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Optional
@@ -37,10 +38,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplax.decoding.base import Decoder, Problem, check_int, make_info, make_transform, sample
+from samplax.decoding.base import Decoder, Problem, check_int, identity, make_info, make_transform
 from samplax.decoding.exact import exact_log_probs
 
-__all__ = ["METHODS", "PRUNINGS", "aggregate", "majority_vote_probs", "pc_vote_probs_pairs", "limit_vote_probs",
+
+def task_log_probs(problem: Problem, transform) -> np.ndarray:
+    """float64[V**L]: the law of one sampled sequence given the prompt (the task's enumerated joint
+    when the model is the task's own and the transform the identity; else by enumeration)."""
+    task = problem.task
+    if transform is identity and task is not None and problem.lm is task.lm:
+        from samplax.decoding.tasks import prompt_log_probs
+        return prompt_log_probs(task, problem.prompt)
+    return exact_log_probs(problem.lm, transform, problem.prompt)
+
+__all__ = ["METHODS", "PRUNINGS", "aggregate", "vote_scores", "majority_vote_probs", "pc_vote_probs_pairs", "limit_vote_probs",
            "sample_paths", "majority_vote", "rpc", "weibull_keep"]
 
 METHODS = ("majority", "max_prob", "pc", "rpc")
@@ -96,12 +107,13 @@ def weibull_keep(probs) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Aggregation (host, vectorised over repeats)
 # ---------------------------------------------------------------------------------------
-def aggregate(answers, path_ids, log_p, n_answers: int, method: str = "rpc", pruning: str = "mean",
-              tau: float = 1.0, tie_u=None, rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """The voted answer of each row: ``answers int[R, N]`` (the answer of each sampled path),
-    ``path_ids int[R, N]`` (equal ids = the same path; PC counts a path once), ``log_p float[R, N]``
-    (``log p(path | question)``).  Returns int[R].  ``tie_u float[R, n_answers]`` (uniform draws) breaks
-    ties uniformly at random (else ``rng`` draws them)."""
+def vote_scores(answers, path_ids, log_p, n_answers: int, method: str = "rpc", pruning: str = "mean",
+                tau: float = 1.0) -> np.ndarray:
+    """float64[R, m]: each answer's vote score in each row.  ``answers int[R, N]`` (the answer of each
+    sampled path), ``path_ids int[R, N]`` (equal ids = the same path; PC counts a path once),
+    ``log_p float[R, N]`` (``log p(path | question)``).  ``majority``: counts; ``max_prob``: the largest
+    path probability with that answer; ``pc`` / ``rpc``: the summed probability of the distinct (kept)
+    paths."""
     _check_method(method, pruning, tau)
     a = np.asarray(answers, np.int64)
     ids = np.asarray(path_ids, np.int64)
@@ -110,31 +122,39 @@ def aggregate(answers, path_ids, log_p, n_answers: int, method: str = "rpc", pru
         raise ValueError(f"aggregate: answers, path_ids and log_p must be [R, N] of one shape, got "
                          f"{a.shape}, {ids.shape}, {lp.shape}")
     R, N = a.shape
-    if tie_u is None:
-        tie_u = (rng or np.random.default_rng(0)).random((R, n_answers))
     onehot = a[..., None] == np.arange(n_answers)                       # [R, N, m]
     if method == "majority":
-        score = onehot.sum(1).astype(np.float64)
-    elif method == "max_prob":
-        best = np.argmax(lp + 1e-12 * np.asarray(tie_u)[np.arange(R)[:, None], a], axis=1)
-        return a[np.arange(R), best]
-    else:
-        p = np.exp(lp)
-        order = np.argsort(ids, axis=1, kind="stable")
-        sid = np.take_along_axis(ids, order, 1)
-        first_sorted = np.concatenate([np.ones((R, 1), bool), sid[:, 1:] != sid[:, :-1]], axis=1)
-        first = np.empty_like(first_sorted)
-        np.put_along_axis(first, order, first_sorted, 1)                # one copy of each distinct path
-        keep = first
-        if method == "rpc" and pruning == "mean":
-            keep = keep & (p >= tau * p.mean(1, keepdims=True))
-        elif method == "rpc" and pruning == "weibull":
-            keep = keep & np.stack([weibull_keep(p[r]) for r in range(R)])
-        score = np.einsum("rn,rnm->rm", p * keep, onehot)
-        # every path pruned (cannot happen with tau <= 1): fall back to PC
-        score = np.where(score.sum(1, keepdims=True) > 0, score, np.einsum("rn,rnm->rm", p * first, onehot))
-    top = score >= score.max(1, keepdims=True) * (1 - 1e-9)
-    return np.argmax(np.where(top, np.asarray(tie_u), -1.0), axis=1)
+        return onehot.sum(1).astype(np.float64)
+    p = np.exp(lp)
+    if method == "max_prob":
+        return np.max(np.where(onehot, p[..., None], 0.0), axis=1)
+    order = np.argsort(ids, axis=1, kind="stable")
+    sid = np.take_along_axis(ids, order, 1)
+    first_sorted = np.concatenate([np.ones((R, 1), bool), sid[:, 1:] != sid[:, :-1]], axis=1)
+    first = np.empty_like(first_sorted)
+    np.put_along_axis(first, order, first_sorted, 1)                    # one copy of each distinct path
+    keep = first
+    if method == "rpc" and pruning == "mean":
+        keep = keep & (p >= tau * p.mean(1, keepdims=True))
+    elif method == "rpc" and pruning == "weibull":
+        keep = keep & np.stack([weibull_keep(p[r]) for r in range(R)])
+    score = np.einsum("rn,rnm->rm", p * keep, onehot)
+    # every path pruned (impossible for tau <= 1): fall back to PC
+    return np.where(score.sum(1, keepdims=True) > 0, score, np.einsum("rn,rnm->rm", p * first, onehot))
+
+
+def _top(score):
+    return score >= score.max(1, keepdims=True) * (1 - 1e-9)
+
+
+def aggregate(answers, path_ids, log_p, n_answers: int, method: str = "rpc", pruning: str = "mean",
+              tau: float = 1.0, tie_u=None, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """int[R]: the voted answer of each row (:func:`vote_scores`), ties broken uniformly at random by
+    ``tie_u float[R, n_answers]`` (uniform draws; else ``rng`` draws them)."""
+    score = vote_scores(answers, path_ids, log_p, n_answers, method, pruning, tau)
+    if tie_u is None:
+        tie_u = (rng or np.random.default_rng(0)).random(score.shape)
+    return np.argmax(np.where(_top(score), np.asarray(tie_u), -1.0), axis=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,13 +202,8 @@ def pc_vote_probs_pairs(log_p, answers, n_answers: int, method: str = "pc", prun
     ids = np.stack([i, j], 1)
     LP = np.stack([lp[i], lp[j]], 1)
     good = w > 0
-    out = np.zeros(n_answers)
-    # ties split evenly: average the vote over every tie-break order of the answers
-    for perm in itertools.permutations(range(n_answers)):
-        u = np.broadcast_to(np.array(perm, np.float64) / n_answers, (int(good.sum()), n_answers))
-        v = aggregate(A[good], ids[good], LP[good], n_answers, method, pruning, tau, tie_u=u)
-        out += np.bincount(v, weights=w[good], minlength=n_answers)
-    return out / math.factorial(n_answers)
+    top = _top(vote_scores(A[good], ids[good], LP[good], n_answers, method, pruning, tau))
+    return np.sum(w[good, None] * top / top.sum(1, keepdims=True), axis=0)
 
 
 def limit_vote_probs(log_p, answers, n_answers: int, method: str = "rpc", pruning: str = "mean",
@@ -224,6 +239,47 @@ def _path_ids(x, P, V):
     return np.sum(c * V ** np.arange(c.shape[-1] - 1, -1, -1), axis=-1)
 
 
+CHUNK = 4096   # every compiled helper runs on blocks of this many rows: one compile per program
+
+
+def chunked(fn, *arrays, chunk: int = CHUNK):
+    """``fn`` applied to fixed-size blocks of the leading axis of ``arrays`` (the last block padded by
+    repeating row 0), outputs concatenated and trimmed: one compiled shape whatever the batch."""
+    n = arrays[0].shape[0]
+    outs = []
+    for i in range(0, n, chunk):
+        blk = [a[i:i + chunk] for a in arrays]
+        pad = chunk - blk[0].shape[0]
+        if pad:
+            blk = [jnp.concatenate([b, jnp.broadcast_to(b[:1], (pad,) + b.shape[1:])]) for b in blk]
+        out = fn(*blk)
+        outs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:chunk - pad], out))
+    return jax.tree_util.tree_map(lambda *o: np.concatenate(o), *outs)
+
+
+_fold_in = jax.jit(jax.vmap(jax.random.fold_in))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _uniforms(keys, m):
+    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1 << 30), (m,)))(keys)
+
+
+def tie_draws(keys, m: int) -> np.ndarray:
+    """Uniform tie-break draws ``[B, m]`` from ``fold_in(key, 2**30)`` (independent of the token draws)."""
+    keys = jnp.asarray(keys)
+    return chunked(lambda k: _uniforms(k, m), keys)
+
+
+def path_keys(keys, n: int):
+    """``fold_in(k, j)`` for every key k and j < n, flattened to ``[B * n]`` (path-major within a key)."""
+    keys = jnp.asarray(keys)
+    B = keys.shape[0]
+    rep = jnp.repeat(keys, n, axis=0)
+    j = jnp.tile(jnp.arange(n, dtype=jnp.uint32), B)
+    return jnp.asarray(chunked(_fold_in, rep, j))
+
+
 def sample_paths(problem: Problem, keys, n: int, transform=None):
     """N sampled paths per key: tokens ``int[B, N, L]`` and ``log p`` of their generated parts
     ``[B, N]`` (numpy), and the model calls per path.  Path j of key k uses the key ``fold_in(k, j)``
@@ -231,12 +287,12 @@ def sample_paths(problem: Problem, keys, n: int, transform=None):
     from samplax.decoding.tasks import sample_with_prompts
     keys = jnp.asarray(keys)
     B = keys.shape[0]
-    sub = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n)))(keys)
-    flat = sub.reshape((B * n,) + sub.shape[2:])
+    flat = path_keys(keys, n)
     prompts = jnp.broadcast_to(jnp.asarray(problem.prompt, jnp.int32), (B * n, len(problem.prompt)))
-    x, lp = sample_with_prompts(problem.lm, flat, prompts, transform if transform is not None else make_transform())
+    tf = transform if transform is not None else make_transform()
+    x, lp = chunked(lambda k, p: sample_with_prompts(problem.lm, k, p, tf), flat, prompts)
     L = problem.lm.length
-    return np.asarray(x).reshape(B, n, L), np.asarray(lp, np.float64).reshape(B, n), L
+    return x.reshape(B, n, L), np.asarray(lp, np.float64).reshape(B, n), L
 
 
 def _voting_decoder(name, method, n, pruning, tau, temperature):
@@ -254,7 +310,7 @@ def _voting_decoder(name, method, n, pruning, tau, temperature):
         P = len(problem.prompt)
         ans = task.answer(x_np)
         ids = _path_ids(x_np, P, problem.lm.vocab_size)
-        tie_u = np.asarray(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 1 << 30), (task.n_answers,)))(keys))
+        tie_u = np.asarray(tie_draws(keys, task.n_answers))
         # PC / RPC weigh paths by the model's own probability: the untransformed log p
         vote = aggregate(ans, ids, lp_np, task.n_answers, method, pruning, tau, tie_u=tie_u)
         match = ans == vote[:, None]
@@ -273,7 +329,7 @@ def _voting_decoder(name, method, n, pruning, tau, temperature):
             raise ValueError(f"{name}: the exact output distribution of {method!r} voting is not enumerable "
                              f"for N > 2 (use pc_vote_probs_pairs / limit_vote_probs for the vote)")
         task = problem.task
-        logq = exact_log_probs(problem.lm, transform, problem.prompt)
+        logq = task_log_probs(problem, transform)
         seq_ans = np.arange(logq.size) % problem.lm.vocab_size     # the answer is the last token
         q = np.exp(logq)
         pa = np.bincount(seq_ans, weights=q, minlength=task.n_answers)

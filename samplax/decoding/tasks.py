@@ -43,7 +43,7 @@ from samplax.decoding.exact import table_lm
 from samplax.discrete.base import categorical
 
 __all__ = ["Task", "sample_with_prompts", "sum_mod_task", "noisy_reasoner_log_probs", "question_index", "completion_log_probs",
-           "completion_answers", "answer_probs", "correct_probs", "greedy_completion", "value_tables",
+           "completion_answers", "prompt_log_probs", "answer_probs", "correct_probs", "greedy_completion", "value_tables",
            "prefix_values"]
 
 
@@ -175,6 +175,15 @@ def completion_log_probs(task: Task, question) -> np.ndarray:
     qi = question_index(task, question)
     row = task.log_probs[qi * n:(qi + 1) * n]
     return row - np_logsumexp(row)
+
+
+def prompt_log_probs(task: Task, question) -> np.ndarray:
+    """float64[V**L]: the law of a whole sequence sampled from the prompt ``question`` (-inf elsewhere)."""
+    out = np.full(task.vocab_size ** task.length, -np.inf)
+    n = task.vocab_size ** task.completion_length
+    qi = question_index(task, question)
+    out[qi * n:(qi + 1) * n] = completion_log_probs(task, question)
+    return out
 
 
 def completion_answers(task: Task) -> np.ndarray:
