@@ -41,7 +41,7 @@ from samplax.decoding.base import Decoder, Problem, check_int, make_info, make_t
 from samplax.decoding.consistency import chunked, path_keys, sample_paths, task_log_probs
 from samplax.decoding.tasks import value_tables
 
-__all__ = ["best_of_n", "adaptive_best_of_n", "self_eval_scores", "pick_correct_prob", "adaptive_schedule"]
+__all__ = ["best_of_n", "adaptive_best_of_n", "best_of_n_pick", "adaptive_pick", "self_eval_scores", "pick_correct_prob", "adaptive_schedule"]
 
 _NOISE_TAG = 1 << 29
 
@@ -99,6 +99,39 @@ def pick_correct_prob(k: int, n: int, noise: float) -> float:
 # ---------------------------------------------------------------------------------------
 # Best-of-N with mid-generation pruning
 # ---------------------------------------------------------------------------------------
+def best_of_n_pick(task, question, x, z, noise: float, prune_at: int = 0, keep: int = 1) -> np.ndarray:
+    """int[B]: the candidate best-of-n returns from candidates ``x int[B, n, L]`` with self-evaluation
+    noise ``z [B, n, C + 1]``: with ``prune_at > 0`` only the ``keep`` best prefixes (self-evaluated after
+    ``prune_at`` completion tokens) are finished; the pick is the best finished one."""
+    B, n = x.shape[:2]
+    C = task.completion_length
+    alive = np.ones((B, n), bool)
+    if prune_at:
+        s_mid = self_eval_scores(task, question, x, prune_at, z[..., prune_at], noise)
+        order = np.argsort(-s_mid, axis=1, kind="stable")
+        alive = np.zeros((B, n), bool)
+        np.put_along_axis(alive, order[:, :keep], True, 1)
+    s_end = self_eval_scores(task, question, x, C, z[..., C], noise)
+    return np.argmax(np.where(alive, s_end, -np.inf), axis=1)
+
+
+def adaptive_pick(task, question, x, z, z0, noise: float, threshold: float, sched):
+    """``(pick int[B], used int[B])``: adaptive sampling over candidates ``x int[B, n_max, L]`` checked at
+    the cumulative counts ``sched``: stop at the first check where ``1 - p_hat (1 - best) >= threshold``
+    (``best``: the highest clipped self-evaluation so far; ``p_hat``: the clipped self-evaluation at the
+    prompt, noise ``z0 [B]``); pick the best of the used candidates."""
+    C = task.completion_length
+    n_max = x.shape[1]
+    s = self_eval_scores(task, question, x, C, z[..., C], noise)                   # [B, n_max]
+    p_hat = np.clip(value_tables(task, question)[0][0] + noise * z0, 0.0, 1.0)     # [B]
+    best = np.maximum.accumulate(np.clip(s, 0.0, 1.0), axis=1)[:, np.asarray(sched) - 1]
+    stop = 1.0 - p_hat[:, None] * (1.0 - best) >= threshold
+    stop[:, -1] = True
+    used = np.asarray(sched)[np.argmax(stop, axis=1)]
+    pick = np.argmax(np.where(np.arange(n_max)[None, :] < used[:, None], s, -np.inf), axis=1)
+    return pick, used
+
+
 def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25, temperature: float = 1.0) -> Decoder:
     """Best-of-n by self-evaluation, with early pruning (Manvi et al. 2024, Sec. 4.2) when
     ``prune_at > 0``: after ``prune_at`` completion tokens only the ``keep`` candidates with the highest
@@ -121,14 +154,7 @@ def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25,
         x, lp, _ = sample_paths(problem, keys, n, transform)
         B = x.shape[0]
         z, _ = _draws(keys, n, C)
-        alive = np.ones((B, n), bool)
-        if prune_at:
-            s_mid = self_eval_scores(task, q, x, prune_at, z[..., prune_at], noise)
-            order = np.argsort(-s_mid, axis=1, kind="stable")
-            alive = np.zeros((B, n), bool)
-            np.put_along_axis(alive, order[:, :keep], True, 1)
-        s_end = self_eval_scores(task, q, x, C, z[..., C], noise)
-        pick = np.argmax(np.where(alive, s_end, -np.inf), axis=1)
+        pick = best_of_n_pick(task, q, x, z, noise, prune_at, keep)
         rows = np.arange(B)
         n_fin = keep if prune_at else n
         tokens = n * prune_at + n_fin * (C - prune_at)
@@ -194,14 +220,7 @@ def adaptive_best_of_n(n_max: int = 16, threshold: float = 0.9, noise: float = 0
         x, lp, _ = sample_paths(problem, keys, n_max, transform)
         B = x.shape[0]
         z, z0 = _draws(keys, n_max, C)
-        s = self_eval_scores(task, q, x, C, z[..., C], noise)                  # [B, n_max]
-        p_hat = np.clip(value_tables(task, q)[0][0] + noise * z0, 0.0, 1.0)    # [B]
-        best = np.maximum.accumulate(np.clip(s, 0.0, 1.0), axis=1)[:, sched - 1]   # [B, rounds]
-        win_tie = 1.0 - p_hat[:, None] * (1.0 - best)
-        stop = win_tie >= threshold
-        stop[:, -1] = True
-        used = sched[np.argmax(stop, axis=1)]                                  # [B]
-        pick = np.argmax(np.where(np.arange(n_max)[None, :] < used[:, None], s, -np.inf), axis=1)
+        pick, used = adaptive_pick(task, q, x, z, z0, noise, threshold, sched)
         rows = np.arange(B)
         info = make_info(B, jnp.asarray(used * C, jnp.int32), jnp.asarray(lp[rows, pick]),
                          extras={"answer": jnp.asarray(task.answer(x[rows, pick]), jnp.int32),
