@@ -83,6 +83,7 @@ def _draws(keys, n, C):
     return np.asarray(z, np.float64).reshape(keys.shape[0], n, C + 1), np.asarray(z0, np.float64)[:, 0]
 
 
+@functools.lru_cache(maxsize=4096)
 def pick_correct_prob(k: int, n: int, noise: float) -> float:
     """P(best-of-n picks a correct candidate | k of the n are correct) when final scores are
     1 + noise*N(0,1) (correct) and noise*N(0,1) (wrong): ``P(max of k N(1, s^2) > max of n-k N(0, s^2))``

@@ -94,13 +94,15 @@ def weibull_keep(probs) -> np.ndarray:
         a = np.log(w) + _weibull_logpdf(x, k1, l1)
         b = np.log1p(-w) + _weibull_logpdf(x, k2, l2)
         return -np.sum(np.logaddexp(a, b))
-    res = minimize(nll, [0.5, 1.0, 1.0, 1.5, 2.0], method="L-BFGS-B",
-                   bounds=[(0.2, 0.8), (0.01, None), (0.01, None), (0.01, None), (0.01, None)])
+    with np.errstate(all="ignore"):   # derivative-free Powell: robust where a component's pdf underflows
+        res = minimize(nll, [0.5, 1.0, 1.0, 1.5, 2.0], method="Powell",
+                       bounds=[(0.2, 0.8), (0.01, None), (0.01, None), (0.01, None), (0.01, None)])
     w, k1, l1, k2, l2 = res.x
     if l1 * gamma(1 + 1 / k1) < l2 * gamma(1 + 1 / k2):   # component 1 = the high-mean one
         w, k1, l1, k2, l2 = 1 - w, k2, l2, k1, l1
-    high = np.log(w) + _weibull_logpdf(x, k1, l1)
-    low = np.log1p(-w) + _weibull_logpdf(x, k2, l2)
+    with np.errstate(all="ignore"):
+        high = np.log(w) + _weibull_logpdf(x, k1, l1)
+        low = np.log1p(-w) + _weibull_logpdf(x, k2, l2)
     return ~((low > high) & (p < p.mean()))
 
 
@@ -162,25 +164,22 @@ def aggregate(answers, path_ids, log_p, n_answers: int, method: str = "rpc", pru
 # ---------------------------------------------------------------------------------------
 def majority_vote_probs(answer_probs, n: int) -> np.ndarray:
     """float64[m]: the exact probability that the majority vote of n i.i.d. answers (distribution
-    ``answer_probs``), ties broken uniformly, is each answer -- a sum over the answer-count vectors
-    (multinomial probabilities)."""
+    ``answer_probs``), ties broken uniformly, is each answer -- a sum over every answer-count vector of
+    its multinomial probability, split evenly over the tied maxima."""
+    from scipy.special import gammaln
     pi = np.asarray(answer_probs, np.float64)
     m = pi.size
     n = check_int("n", n, 1)
-    out = np.zeros(m)
-    for counts in itertools.product(range(n + 1), repeat=m - 1):
-        last = n - sum(counts)
-        if last < 0:
-            continue
-        c = np.array(counts + (last,))
-        logw = math.lgamma(n + 1) - sum(math.lgamma(int(k) + 1) for k in c)
-        with np.errstate(divide="ignore"):
-            logw += float(np.sum(np.where(c > 0, c * np.log(np.where(pi > 0, pi, 1.0)), 0.0)))
-        if np.any((c > 0) & (pi == 0)):
-            continue
-        win = c == c.max()
-        out[win] += math.exp(logw) / win.sum()
-    return out
+    c = np.indices((n + 1,) * (m - 1)).reshape(m - 1, -1).T
+    c = np.concatenate([c, n - c.sum(1, keepdims=True)], axis=1)
+    c = c[c[:, -1] >= 0]                                                   # [K, m] count vectors
+    with np.errstate(divide="ignore"):
+        logpi = np.log(pi)
+    terms = np.where(c > 0, c * logpi, 0.0)
+    logw = gammaln(n + 1) - gammaln(c + 1).sum(1) + terms.sum(1)
+    w = np.exp(logw)
+    win = c == c.max(1, keepdims=True)
+    return np.sum(w[:, None] * win / win.sum(1, keepdims=True), axis=0)
 
 
 def pc_vote_probs_pairs(log_p, answers, n_answers: int, method: str = "pc", pruning: str = "none",
