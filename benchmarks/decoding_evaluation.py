@@ -32,7 +32,7 @@ from samplax.decoding.base import Problem, sample_keys
 
 OUT = os.path.join(REPO_ROOT, "docs", "benchmarks", "decoding_evaluation")
 NS = (1, 2, 4, 8, 16, 32)
-NOISES = (0.25, 1.0)
+NOISES = (0.5, 1.0)
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
