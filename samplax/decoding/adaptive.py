@@ -3,13 +3,13 @@
 Manvi, Singh, Ermon 2024, "Adaptive Inference-Time Compute: LLMs Can Predict if They Can Do Better,
 Even Mid-Generation" (arXiv:2410.02725).  The LLM scores its own (partial) response with a
 *capability-aware self-evaluation*: the probability that restarting would not give a better response
-(their Sec. 3, trained to predict the win-or-tie probability against a fresh sample).  That one score
-drives three things (their Sec. 4):
+(trained to predict the win-or-tie probability against a fresh sample).  That one score drives
+three things:
 
 * best-of-N selection: return the candidate with the highest self-evaluation;
-* early pruning (Sec. 4.2): generate N candidates up to a prefix, score the prefixes, finish only the
+* early pruning: generate N candidates up to a prefix, score the prefixes, finish only the
   ``keep`` most promising (they prune 50-75% after 64-128 tokens with little loss);
-* adaptive sampling (Sec. 4.1): sample in batches of exponentially growing size (1, 2, 4, ...) and
+* adaptive sampling: sample in batches of exponentially growing size (1, 2, 4, ...) and
   stop as soon as the predicted win-or-tie probability of the best response so far reaches a
   threshold (the model only resamples when it predicts a gain).
 
@@ -134,7 +134,7 @@ def adaptive_pick(task, question, x, z, z0, noise: float, threshold: float, sche
 
 
 def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25, temperature: float = 1.0) -> Decoder:
-    """Best-of-n by self-evaluation, with early pruning (Manvi et al. 2024, Sec. 4.2) when
+    """Best-of-n by self-evaluation, with early pruning (Manvi et al. 2024) when
     ``prune_at > 0``: after ``prune_at`` completion tokens only the ``keep`` candidates with the highest
     self-evaluation are finished.  Exact target (``prune_at = 0``): with ``k ~ Binomial(n, p_c)`` correct
     candidates the pick is correct with :func:`pick_correct_prob`, and given correct (wrong) it is
@@ -190,7 +190,7 @@ def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25,
 # ---------------------------------------------------------------------------------------
 def adaptive_schedule(n_max: int, growth: str = "exponential"):
     """The cumulative sample counts at which adaptive sampling checks whether to stop: batches of
-    1, 2, 4, ... (``"exponential"``, Manvi et al. Sec. 4.1, fewer sequential rounds) or 1, 2, 3, ...
+    1, 2, 4, ... (``"exponential"``, as Manvi et al.: fewer sequential rounds) or 1, 2, 3, ...
     (``"linear"``), capped at n_max."""
     if growth not in ("exponential", "linear"):
         raise ValueError(f"growth: must be 'exponential' or 'linear', got {growth!r}")
@@ -204,7 +204,7 @@ def adaptive_schedule(n_max: int, growth: str = "exponential"):
 
 def adaptive_best_of_n(n_max: int = 16, threshold: float = 0.9, noise: float = 0.25, growth: str = "exponential",
                        temperature: float = 1.0) -> Decoder:
-    """Adaptive sampling (Manvi et al. 2024, Sec. 4.1): sample in batches (``adaptive_schedule``) and
+    """Adaptive sampling (Manvi et al. 2024): sample in batches (``adaptive_schedule``) and
     stop when the predicted win-or-tie probability of the best response so far, ``1 - p_hat (1 - s)``
     (``s`` its self-evaluation, ``p_hat`` the self-evaluation at the prompt, both clipped to [0, 1]),
     reaches ``threshold``, or at n_max samples; return the best response by self-evaluation."""

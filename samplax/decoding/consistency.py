@@ -7,12 +7,13 @@ aggregator prefers:
   Reasoning in Language Models"): the most frequent answer.
 * ``max_prob``: the "perplexity" method: the answer of the single most probable sampled path.
 * ``pc``: Perplexity Consistency (Zhou et al. 2025, "A Theoretical Study on Bridging Internal
-  Probability and Self-Consistency for LLM Reasoning", Sec. 4.1): the confidence of answer y is the sum
-  of the model probabilities ``p(t | x)`` of the *distinct* sampled paths t with answer y; as N grows it
-  tends to the answer's probability (like self-consistency) but its estimation error falls
-  exponentially in N rather than linearly (their Theorem 4.x); duplicates count once.
-* ``rpc``: PC after Reasoning Pruning (their Sec. 4.2): low-probability paths are dropped before the
-  sum.  ``pruning="weibull"`` is the paper's automatic rule: fit a two-component Weibull mixture to the
+  Probability and Self-Consistency for LLM Reasoning", NeurIPS 2025, arXiv:2510.15444; an earlier
+  version is arXiv:2502.00511): the confidence of answer y is the sum of the model probabilities
+  ``p(t | x)`` of the *distinct* sampled paths t with answer y (duplicates count once); as N grows it
+  tends to the answer's probability, like self-consistency, but by their analysis its estimation
+  error falls exponentially in N instead of linearly.
+* ``rpc``: PC after Reasoning Pruning (their second component): low-probability paths are dropped
+  before the sum.  ``pruning="weibull"`` is the paper's automatic rule: fit a two-component Weibull mixture to the
   sampled path probabilities and drop a path that belongs rather to the low-mean component *and* lies
   below the mean sampled probability; ``pruning="mean"`` drops paths below ``tau`` times the mean
   sampled probability (its N -> infinity limit is exact: the threshold tends to ``tau * sum_t p(t)^2``);
@@ -24,8 +25,10 @@ Exact references (the toy task enumerates every path): :func:`majority_vote_prob
 distribution of the majority vote of N samples, by enumerating answer-count vectors),
 :func:`pc_vote_probs_pairs` (the exact PC / RPC vote of N = 2 samples, by enumerating pairs) and
 :func:`limit_vote_probs` (the N -> infinity limit of every aggregator).  The decoders
-``majority_vote`` / ``rpc`` sample the N paths with :func:`samplax.decoding.base.sample` (path j of key
-k uses ``fold_in(k, j)``) and aggregate on the host (float64 numpy).
+``majority_vote`` / ``rpc`` sample the N paths with :func:`samplax.decoding.tasks.sample_with_prompts`
+(path j of key k uses ``fold_in(k, j)``; the same draws as :func:`samplax.decoding.base.sample`) and
+aggregate on the host (float64 numpy).  The formulas come from the papers' abstracts and the authors'
+released evaluation code, read for the rules (not copied).
 """
 from __future__ import annotations
 
@@ -68,7 +71,7 @@ def _check_method(method, pruning, tau):
 
 
 # ---------------------------------------------------------------------------------------
-# Reasoning pruning with a two-component Weibull mixture (Zhou et al. 2025, Sec. 4.2)
+# Reasoning pruning with a two-component Weibull mixture (Zhou et al. 2025)
 # ---------------------------------------------------------------------------------------
 def _weibull_logpdf(x, k, lam):
     z = x / lam
