@@ -176,3 +176,12 @@ def test_adaptive_n_stopping_rule(task):
             np.testing.assert_array_equal(used, sched[np.searchsorted(sched, first)])
             np.testing.assert_array_equal(np.asarray(info.extras["answer"]) == task.correct(HARD), right.any(1))
     assert 1 - p == pytest.approx(0.8015, abs=1e-3)
+
+
+def test_weibull_pruning_drops_the_low_cluster():
+    # two well-separated clusters of path probabilities: the low one is pruned, the high one kept
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(0.001, 0.01, 20), rng.uniform(0.2, 0.3, 10)])
+    keep = C.weibull_keep(p)
+    np.testing.assert_array_equal(keep, p > 0.1)
+    assert np.all(C.weibull_keep(p[:2]))                       # too few paths to fit: keep all
