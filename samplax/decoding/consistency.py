@@ -140,7 +140,7 @@ def vote_scores(answers, path_ids, log_p, n_answers: int, method: str = "rpc", p
     np.put_along_axis(first, order, first_sorted, 1)                    # one copy of each distinct path
     keep = first
     if method == "rpc" and pruning == "mean":
-        keep = keep & (p >= tau * p.mean(1, keepdims=True))
+        keep = keep & (p >= tau * p.mean(1, keepdims=True) * (1 - RTOL))
     elif method == "rpc" and pruning == "weibull":
         keep = keep & np.stack([weibull_keep(p[r]) for r in range(R)])
     score = np.einsum("rn,rnm->rm", p * keep, onehot)
@@ -148,8 +148,13 @@ def vote_scores(answers, path_ids, log_p, n_answers: int, method: str = "rpc", p
     return np.where(score.sum(1, keepdims=True) > 0, score, np.einsum("rn,rnm->rm", p * first, onehot))
 
 
+#: relative tolerance of ties and of the pruning threshold: path probabilities come from float32 sampling
+#: (a few ulps of error), and equal exact probabilities must stay equal
+RTOL = 1e-5
+
+
 def _top(score):
-    return score >= score.max(1, keepdims=True) * (1 - 1e-9)
+    return score >= score.max(1, keepdims=True) * (1 - RTOL)
 
 
 def aggregate(answers, path_ids, log_p, n_answers: int, method: str = "rpc", pruning: str = "mean",
@@ -220,16 +225,16 @@ def limit_vote_probs(log_p, answers, n_answers: int, method: str = "rpc", prunin
     ans = np.asarray(answers, np.int64)
     p = np.exp(lp)
     if method == "max_prob":
-        top = p >= p.max() * (1 - 1e-9)
+        top = p >= p.max() * (1 - RTOL)
         return np.bincount(ans[top], minlength=n_answers) / top.sum()
     keep = np.ones_like(p, bool)
     if method == "rpc":
         if pruning == "weibull":
             raise ValueError("limit_vote_probs: the Weibull pruning limit has no closed form; use pruning='mean'")
         if pruning == "mean":
-            keep = p >= tau * np.sum(p * p)
+            keep = p >= tau * np.sum(p * p) * (1 - RTOL)
     score = np.bincount(ans, weights=p * keep, minlength=n_answers)
-    win = score >= score.max() * (1 - 1e-9)
+    win = score >= score.max() * (1 - RTOL)
     return win / win.sum()
 
 

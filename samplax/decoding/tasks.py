@@ -104,6 +104,8 @@ def noisy_reasoner_log_probs(modulus: int = 4, n_digits: int = 4, acc: Tuple[flo
         raise ValueError(f"acc: needs one accuracy per digit value (modulus {m}), got {acc!r}")
     for i, a in enumerate(acc):
         _check_prob(f"acc[{i}]", a)
+    if acc[m - 1] + confuse > 1:
+        raise ValueError(f"confuse: acc[{m - 1}] + confuse must be <= 1, got {acc[m - 1]} + {confuse}")
     acc = np.asarray(acc, np.float64)
     L = 2 * Q
     x = np.array(list(itertools.product(range(m), repeat=L)), np.int64)      # [m**L, L]
