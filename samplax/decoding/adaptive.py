@@ -35,7 +35,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import binom, norm
 
 from samplax.decoding.base import Decoder, Problem, check_int, make_info, make_transform
 from samplax.decoding.consistency import chunked, path_keys, sample_paths, task_log_probs
@@ -88,6 +87,7 @@ def pick_correct_prob(k: int, n: int, noise: float) -> float:
     """P(best-of-n picks a correct candidate | k of the n are correct) when final scores are
     1 + noise*N(0,1) (correct) and noise*N(0,1) (wrong): ``P(max of k N(1, s^2) > max of n-k N(0, s^2))``
     by quadrature (exact 0/1 without noise)."""
+    from scipy.stats import norm
     if k == 0:
         return 0.0
     if k == n or noise == 0:
@@ -169,6 +169,7 @@ def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25,
     def target(problem: Problem):
         if prune_at:
             raise ValueError("best_of_n: the exact output distribution is enumerated for prune_at = 0 only")
+        from scipy.stats import binom
         task, q = _task_problem("best_of_n", problem)
         logq = task_log_probs(problem, transform)
         qv = np.exp(logq)
