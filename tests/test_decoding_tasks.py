@@ -185,3 +185,8 @@ def test_weibull_pruning_drops_the_low_cluster():
     keep = C.weibull_keep(p)
     np.testing.assert_array_equal(keep, p > 0.1)
     assert np.all(C.weibull_keep(p[:2]))                       # too few paths to fit: keep all
+
+
+def test_task_accuracy_reads_each_sequence_prompt(task):
+    x = np.array([[1, 2, 2, 3, 3, 1, 0, 0], [1, 2, 2, 3, 3, 1, 0, 2], [0, 0, 0, 1, 0, 0, 1, 1]])
+    assert task.accuracy(x) == pytest.approx(2 / 3)

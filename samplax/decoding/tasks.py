@@ -84,8 +84,16 @@ class Task:
             raise ValueError(f"question: expected {self.prompt_length} tokens, got shape {q.shape}")
         return np.sum(q, axis=-1) % self.modulus
 
-    def is_correct(self, x, question) -> np.ndarray:
-        return self.answer(x) == self.correct(question)
+    def is_correct(self, x, question=None) -> np.ndarray:
+        """bool[...]: whether sequences ``x int[..., L]`` answer right (their own prompt is the question
+        unless ``question`` is given)."""
+        x = np.asarray(x)
+        q = x[..., :self.prompt_length] if question is None else question
+        return self.answer(x) == self.correct(q)
+
+    def accuracy(self, x) -> float:
+        """The fraction of sequences ``x int[N, L]`` whose answer is right for their own prompt."""
+        return float(np.mean(self.is_correct(x)))
 
 
 def _check_prob(name, v, low=0.0, high=1.0):
