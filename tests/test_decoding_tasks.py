@@ -35,6 +35,10 @@ def _problem(task, q):
     return Problem(lm=task.lm, task=task, prompt=q)
 
 
+def _run(dec, prob, keys):
+    return dec.run(prob, keys)
+
+
 def _reference_prob(q, comp, m=4, acc=(0.97, 0.9, 0.75, 0.42), confuse=0.46, lost_follow=0.4, guess=0,
                     guess_p=0.6, eta=0.03):
     """The noisy reasoner written token by token (the module builds all sequences at once)."""
@@ -104,7 +108,7 @@ def _vote_freqs(info, m=4):
 def test_majority_vote_of_three_is_exact_and_mutation_fails(task):
     prob = _problem(task, HARD)
     dec = get_decoder("majority_vote", n=3)
-    x, info = dec.run(prob, sample_keys(jax.random.PRNGKey(0), PATHS // 3))
+    x, info = _run(dec, prob, sample_keys(jax.random.PRNGKey(0), PATHS // 3))
     exact = C.majority_vote_probs(T.answer_probs(task, HARD), 3)
     counts = _vote_freqs(info)
     assert chisquare(counts, exact * counts.sum()).pvalue > ALPHA
@@ -119,7 +123,7 @@ def test_pc_and_rpc_of_two_are_exact_and_mutation_fails(task):
     prob = _problem(task, MIXED)
     lp, ans = T.completion_log_probs(task, MIXED), T.completion_answers(task)
     dec = get_decoder("rpc", n=2, method="pc", pruning="none")
-    _, info = dec.run(prob, sample_keys(jax.random.PRNGKey(1), PATHS // 2))
+    _, info = _run(dec, prob, sample_keys(jax.random.PRNGKey(1), PATHS // 2))
     counts = _vote_freqs(info)
     exact = C.pc_vote_probs_pairs(lp, ans, 4, "pc", "none")
     assert chisquare(counts, exact * counts.sum()).pvalue > ALPHA
@@ -136,7 +140,7 @@ def test_rpc_converges_to_its_limit(task):
     lim_maj = C.limit_vote_probs(lp, ans, 4, "majority", "none")
     assert lim_rpc.max() == 1 and lim_maj.max() == 1 and np.argmax(lim_rpc) != np.argmax(lim_maj)
     dec = get_decoder("rpc", n=400, method="rpc", pruning="mean")
-    _, info = dec.run(_problem(task, q), sample_keys(jax.random.PRNGKey(2), PATHS // 400))
+    _, info = _run(dec, _problem(task, q), sample_keys(jax.random.PRNGKey(2), PATHS // 400))
     assert np.all(np.asarray(info.extras["answer"]) == np.argmax(lim_rpc))
     assert np.argmax(lim_rpc) == task.correct(q)
 
@@ -144,15 +148,19 @@ def test_rpc_converges_to_its_limit(task):
 def test_best_of_n_is_exact_and_wrong_pick_law_fails(task):
     prob = _problem(task, HARD)
     dec = get_decoder("best_of_n", n=4, noise=0.5)
-    x, info = dec.run(prob, sample_keys(jax.random.PRNGKey(3), PATHS // 4))
+    x, info = _run(dec, prob, sample_keys(jax.random.PRNGKey(3), PATHS // 4))
     assert chi_square_test(np.asarray(x), dec.target(prob), 4).p_value > ALPHA
     # mutation: the law of an oracle pick (noise 0) is not what a noisy self-evaluation gives
     wrong = get_decoder("best_of_n", n=4, noise=0.0).target(prob)
     assert chi_square_test(np.asarray(x), wrong, 4).p_value < ALPHA
     # pruning that keeps every candidate changes nothing; pruning costs fewer tokens
-    x2, _ = get_decoder("best_of_n", n=4, noise=0.5, prune_at=2, keep=4).run(prob, sample_keys(jax.random.PRNGKey(3), PATHS // 4))
+    x2, _ = _run(get_decoder("best_of_n", n=4, noise=0.5, prune_at=2, keep=4), prob, sample_keys(jax.random.PRNGKey(3), PATHS // 4))
     np.testing.assert_array_equal(np.asarray(x), np.asarray(x2))
-    _, i3 = get_decoder("best_of_n", n=4, noise=0.5, prune_at=2, keep=1).run(prob, sample_keys(jax.random.PRNGKey(3), PATHS // 4))
+    pruned = get_decoder("best_of_n", n=4, noise=0.5, prune_at=2, keep=1)
+    x3, i3 = _run(pruned, prob, sample_keys(jax.random.PRNGKey(3), PATHS // 4))
+    # the experiment runner calls decoders under jax.jit: the same tokens
+    x4, _ = jax.jit(lambda k: pruned.run(prob, k))(sample_keys(jax.random.PRNGKey(3), PATHS // 4))
+    np.testing.assert_array_equal(np.asarray(x3), np.asarray(x4))
     assert int(i3.target_calls[0]) == 4 * 2 + 1 * 2 < int(info.target_calls[0]) == 16
 
 
@@ -167,7 +175,7 @@ def test_adaptive_n_stopping_rule(task):
     np.testing.assert_array_equal(sched, [1, 3, 4])      # batches of 1, 2, then the 1 left
     p = T.value_tables(task, HARD)[0][0]
     for th, expect_one in ((0.75, True), (0.9, False)):       # 1 - p = 0.80
-        _, info = get_decoder("adaptive_best_of_n", n_max=4, threshold=th, noise=0.0).run(prob, keys)
+        _, info = _run(get_decoder("adaptive_best_of_n", n_max=4, threshold=th, noise=0.0), prob, keys)
         used = np.asarray(info.extras["n_samples"])
         if expect_one:
             assert np.all(used == 1)

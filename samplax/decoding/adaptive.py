@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplax.decoding.base import Decoder, Problem, check_int, make_info, make_transform
-from samplax.decoding.consistency import chunked, path_keys, sample_paths, task_log_probs
+from samplax.decoding.consistency import chunked, host, path_keys, paths_traced, task_log_probs
 from samplax.decoding.tasks import value_tables
 
 __all__ = ["best_of_n", "adaptive_best_of_n", "best_of_n_pick", "adaptive_pick", "self_eval_scores", "pick_correct_prob", "adaptive_schedule"]
@@ -152,19 +152,23 @@ def best_of_n(n: int = 8, prune_at: int = 0, keep: int = 1, noise: float = 0.25,
         C = task.completion_length
         if prune_at >= C:
             raise ValueError(f"prune_at: must be < the completion length {C} (0 switches pruning off), got {prune_at}")
-        x, lp, _ = sample_paths(problem, keys, n, transform)
-        B = x.shape[0]
-        z, _ = _draws(keys, n, C)
-        pick = best_of_n_pick(task, q, x, z, noise, prune_at, keep)
-        rows = np.arange(B)
+        keys = jnp.asarray(keys)
+        B = keys.shape[0]
+        x, lp, flat = paths_traced(problem, keys, n, transform)
+        z = _normals(flat, C + 1).reshape(B, n, C + 1)
+
+        def pick_host(x, z):
+            return best_of_n_pick(task, q, np.asarray(x), np.asarray(z, np.float64), noise, prune_at, keep).astype(np.int32)
+        pick = host(pick_host, jax.ShapeDtypeStruct((B,), jnp.int32), x, z)
+        rows = jnp.arange(B)
         n_fin = keep if prune_at else n
         tokens = n * prune_at + n_fin * (C - prune_at)
         evals = (n if prune_at else 0) + n_fin
-        info = make_info(B, tokens, jnp.asarray(lp[rows, pick]),
-                         extras={"answer": jnp.asarray(task.answer(x[rows, pick]), jnp.int32),
-                                 "n_samples": jnp.full((B,), n_fin, jnp.int32),
+        out = x[rows, pick]
+        info = make_info(B, tokens, lp[rows, pick],
+                         extras={"answer": out[:, -1], "n_samples": jnp.full((B,), n_fin, jnp.int32),
                                  "self_evals": jnp.full((B,), evals, jnp.int32)})
-        return jnp.asarray(x[rows, pick], jnp.int32), info
+        return out, info
 
     def target(problem: Problem):
         if prune_at:
@@ -219,16 +223,23 @@ def adaptive_best_of_n(n_max: int = 16, threshold: float = 0.9, noise: float = 0
     def run(problem: Problem, keys):
         task, q = _task_problem("adaptive_best_of_n", problem)
         C = task.completion_length
-        x, lp, _ = sample_paths(problem, keys, n_max, transform)
-        B = x.shape[0]
-        z, z0 = _draws(keys, n_max, C)
-        pick, used = adaptive_pick(task, q, x, z, z0, noise, threshold, sched)
-        rows = np.arange(B)
-        info = make_info(B, jnp.asarray(used * C, jnp.int32), jnp.asarray(lp[rows, pick]),
-                         extras={"answer": jnp.asarray(task.answer(x[rows, pick]), jnp.int32),
-                                 "n_samples": jnp.asarray(used, jnp.int32),
-                                 "self_evals": jnp.asarray(used + 1, jnp.int32)})
-        return jnp.asarray(x[rows, pick], jnp.int32), info
+        keys = jnp.asarray(keys)
+        B = keys.shape[0]
+        x, lp, flat = paths_traced(problem, keys, n_max, transform)
+        z = _normals(flat, C + 1).reshape(B, n_max, C + 1)
+        z0 = _normals(keys, 1)[:, 0]
+
+        def pick_host(x, z, z0):
+            pick, used = adaptive_pick(task, q, np.asarray(x), np.asarray(z, np.float64), np.asarray(z0, np.float64),
+                                       noise, threshold, sched)
+            return pick.astype(np.int32), used.astype(np.int32)
+        shape = jax.ShapeDtypeStruct((B,), jnp.int32)
+        pick, used = host(pick_host, (shape, shape), x, z, z0)
+        rows = jnp.arange(B)
+        out = x[rows, pick]
+        info = make_info(B, used * C, lp[rows, pick],
+                         extras={"answer": out[:, -1], "n_samples": used, "self_evals": used + 1})
+        return out, info
 
     def target(problem: Problem):
         raise ValueError("adaptive_best_of_n: the exact output distribution is not enumerated (the stopping "

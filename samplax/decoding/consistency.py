@@ -302,6 +302,25 @@ def sample_paths(problem: Problem, keys, n: int, transform=None):
     return x.reshape(B, n, L), np.asarray(lp, np.float64).reshape(B, n), L
 
 
+def paths_traced(problem: Problem, keys, n: int, transform):
+    """:func:`sample_paths` as a traceable function (the decoders run under ``jax.jit``): tokens
+    ``int32[B, n, L]``, ``log p [B, n]`` and the path keys ``[B * n]`` (the same draws)."""
+    from samplax.decoding.tasks import sample_with_prompts
+    keys = jnp.asarray(keys)
+    B = keys.shape[0]
+    flat = jax.vmap(lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(n, dtype=jnp.uint32)))(keys)
+    flat = flat.reshape((B * n,) + flat.shape[2:])
+    prompts = jnp.broadcast_to(jnp.asarray(problem.prompt, jnp.int32), (B * n, len(problem.prompt)))
+    x, lp = sample_with_prompts(problem.lm, flat, prompts, transform)
+    return x.reshape(B, n, -1), lp.reshape(B, n), flat
+
+
+def host(fn, out_shapes, *args):
+    """``fn`` (numpy, on the host) inside a traced decoder, by ``jax.pure_callback`` (rows independent:
+    under ``vmap`` it is called on the stacked batch)."""
+    return jax.pure_callback(fn, out_shapes, *args, vmap_method="legacy_vectorized")
+
+
 def _voting_decoder(name, method, n, pruning, tau, temperature):
     n = check_int("n", n, 1)
     _check_method(method, pruning, tau)
@@ -312,24 +331,26 @@ def _voting_decoder(name, method, n, pruning, tau, temperature):
             raise ValueError(f"{name}: needs a problem with a reasoning task and a prompt (the question)")
         task = problem.task
         keys = jnp.asarray(keys)
-        x_np, lp_np, calls = sample_paths(problem, keys, n, transform)
-        B = x_np.shape[0]
-        P = len(problem.prompt)
-        ans = task.answer(x_np)
-        ids = _path_ids(x_np, P, problem.lm.vocab_size)
-        tie_u = np.asarray(tie_draws(keys, task.n_answers))
-        # PC / RPC weigh paths by the model's own probability: the untransformed log p
-        vote = aggregate(ans, ids, lp_np, task.n_answers, method, pruning, tau, tie_u=tie_u)
-        match = ans == vote[:, None]
+        B = keys.shape[0]
+        P, V, L = len(problem.prompt), problem.lm.vocab_size, problem.lm.length
+        x, lp, _ = paths_traced(problem, keys, n, transform)
+        tie_u = _uniforms(keys, task.n_answers)
+
+        def vote_host(x, lp, tie_u):
+            x = np.asarray(x)
+            # PC / RPC weigh paths by the model's own probability: the untransformed log p
+            return aggregate(task.answer(x), _path_ids(x, P, V), np.asarray(lp, np.float64), task.n_answers,
+                             method, pruning, tau, tie_u=np.asarray(tie_u)).astype(np.int32)
+        vote = host(vote_host, jax.ShapeDtypeStruct((B,), jnp.int32), x, lp, tie_u)
+        match = x[..., -1] == vote[:, None]
         if method == "majority":   # the first path with the voted answer: given the vote it is ~ p(. | answer)
-            pick = np.argmax(match, axis=1)
+            pick = jnp.argmax(match, axis=1)
         else:                      # the most probable sampled path with the voted answer
-            pick = np.argmax(np.where(match, lp_np, -np.inf), axis=1)
-        out = x_np[np.arange(B), pick]
-        info = make_info(B, n * calls, jnp.asarray(lp_np[np.arange(B), pick]),
-                         extras={"answer": jnp.asarray(vote, jnp.int32),
-                                 "n_samples": jnp.full((B,), n, jnp.int32)})
-        return jnp.asarray(out, jnp.int32), info
+            pick = jnp.argmax(jnp.where(match, lp, -jnp.inf), axis=1)
+        rows = jnp.arange(B)
+        info = make_info(B, n * L, lp[rows, pick],
+                         extras={"answer": vote, "n_samples": jnp.full((B,), n, jnp.int32)})
+        return x[rows, pick], info
 
     def target(problem: Problem):
         if method != "majority":
