@@ -107,7 +107,8 @@ def accuracy_vs_samples(task, ex, repeats: int, weibull_repeats: int, key, log=p
     # the Monte-Carlo standard error of a measured average: sqrt(sum_q a_q (1 - a_q) / R) / #questions
     # (each per-question accuracy a_q is a mean of R Bernoulli outcomes); 0 for the exact rows
     se = {name: {N: (0.0 if "exact" in name or "limit" in name or name == "greedy" else
-                     float(np.sqrt(np.mean(np.clip(v, 0, 1) * (1 - np.clip(v, 0, 1))) / (repeats * len(v)))))
+                     float(np.sqrt(np.mean(np.clip(v, 0, 1) * (1 - np.clip(v, 0, 1)))
+                               / ((weibull_repeats if "Weibull" in name else repeats) * len(v)))))
                  for N, v in d.items()} for name, d in acc.items() if not name.endswith("samples")}
     return dict(mean=mean, se_upper=se, tokens={f"{k[0]}|{k[1]}": v for k, v in rows_used.items()})
 
@@ -198,7 +199,7 @@ def render(res) -> str:
     lines.append(md_table(["method"] + [f"N={N}" for N in NS], rows))
     se_max = max(v for d in res["accuracy"]["se_upper"].values() for v in d.values())
     lines += ["", f"Monte-Carlo standard error of every measured (non-exact) entry <= {fmt(se_max, 2)} "
-              "(Weibull-RPC: on its subset).", "", f"Greedy: {fmt(acc['greedy'][1], 3)}; one sample: {fmt(acc['one sample (exact)'][1], 3)}.  "
+              "(Weibull-RPC included, on its subset).", "", f"Greedy: {fmt(acc['greedy'][1], 3)}; one sample: {fmt(acc['one sample (exact)'][1], 3)}.  "
               "Limits N -> infinity (exact): " + ", ".join(
                   f"{n[:-6]} {fmt(acc[n][0], 3)}" for n in acc if n.endswith("limit")) + ".", "",
               "### Mid-generation pruning (keep N/4 after `at` completion tokens)", ""]
