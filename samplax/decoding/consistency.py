@@ -33,8 +33,6 @@ released evaluation code, read for the rules (not copied).
 from __future__ import annotations
 
 import functools
-import itertools
-import math
 from typing import Optional
 
 import jax

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import Optional, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
