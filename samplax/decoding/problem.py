@@ -40,6 +40,11 @@ CONSTRAINTS: Dict[str, Callable[..., Any]] = {
     "dyck": _constrained.dyck,
 }
 TASKS: Dict[str, Callable[..., Any]] = {}
+from samplax.decoding.tasks import sum_mod_task  # noqa: E402
+
+TASKS: Dict[str, Callable[..., Any]] = {
+    "sum_mod": sum_mod_task,
+}
 
 __all__ = ["DRAFTS", "REWARDS", "CONSTRAINTS", "TASKS", "make_problem", "get_part"]
 

@@ -33,6 +33,9 @@ def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_
                                           typical=typical, cached=cached), target)
 
 
+from samplax.decoding.adaptive import adaptive_best_of_n, best_of_n  # noqa: E402
+from samplax.decoding.consistency import majority_vote, rpc  # noqa: E402
+
 SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "ancestral": ancestral,
     "speculative": _speculative.speculative,
@@ -44,6 +47,10 @@ SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "masked": _constrained.masked,
     "awrs_smc": _constrained.awrs_smc,
     "asap": _constrained.asap,
+    "best_of_n": best_of_n,
+    "adaptive_best_of_n": adaptive_best_of_n,
+    "majority_vote": majority_vote,
+    "rpc": rpc,
 }
 
 
