@@ -188,8 +188,19 @@ def coverage(task, repeats: int, n: int, key):
     return out
 
 
+def _num(k):
+    """A table key back from JSON (where every key became a string)."""
+    try:
+        f = float(k)
+    except (TypeError, ValueError):
+        return k
+    return int(f) if f == int(f) else f
+
+
 def render(res) -> str:
-    acc = res["accuracy"]["mean"]
+    acc = {name: {_num(k): v for k, v in d.items()} for name, d in res["accuracy"]["mean"].items()}
+    res = dict(res, accuracy=dict(res["accuracy"], se_upper={n: {_num(k): v for k, v in d.items()}
+                                                             for n, d in res["accuracy"]["se_upper"].items()}))
     lines = ["# Evaluation by sampling on the toy reasoning task", "",
              "Task `sum_mod` (samplax.decoding.tasks): 4 digits mod 4 as the prompt, 3 running-sum chain "
              "tokens, 1 answer token; the exact noisy-reasoner LM (256 questions, 256 completions each). "
