@@ -9,6 +9,7 @@ from samplax.decoding.exact import (LMS, Reward, all_sequences, constrained_targ
 from samplax.decoding.problem import CONSTRAINTS, DRAFTS, REWARDS, TASKS, make_problem
 from samplax.decoding.registry import SAMPLERS, get_decoder
 from samplax.decoding.metrics import chi_square_test, tv_floor, tv_to_exact, z_ratio
+from samplax.decoding.constrained import Constraint, constrained_log_probs, masked_log_probs
 from samplax.decoding.tasks import Task, sum_mod_task
 
 __all__ = [
@@ -20,3 +21,4 @@ __all__ = [
     "get_decoder", "chi_square_test", "tv_floor", "tv_to_exact", "z_ratio",
     "Task", "sum_mod_task",
 ]
+__all__ += ["Constraint", "constrained_log_probs", "masked_log_probs"]
