@@ -21,7 +21,7 @@ neutral), regex_even (an even number of token 0), regex_contains (contains "0 1"
    checks: distinct (prefix, token) evaluations the algorithm makes (masking and ASAp: V per
    position; AWRS: the tokens it draws, counted per output over all particles).
 
-    nice -n 10 python -m benchmarks.decoding_constrained          # full (~5 min on 2 shared cores)
+    nice -n 10 python -m benchmarks.decoding_constrained          # full (~6 min on 2 shared cores at load ~12)
     python -m benchmarks.decoding_constrained --quick              # smoke run
     python -m benchmarks.decoding_constrained --from-json docs/benchmarks/decoding_constrained.json
 
