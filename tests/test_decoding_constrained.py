@@ -201,7 +201,7 @@ def test_bad_options_and_inputs_raise():
     for name, opts in [("awrs_smc", dict(particles=0)), ("awrs_smc", dict(estimator="unbiased")),
                        ("awrs_smc", dict(resampling="nope")), ("awrs_smc", dict(ess_threshold=1.5)),
                        ("asap", dict(iterations=-1)), ("asap", dict(chunk=0)), ("masked", dict(cached="yes")),
-                       ("awrs_smc", dict(particle=4))]:
+                       ("awrs_smc", dict(particle=4)), ("awrs_smc", dict(chunk=0))]:
         with pytest.raises(ValueError):
             get_decoder(name, **opts)
     for opts in [dict(constraint="dyck", constraint_options=dict(pairs=0)),
