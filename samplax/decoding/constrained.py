@@ -524,7 +524,8 @@ def _awrs(g, logp, ok, estimator):
 
 
 def awrs_smc_sample(lm: LanguageModel, c: Constraint, keys, particles: int = 16, ess_threshold: float = 0.5,
-                    resampling: str = "systematic", estimator: str = "awrs", prompt=None, cached: bool = True):
+                    resampling: str = "systematic", estimator: str = "awrs", prompt=None, cached: bool = True,
+                    chunk: int = 1):
     """SMC for ``p(x | x in L)`` with the AWRS token draw as the proposal (Lipkin et al. 2025;
     the particle filter of Lew et al. 2023 / Loula et al. 2025 "Syntactic and Semantic Control of LLMs
     via SMC"), on :func:`samplax.smc.core.smc`.
@@ -535,11 +536,14 @@ def awrs_smc_sample(lm: LanguageModel, c: Constraint, keys, particles: int = 16,
     ``E[w] = Z_t``, so ``Z_hat = prod_t mean_i w_t^i`` (with ESS-triggered resampling) is unbiased for
     ``p(L)`` and the weighted particles target ``p(x | x in L)`` as particles -> infinity.  One system
     per key; the output is one particle drawn from the final weights, with ``log_Z``.
-    ``target_calls`` = particles * L; ``extras['constraint_checks']``: all particles' checks."""
+    ``target_calls`` = particles * L; ``extras['constraint_checks']``: all particles' checks.  ``chunk``:
+    keys run ``chunk`` systems at a time (``lax.map``; > 1 vectorises across keys: faster runs, slower
+    compiles; the output of a key does not depend on it)."""
     keys = check_keys(keys)
     problem = Problem(lm=lm, constraint=c, prompt=prompt)
     lm, c, prompt, P, pr = _prompt_arrays(problem, "awrs_smc")
     N = check_int("particles", particles, 1)
+    chunk = check_int("chunk", chunk, 1)
     check_ess_threshold(ess_threshold, "awrs_smc")
     if resampling not in RESAMPLING:
         raise ValueError(f"resampling: unknown {resampling!r}; allowed: {sorted(RESAMPLING)}")
@@ -578,7 +582,8 @@ def awrs_smc_sample(lm: LanguageModel, c: Constraint, keys, particles: int = 16,
         pk = jax.tree_util.tree_map(lambda a: a[j], state.particles)
         return pk["x"], pk["lp"], state.log_Z, pk["checks"], pk["bad"]
 
-    x, lp, log_Z, checks, bad = jax.vmap(one)(keys)
+    # keys in turn (chunk at a time): one system per key either way; vectorising across keys compiles slower
+    x, lp, log_Z, checks, bad = jax.lax.map(one, keys, batch_size=chunk if chunk > 1 else None)
     B = keys.shape[0]
     return x, make_info(B, N * L, lp, None, log_Z=log_Z.astype(lp.dtype), nonfinite_step=bad,
                         extras={"constraint_checks": checks})
@@ -731,9 +736,10 @@ def masked(cached: bool = True) -> Decoder:
 
 
 def awrs_smc(particles: int = 16, ess_threshold: float = 0.5, resampling: str = "systematic",
-             estimator: str = "awrs", cached: bool = True) -> Decoder:
+             estimator: str = "awrs", cached: bool = True, chunk: int = 1) -> Decoder:
     """AWRS inside SMC (:func:`awrs_smc_sample`); target ``p(x | x in L)`` as particles -> infinity."""
     check_int("particles", particles, 1)
+    check_int("chunk", chunk, 1)
     check_ess_threshold(ess_threshold, "awrs_smc")
     if resampling not in RESAMPLING:
         raise ValueError(f"resampling: unknown {resampling!r}; allowed: {sorted(RESAMPLING)}")
@@ -744,10 +750,10 @@ def awrs_smc(particles: int = 16, ess_threshold: float = 0.5, resampling: str = 
 
     def run(problem: Problem, keys):
         return awrs_smc_sample(problem.lm, problem.constraint, keys, particles, ess_threshold, resampling,
-                               estimator, problem.prompt, cached)
+                               estimator, problem.prompt, cached, chunk)
 
     return Decoder("awrs_smc", run, dict(particles=particles, ess_threshold=ess_threshold, resampling=resampling,
-                                         estimator=estimator, cached=cached), _exact_conditional,
+                                         estimator=estimator, cached=cached, chunk=chunk), _exact_conditional,
                    needs=("constraint",))
 
 
