@@ -19,7 +19,8 @@ from samplax.experiment.errors import ConfigError
 
 # the mappings whose keys are free (dotted paths below "config.")
 OPEN_MAPPINGS = ("model.args", "model.data_args", "model.schedule_args", "solver.options", "sweep.solver_options",
-                 "sampler.options", "sweep.sampler_options",
+                 "sampler.options", "sweep.sampler_options", "decoder.options", "sweep.decoder_options",
+                 "problem.draft_options", "problem.reward_options", "problem.constraint_options", "problem.task_options",
                  "sweep.option_axes", "data.options", "schedule.options", "model.options")
 
 

@@ -17,7 +17,9 @@
 * Token sequences for masked diffusion (``Dataset.vocab_size`` V > 0, x int32 (B, L)):
   ``digits_tokens`` (the digits' raw intensities 0..16 as 64 tokens, V = 17) and
   ``<problem>_tokens`` (exact samples of the discrete problems of
-  ``samplax.discrete.exact``, e.g. ``markov4x8_tokens``).
+  ``samplax.discrete.exact``, e.g. ``markov4x8_tokens``) and ``<lm>_lm`` (ancestral
+  samples of the exact language models ``samplax.decoding.exact.load_lm(lm)``, for causal
+  language-model training, e.g. ``markov4x8_lm``).
 
 A :class:`Dataset` (from :func:`make_dataset`) has a *stateless* batch
 function: ``dataset.batch(seed, step, batch_size)`` is a pure function of its
@@ -440,6 +442,28 @@ def _chain_tokens_dataset(problem: str) -> Dataset:
     return Dataset(problem + "_tokens", (int(hmm.length),), 0, None, batch, None, int(hmm.vocab_size))
 
 
+def _lm_tokens_dataset(lm_name: str) -> Dataset:
+    """Exact samples of the exact language model ``samplax.decoding.exact.load_lm(lm_name)``
+    drawn by ancestral decoding (``samplax.decoding.sample``, untransformed): the batch at step
+    k is ``sample(lm, sample_keys(fold_in(PRNGKey(seed), k), batch_size))``.  (Imported when
+    built: the decoding layer sits above this module.)"""
+    from samplax.decoding.base import sample
+    from samplax.decoding.exact import load_lm
+    from samplax.discrete.base import sample_keys
+
+    lm = load_lm(lm_name)
+    draw = jax.jit(lambda key, n: sample(lm, sample_keys(key, n))[0], static_argnums=1)
+
+    def batch(seed: int, step: int, batch_size: int) -> Tuple[Array, Optional[Array]]:
+        batch_size = _check_step(seed, step, batch_size)
+        return draw(jax.random.fold_in(jax.random.PRNGKey(seed), step), batch_size).astype(jnp.int32), None
+
+    return Dataset(lm_name + "_lm", (int(lm.length),), 0, None, batch, None, int(lm.vocab_size))
+
+
+#: the exact language models of samplax.decoding.exact whose samples are token data sets "<name>_lm"
+LM_TOKEN_NAMES = ("markov4x8", "hmm8x5", "markov16x4")
+
 #: name -> builder(**kwargs) -> Dataset.  Keyword arguments: the sampler's (e.g.
 #: ``noise``, ``squares``, ``n_rings``) for the toys, none for the mixtures, and
 #: :func:`load_digits_dataset`'s (``split``, ``holdout_fraction``, ``seed`` -- the
@@ -460,6 +484,7 @@ TOKEN_DATASETS: Dict[str, Callable[..., Dataset]] = {
     "markov4x8_tokens": functools.partial(_chain_tokens_dataset, "markov4x8"),
     "hmm8x5_tokens": functools.partial(_chain_tokens_dataset, "hmm8x5"),
     "markov16x4_tokens": functools.partial(_chain_tokens_dataset, "markov16x4"),
+    **{f"{n}_lm": functools.partial(_lm_tokens_dataset, n) for n in LM_TOKEN_NAMES},
 }
 
 
@@ -477,7 +502,7 @@ def make_dataset(name: str, **kwargs: Any) -> Dataset:
 __all__ = [
     "two_moons", "checkerboard", "swiss_roll", "rings", "ring_radii", "gmm_samples",
     "Digits", "load_digits_dataset", "epoch_permutation", "batch_indices",
-    "Dataset", "DATASETS", "make_dataset", "TOKEN_DATASETS", "DIGITS_TOKEN_VOCAB", "digits_tokens",
+    "Dataset", "DATASETS", "make_dataset", "TOKEN_DATASETS", "LM_TOKEN_NAMES", "DIGITS_TOKEN_VOCAB", "digits_tokens",
     "tokens_to_digits",
     "TWO_MOONS_OFFSET", "TWO_MOONS_SCALE", "CHECKERBOARD_HALF_WIDTH", "SWISS_ROLL_T_RANGE",
     "SWISS_ROLL_SCALE", "RINGS_OUTER_RADIUS", "DIGITS_SIZE", "DIGITS_SPLITS",

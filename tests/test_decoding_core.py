@@ -138,3 +138,17 @@ def test_targets_and_z_ratio():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_nonfinite_model_output_is_reported_at_its_position():
+    base = D.load_lm("markov4x8")
+
+    def logits_fn(x):
+        logp = base.logits_fn(x)
+        # sample 0 meets NaN at position 3 (and after); the others never do
+        bad = (jnp.arange(x.shape[0])[:, None] == 0) & (jnp.arange(x.shape[1])[None, :] >= 3)
+        return jnp.where(bad[..., None], jnp.nan, logp)
+
+    lm = D.LanguageModel(logits_fn, base.vocab_size, base.length, name="nan_lm")
+    _, info = D.sample(lm, D.sample_keys(jax.random.PRNGKey(0), 4))
+    np.testing.assert_array_equal(np.asarray(info.nonfinite_step), [3, -1, -1, -1])

@@ -248,12 +248,15 @@ class DecodeInfo(NamedTuple):
 class Decoder(NamedTuple):
     """``run(problem, keys[B]) -> (tokens int32[B, L], DecodeInfo)``: one sequence per key.
     ``target(problem) -> float64[V**L]``: the exact normalised log-probabilities of what it samples.
-    ``needs``: the Problem fields it requires besides ``lm``."""
+    ``needs``: the Problem fields it requires besides ``lm``.  ``log_Z(problem) -> float``: for a
+    decoder that estimates a normalising constant (``DecodeInfo.log_Z``), its exact value (the
+    runner reports the ratio E[Z_hat] / Z); None otherwise."""
     name: str
     run: Callable
     options: dict
     target: Callable
     needs: Tuple[str, ...] = ()
+    log_Z: Optional[Callable] = None
 
 
 def make_info(n, target_calls, log_p, log_q=None, draft_calls=None, log_Z=None, nonfinite_step=None,

@@ -400,8 +400,13 @@ def check_option_types(name: str, options, path: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Training configs
 # ---------------------------------------------------------------------------------------
-NETWORKS = ("mlp", "unet", "transformer")
-OBJECTIVES = ("noise", "data", "velocity", "flow", "edm", "masked")
+NETWORKS = ("mlp", "unet", "transformer", "causal_transformer")
+OBJECTIVES = ("noise", "data", "velocity", "flow", "edm", "masked", "causal")
+#: token objectives: "masked" (masked diffusion, network "transformer") and "causal" (next-token
+#: prediction, network "causal_transformer"); both train on TOKEN_DATASETS
+TOKEN_NETWORKS = {"masked": "transformer", "causal": "causal_transformer"}
+#: the fields of model.transformer for network "causal_transformer" (no time input)
+CAUSAL_TRANSFORMER_FIELDS = ("width", "depth", "heads", "mlp_ratio")
 #: masked diffusion (loss.objective "masked"): the masking schedules of samplax.discrete
 MASK_SCHEDULE_NAMES = ("linear", "cosine", "poly2")
 #: the fields of model.transformer (a section only discrete configs have) and their checks
@@ -495,6 +500,21 @@ def discrete_train_config() -> ml_collections.ConfigDict:
     return c
 
 
+def causal_train_config() -> ml_collections.ConfigDict:
+    """Defaults of a causal language-model training run: a small decoder-only transformer with
+    a KV cache (samplax.models.causal_lm) on token data, the next-token cross-entropy
+    (samplax.training.discrete_losses.causal_lm_loss).  No noise schedule (``schedule.name``
+    "none") and no previews; the trained model loads back as a samplax.decoding.LanguageModel
+    with samplax.experiment.trainer.load_causal_lm."""
+    c = discrete_train_config()
+    c.data.name = "markov4x8_lm"
+    c.schedule.name = "none"
+    c.model.network = "causal_transformer"
+    c.model.transformer = ml_collections.ConfigDict(dict(width=64, depth=2, heads=4, mlp_ratio=4))
+    c.loss.objective = "causal"
+    return c
+
+
 def _unit(path, v):
     if not 0.0 <= v < 1.0:
         raise ConfigError(path, f"must be in [0, 1), got {v!r}")
@@ -579,14 +599,19 @@ TRAIN_SCHEMA = {
 
 def _check_transformer(values: dict) -> None:
     tr = values["model"].get("transformer")
+    causal = values["model"]["network"] == "causal_transformer"
+    fields = CAUSAL_TRANSFORMER_FIELDS if causal else TRANSFORMER_FIELDS
+    start = "causal_train_config" if causal else "discrete_train_config"
     if tr is None:
-        raise ConfigError("config.model.transformer", f"network 'transformer' needs this section with fields "
-                          f"{list(TRANSFORMER_FIELDS)} (start from samplax.experiment.config.discrete_train_config())")
+        raise ConfigError("config.model.transformer", f"network {values['model']['network']!r} needs this section "
+                          f"with fields {list(fields)} (start from samplax.experiment.config.{start}())")
     if isinstance(tr, ml_collections.ConfigDict):
         tr = tr.to_dict()
-    _check_tree({"width": Field("int", check=_positive), "depth": Field("int", check=_positive),
-                 "heads": Field("int", check=_positive), "mlp_ratio": Field("int", check=_positive),
-                 "time_conditioned": Field("bool")}, tr, "config.model.transformer")
+    schema = {"width": Field("int", check=_positive), "depth": Field("int", check=_positive),
+              "heads": Field("int", check=_positive), "mlp_ratio": Field("int", check=_positive)}
+    if not causal:
+        schema["time_conditioned"] = Field("bool")
+    _check_tree(schema, tr, "config.model.transformer")
     if tr["width"] % tr["heads"]:
         raise ConfigError("config.model.transformer.heads", f"must divide the width {tr['width']}, got {tr['heads']}")
     values["model"]["transformer"] = tr
@@ -598,29 +623,41 @@ def _validate_discrete(values: dict) -> bool:
     from samplax.data import TOKEN_DATASETS
 
     m, loss, data = values["model"], values["loss"], values["data"]
-    masked = loss["objective"] == "masked"
-    if not masked:
-        if m["network"] == "transformer":
-            raise ConfigError("config.model.network", "'transformer' (a masked-diffusion denoiser over tokens) "
-                              "needs config.loss.objective='masked'")
+    objective = loss["objective"]
+    if objective not in TOKEN_NETWORKS:
+        for obj, net in TOKEN_NETWORKS.items():
+            if m["network"] == net:
+                raise ConfigError("config.model.network", f"{net!r} (a token network) needs "
+                                  f"config.loss.objective={obj!r}")
         if "transformer" in m:
-            raise ConfigError("config.model.transformer", "only applies to network 'transformer'")
+            raise ConfigError("config.model.transformer", f"only applies to networks {list(TOKEN_NETWORKS.values())}")
         if not data.get("factory") and data["name"] in TOKEN_DATASETS:
-            raise ConfigError("config.loss.objective", f"token data {data['name']!r} train with 'masked', "
-                              f"got {loss['objective']!r}")
+            raise ConfigError("config.loss.objective", f"token data {data['name']!r} train with one of "
+                              f"{list(TOKEN_NETWORKS)}, got {objective!r}")
         return False
-    if m.get("factory") is None and m["network"] != "transformer":
-        raise ConfigError("config.model.network", f"objective 'masked' needs 'transformer' (or a user network "
+    want = TOKEN_NETWORKS[objective]
+    if m.get("factory") is None and m["network"] != want:
+        raise ConfigError("config.model.network", f"objective {objective!r} needs {want!r} (or a user network "
                           f"in config.model.factory), got {m['network']!r}")
-    if m["network"] == "transformer" and not m.get("factory"):
+    if m["network"] == want and not m.get("factory"):
         _check_transformer(values)
     if m["class_conditional"]:
-        raise ConfigError("config.model.class_conditional", "masked diffusion is trained unconditionally here; "
+        raise ConfigError("config.model.class_conditional", f"objective {objective!r} trains unconditionally here; "
                           "allowed: False")
     if not data.get("factory") and data["name"] not in TOKEN_DATASETS:
-        raise ConfigError("config.data.name", f"objective 'masked' needs token data; allowed: {list(TOKEN_DATASETS)} "
-                          f"(or a data factory whose Dataset has vocab_size > 0), got {data['name']!r}")
+        raise ConfigError("config.data.name", f"objective {objective!r} needs token data; allowed: "
+                          f"{list(TOKEN_DATASETS)} (or a data factory whose Dataset has vocab_size > 0), got "
+                          f"{data['name']!r}")
     sc = values["schedule"]
+    if objective == "causal":
+        if sc.get("factory") or sc["name"] != "none" or sc.get("options"):
+            raise ConfigError("config.schedule.name", "objective 'causal' has no noise schedule; allowed: name "
+                              "'none' with no factory and no options")
+        if loss["weighting"] != "none" or loss["discrete"]:
+            raise ConfigError("config.loss.weighting" if loss["weighting"] != "none" else "config.loss.discrete",
+                              "objective 'causal' is the plain next-token cross-entropy; allowed: weighting "
+                              "'none', discrete False")
+        return True
     if sc.get("factory"):
         raise ConfigError("config.schedule.factory", "objective 'masked' takes a masking schedule by name; allowed: "
                           f"None with config.schedule.name in {list(MASK_SCHEDULE_NAMES)}")

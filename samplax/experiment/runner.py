@@ -44,7 +44,7 @@ from absl import logging
 
 from samplax import io as sio
 from samplax.experiment import cache as refcache
-from samplax.experiment import devices, discrete, loading, registry
+from samplax.experiment import decoding, devices, discrete, loading, registry
 from samplax.experiment import results as store
 from samplax.experiment.config import ConfigError, config_kind, validate_fields
 from samplax.experiment.nfe import count_in_jaxpr
@@ -76,6 +76,17 @@ def run_sweep(config, workdir: str, restart: bool = False) -> list:
     return run(config, workdir, restart=restart, expect="sweep")
 
 
+def family(config):
+    """The module that runs a config of another family than the diffusion solvers:
+    :mod:`samplax.experiment.decoding` (a ``decoder`` section), :mod:`samplax.experiment.discrete`
+    (a ``sampler`` section), or None (``solver``: this module)."""
+    if decoding.is_decoding(config):
+        return decoding
+    if discrete.is_discrete(config):
+        return discrete
+    return None
+
+
 def run(config, workdir: str, restart: bool = False, expect: Optional[str] = None, report: bool = True,
         summary: bool = True) -> list:
     """Run the rows of ``config`` that ``workdir`` does not hold yet, then write the report.
@@ -91,10 +102,10 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
     if expect is not None and kind != expect:
         want = "a 'sweep' section" if expect == "sweep" else "no 'sweep' section"
         raise ConfigError("config", f"this entrypoint runs {expect} configs, which have {want}; got a {kind} config")
-    disc = discrete.is_discrete(config)  # masked diffusion: samplax.experiment.discrete
-    cfg = discrete.validate(config, kind) if disc else validate_fields(config, kind)
+    fam = family(config)  # masked diffusion / LM decoding: their own module; else the solvers
+    cfg = fam.validate(config, kind) if fam else validate_fields(config, kind)
     devices.maybe_initialize_distributed(cfg["distributed"])
-    plan = discrete.make_plan(config) if disc else make_plan(config)
+    plan = fam.make_plan(config) if fam else make_plan(config)
     writer = devices.is_writer()
     wd = bad_workdir = None
     try:  # process 0 checks the filesystem (it alone writes); the others the name only
@@ -105,7 +116,7 @@ def run(config, workdir: str, restart: bool = False, expect: Optional[str] = Non
         raise bad_workdir or ConfigError("workdir", f"{workdir} cannot be used (seen by process 0)")
     if wd is None:  # only this process was given a bad name
         raise bad_workdir
-    ident = identity(plan.config, discrete.NON_IDENTITY_FIELDS) if disc else identity(plan.config)
+    ident = identity(plan.config, fam.NON_IDENTITY_FIELDS) if fam else identity(plan.config)
 
     def saved_config_conflict():
         # Process 0 decides (conflict, what is done); the others follow its decision, so a
@@ -158,8 +169,8 @@ def _run_locked(plan: Plan, kind: str, workdir, ident: dict, writer: bool, resta
     logging.info("%s: %d rows planned, %d already in %s, %d to run; %d combinations skipped",
                  kind, len(plan.rows), len(plan.rows) - len(todo), path, len(todo), len(plan.skipped))
     workdir = os.fspath(workdir)
-    disc = discrete.is_discrete(plan.config)
-    new_rows = (discrete.execute if disc else execute)(plan, todo, workdir, writer)
+    fam = family(plan.config)
+    new_rows = (fam.execute if fam else execute)(plan, todo, workdir, writer)
     if not writer:  # processes other than 0 write nothing and return what they computed
         return new_rows
     wanted = {s["hash"] for s in plan.rows}
@@ -169,11 +180,11 @@ def _run_locked(plan: Plan, kind: str, workdir, ident: dict, writer: bool, resta
         from samplax.experiment.report import write_report
 
         # a sample workdir accumulates runs: its report shows all of them
-        (discrete.write_report if disc else write_report)(workdir, every if kind == "sample" else rows)
+        (fam.write_report if fam else write_report)(workdir, every if kind == "sample" else rows)
     if writer and summary:
         from samplax.experiment.report import print_summary
 
-        (discrete.print_summary if disc else print_summary)(rows)
+        (fam.print_summary if fam else print_summary)(rows)
     return rows
 
 

@@ -18,6 +18,12 @@ MDLM loss of :mod:`samplax.training.discrete_losses` on a masking schedule of
 :mod:`samplax.discrete`, the same train step, EMA, checkpoints and resumption; a trained
 model loads back as a :class:`samplax.discrete.DiscreteModel` with :func:`load_discrete_model`.
 
+Causal language models (``loss.objective = "causal"``, configs from
+:func:`samplax.experiment.config.causal_train_config`): token data, a
+:class:`samplax.models.causal_lm.CausalTransformer` (decoder-only, KV cache), the next-token
+cross-entropy :func:`samplax.training.discrete_losses.causal_lm_loss`, no noise schedule; a
+trained model loads back as a :class:`samplax.decoding.LanguageModel` with :func:`load_causal_lm`.
+
 The run is a pure function of its config: the batch of step k is
 ``dataset.batch(data_seed, k)``, the RNG of step k is ``fold_in(PRNGKey(seed), k)``.
 So a run killed at any moment and restarted with the same command resumes from its
@@ -70,8 +76,15 @@ def is_masked(cfg: dict) -> bool:
     return cfg["loss"]["objective"] == "masked"
 
 
+def is_causal(cfg: dict) -> bool:
+    """A causal language-model (next-token, token data) training config."""
+    return cfg["loss"]["objective"] == "causal"
+
+
 def build_schedule(cfg: dict):
     sc = cfg["schedule"]
+    if is_causal(cfg):  # next-token prediction has no noise schedule
+        return None
     if is_masked(cfg):  # a masking schedule alpha(t) (validate_train checked the name)
         from samplax.discrete.base import mask_schedule
 
@@ -115,14 +128,15 @@ def build_network(cfg: dict, dataset):
         extra = {"num_classes": k} if m["class_conditional"] else {}
         return user.call_factory(m["factory"], dict(m.get("options") or {}), "config.model.factory",
                                  "config.model.options", user.is_flax_module, "a flax.linen.Module", extra=extra)
-    if m["network"] == "transformer":
+    if m["network"] in ("transformer", "causal_transformer"):
+        from samplax.models.causal_lm import CausalTransformer
         from samplax.models.transformer import MaskedTransformer
 
         if not getattr(dataset, "vocab_size", 0) or len(dataset.shape) != 1:
             raise ConfigError("config.model.network", f"'transformer' takes token sequences (a Dataset with "
                               f"vocab_size > 0 and shape (L,)); data {dataset.name!r} has shape {dataset.shape}")
-        return MaskedTransformer(vocab_size=int(dataset.vocab_size), length=int(dataset.shape[0]),
-                                 **dict(m["transformer"]))
+        cls = CausalTransformer if m["network"] == "causal_transformer" else MaskedTransformer
+        return cls(vocab_size=int(dataset.vocab_size), length=int(dataset.shape[0]), **dict(m["transformer"]))
     if m["network"] == "mlp":
         if len(dataset.shape) != 1:
             raise ConfigError("config.model.network", f"'mlp' takes vectors; data {dataset.name!r} has shape "
@@ -163,6 +177,12 @@ def model_identity(cfg: dict, dataset) -> dict:
 
 def build_loss(cfg: dict, net, schedule, dataset):
     """``loss_fn(params, batch, key) -> (loss, aux)`` with batch = (x, labels or None)."""
+    if is_causal(cfg):
+        from samplax.training.discrete_losses import causal_lm_loss
+
+        def causal_loss_fn(params, batch, key):  # deterministic: key unused
+            return causal_lm_loss(lambda x: jax.nn.log_softmax(net.apply(params, x), axis=-1), batch[0])
+        return causal_loss_fn
     if is_masked(cfg):
         from samplax.training.discrete_losses import masked_diffusion_loss
 
@@ -199,8 +219,11 @@ def data_dtype(dataset):
 def init_params(cfg: dict, net, dataset):
     x = jnp.zeros((1,) + tuple(dataset.shape), data_dtype(dataset))
     s = jnp.zeros((1,), jnp.float32)
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1)
+    if is_causal(cfg):  # the causal network takes tokens only
+        return jax.jit(net.init)(key, x)
     init = jax.jit(net.init) if is_masked(cfg) else net.init  # (eager flax init costs seconds of dispatch)
-    return init(jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1), x, s)
+    return init(key, x, s)
 
 
 def build_optimizer(cfg: dict):
@@ -243,7 +266,7 @@ def check_workdir(workdir):
 def check_preview(cfg: dict) -> None:
     """The preview solver must reach the preview NFE (checked only when previews are drawn)."""
     t = cfg["train"]
-    if not t["sample_count"] or is_masked(cfg):  # discrete previews: first-hitting, no solver/NFE
+    if not t["sample_count"] or is_masked(cfg) or is_causal(cfg):  # token previews: no solver/NFE
         return
     from samplax.solvers import get_solver, steps_for_nfe
 
@@ -544,6 +567,8 @@ def write_preview(s: Setup, params, path: str, step: int) -> Optional[str]:
     """A PNG of samples: an image grid (one row per class when conditional) or a 2-D scatter
     (masked diffusion: digits_tokens only, decoded with the first-hitting sampler)."""
     t = s.cfg["train"]
+    if is_causal(s.cfg):  # no picture of a token LM; sample it with samplax.decoding
+        return None
     if is_masked(s.cfg):
         return _write_discrete_preview(s, params, path, step)
     k = num_classes(s.cfg, s.dataset)
@@ -705,6 +730,38 @@ def load_discrete_model(workdir, step: Optional[int] = None, which: str = "ema")
     return load_trained_discrete(workdir, step, which)[0]
 
 
-__all__ = ["run_train", "setup", "load_trained", "load_discrete_model", "load_trained_discrete", "discrete_model", "is_masked", "latest_checkpoint_step", "Trained", "TrainingPreempted",
+def load_causal_lm(workdir, step: Optional[int] = None, which: str = "ema"):
+    """The :class:`samplax.decoding.LanguageModel` of a causal run's checkpoint ``step``
+    (default the newest intact one; ``which`` = "ema" or "params"), through
+    :func:`samplax.models.causal_lm.causal_language_model`, named ``causal:<data name>``."""
+    return load_trained_causal(workdir, step, which)[0]
+
+
+def load_trained_causal(workdir, step: Optional[int] = None, which: str = "ema"):
+    """``(lm, info)``: :func:`load_causal_lm`'s LanguageModel and info = dict(lm = the exact
+    LM's name for ``<name>_lm`` / ``<name>_tokens`` data or None, data, step, checkpoint,
+    vocab_size, length)."""
+    from samplax.models.causal_lm import causal_language_model
+
+    tr = load_trained(workdir, step, which)
+    if not is_causal(tr.setup.cfg):
+        raise ValueError(f"{workdir} trained objective {tr.setup.cfg['loss']['objective']!r}, not a causal language "
+                         f"model (loss.objective 'causal'); load it with load_trained")
+    if tr.setup.cfg["model"].get("factory"):
+        raise ValueError(f"{workdir} trained a user network (config.model.factory); load_causal_lm wraps the "
+                         f"built-in 'causal_transformer' only: wrap yours with load_trained")
+    name = tr.setup.cfg["data"]["name"]
+    lm = causal_language_model(tr.setup.net, tr.params, name=f"causal:{name}")
+    exact = None
+    for suffix in ("_lm", "_tokens"):
+        if name.endswith(suffix) and name != "digits_tokens":
+            exact = name[:-len(suffix)]
+    info = dict(lm=exact, data=name, step=tr.step, checkpoint=tr.checkpoint, vocab_size=lm.vocab_size,
+                length=lm.length)
+    return lm, info
+
+
+__all__ = ["run_train", "setup", "load_trained", "load_discrete_model", "load_trained_discrete", "discrete_model",
+           "load_causal_lm", "load_trained_causal", "is_causal", "is_masked", "latest_checkpoint_step", "Trained", "TrainingPreempted",
            "draw_samples", "image_grid", "write_preview", "trained_model", "model_identity", "train_identity",
            "check_workdir", "check_preview", "CheckpointMismatch", "CheckpointDamaged"]

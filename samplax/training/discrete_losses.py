@@ -1,4 +1,5 @@
-"""The masked-diffusion training loss (continuous-time NELBO) and its exact expectation.
+"""The masked-diffusion training loss (continuous-time NELBO) and its exact expectation; and the
+next-token loss of causal language models (:func:`causal_lm_loss`).
 
 Masked (absorbing-state) diffusion (Sahoo et al. 2024, "Simple and Effective Masked
 Diffusion Language Models" (MDLM); Shi et al. 2024, "Simplified and Generalized Masked
@@ -131,5 +132,22 @@ def masked_nelbo_enumerated(log_probs: Callable, x0, vocab_size: int, chunk: int
     return out
 
 
-__all__ = ["masked_diffusion_loss", "masked_nelbo_enumerated", "mask_weight", "sample_mask_times", "forward_mask",
+def causal_lm_loss(log_probs: Callable, x):
+    """The autoregressive (next-token) negative log-likelihood in nats per token:
+
+        mean_b  sum_i -log q(x_i | x_<i) / L,
+
+    the chain rule of -log q(x) for a causal model ``log_probs(x) -> (B, L, V)`` whose row i
+    is log q(. | x_<i) (samplax.models.causal_lm).  Its expectation under the data p is the
+    cross-entropy H(p, q) / L = (H(p) + KL(p || q)) / L, minimised exactly at q = p.
+    ``x`` int (B, L).  Returns (loss, aux) with aux = dict(per_example = -log q(x) per
+    sequence in nats)."""
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"causal_lm_loss: x must be (B, L) tokens, got shape {x.shape}")
+    per_seq = -jnp.sum(token_log_likelihood(log_probs(x), x), axis=-1)
+    return jnp.mean(per_seq) / x.shape[1], dict(per_example=per_seq)
+
+
+__all__ = ["causal_lm_loss", "masked_diffusion_loss", "masked_nelbo_enumerated", "mask_weight", "sample_mask_times", "forward_mask",
            "token_log_likelihood"]
