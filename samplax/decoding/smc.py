@@ -37,7 +37,7 @@ from samplax.decoding.exact import Reward, enumerate_rewards, exact_log_probs, p
 from samplax.discrete.base import categorical
 from samplax.smc import lm as lmsmc
 from samplax.smc.core import check_ess_threshold
-from samplax.smc.resampling import get_resampling
+from samplax.smc.resampling import RESAMPLING
 
 __all__ = ["smc_reward", "power_smc", "reward_target", "power_smc_target"]
 
@@ -53,9 +53,15 @@ def _check_bool(name, v) -> bool:
 
 
 def _check_common(particles, resampling, ess_threshold):
+    """ValueErrors that start with the option's name (the experiment layer maps them to the config)."""
     check_int("particles", particles, 1)
-    get_resampling(resampling)
-    check_ess_threshold(ess_threshold)
+    if not isinstance(resampling, str) or resampling not in RESAMPLING:
+        raise ValueError(f"resampling: must be one of {sorted(RESAMPLING)}, got {resampling!r}")
+    try:
+        check_ess_threshold(ess_threshold)
+    except ValueError:
+        raise ValueError(f"ess_threshold: must be a number in [0, 1] (resample when ESS / particles falls below "
+                         f"it; 1 = every step, 0 = never), got {ess_threshold!r}") from None
 
 
 def _prompt_key(prompt):
