@@ -754,7 +754,8 @@ def awrs_smc(particles: int = 16, ess_threshold: float = 0.5, resampling: str = 
 
     return Decoder("awrs_smc", run, dict(particles=particles, ess_threshold=ess_threshold, resampling=resampling,
                                          estimator=estimator, cached=cached, chunk=chunk), _exact_conditional,
-                   needs=("constraint",))
+                   needs=("constraint",),
+                   log_Z=lambda problem: constrained_log_probs(problem.lm, problem.constraint, problem.prompt)[1])
 
 
 def asap(iterations: int = 100, chunk: int = 64, cached: bool = True) -> Decoder:

@@ -154,7 +154,8 @@ def smc_reward(particles: int = 16, beta: float = 1.0, resampling: str = "system
 
     options = dict(particles=particles, beta=beta, resampling=resampling, ess_threshold=ess_threshold,
                    proposal_temperature=proposal_temperature, telescoping=telescoping)
-    return Decoder("smc_reward", run, options, target, needs=("reward",))
+    return Decoder("smc_reward", run, options, target, needs=("reward",),
+                   log_Z=lambda problem: reward_target(problem, beta)[1])
 
 
 def power_smc(particles: int = 16, alpha: float = 4.0, schedule: str = "linear", ramp: int = 0,
@@ -188,4 +189,4 @@ def power_smc(particles: int = 16, alpha: float = 4.0, schedule: str = "linear",
     options = dict(particles=particles, alpha=alpha, schedule=schedule, ramp=ramp,
                    proposal_temperature=proposal_temperature, resampling=resampling, ess_threshold=ess_threshold,
                    catch_up=catch_up)
-    return Decoder("power_smc", run, options, target)
+    return Decoder("power_smc", run, options, target, log_Z=lambda problem: power_smc_target(problem, alpha)[1])
