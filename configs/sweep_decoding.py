@@ -3,9 +3,10 @@ decoder runs the values of the options it has).  The report (results.md, plots/t
 puts the TV to each decoder's exact target against its target-model calls (docs/decoding.md).
 
     python -m experiments.sweep --config=configs/sweep_decoding.py --workdir=runs/decoding_sweep
-    # SMC decoders over particle counts (they need the problem's reward):
-    #   --config.sweep.decoders='("smc_reward",)' --config.problem.reward=token_count \\
-    #   --config.sweep.option_axes.particles='(2,4,8,16)'
+    # SMC decoders over particle counts (smc_reward needs the problem's reward):
+    #   --config.sweep.decoders='("smc_reward","power_smc")' --config.problem.reward=token_count \\
+    #   --unset=config.sweep.option_axes.temperature --unset=config.sweep.option_axes.top_p \\
+    #   --config.sweep.option_axes.particles='(2,8,32)'
 """
 from samplax.experiment.decoding import decoding_sweep_config
 

@@ -8,7 +8,7 @@ classifier's features in ``samplax.models.classifier``)."""
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -392,3 +392,230 @@ def frechet_distance_features(a, b) -> float:
         raise ValueError(f"frechet_distance_features: a and b must be 2-D (n, d) and (m, d) with the same "
                          f"dimension d, got shapes {a.shape} and {b.shape}")
     return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation by sampling: variability (Stochastic CHAOS), pass@k, distribution-free bounds
+# --------------------------------------------------------------------------------------
+# The evaluation of a generative model by its output *distribution* rather than one greedy
+# output.  Variability metrics follow "Stochastic CHAOS: Why Deterministic Inference Kills, and
+# Distributional Variability Is the Heartbeat of Artificial Cognition" (Joshi et al. 2026): the
+# entropy of the outputs, the entropy of the answer clusters, pass@k against greedy accuracy.
+# pass@k is the unbiased estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained
+# on Code", eq. 1).  The high-probability bounds follow "A Probabilistic Perspective on Unlearning
+# and Alignment for Large Language Models" (Scholten, Guennemann, Schwinn 2025): a binomial bound for
+# the probability of a binary event (Clopper-Pearson) and a DKW band for the CDF of a scalar metric
+# of the output, from which bounds on its mean, quantiles and tail probabilities follow.  All
+# host-side float64 numpy (they read samples the caller already holds).
+
+class CDFBand(NamedTuple):
+    """The empirical CDF of n samples at its jump points ``x`` with a simultaneous band
+    ``[lower, upper]`` that holds for every x with probability >= 1 - delta (DKW)."""
+    x: "np.ndarray"
+    cdf: "np.ndarray"
+    lower: "np.ndarray"
+    upper: "np.ndarray"
+    epsilon: float
+    n: int
+    delta: float
+
+
+def _np():
+    import numpy as np
+    return np
+
+
+def _check_delta(delta) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        raise ValueError(f"delta: must be a number in (0, 1), got {delta!r}")
+    return float(delta)
+
+
+def _values_1d(name: str, values):
+    np = _np()
+    v = np.asarray(values, np.float64).ravel()
+    if v.size < 1 or not np.all(np.isfinite(v)):
+        raise ValueError(f"{name}: need at least one finite value, got {v.size} values "
+                         f"({int(np.sum(~np.isfinite(v)))} non-finite)")
+    return v
+
+
+def pass_at_k(n, c, k: int):
+    """The unbiased estimator of pass@k from n samples of which c are correct (Chen et al. 2021,
+    eq. 1): ``1 - C(n - c, k) / C(n, k)``, computed as the product ``prod_{i=n-c+1}^{n} (1 - k / i)``
+    (no large binomials).  ``n``, ``c`` broadcast; needs ``n >= k``.  Its expectation over c ~
+    Binomial(n, p) is exactly ``1 - (1 - p)^k`` (:func:`pass_at_k_exact`)."""
+    np = _np()
+    n = np.asarray(n, np.int64)
+    c = np.asarray(c, np.int64)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"pass_at_k: k must be an integer >= 1, got {k!r}")
+    if np.any(n < k) or np.any(c < 0) or np.any(c > n):
+        raise ValueError(f"pass_at_k: need 0 <= c <= n and n >= k = {k}")
+    n, c = np.broadcast_arrays(n, c)
+    out = np.empty(n.shape, np.float64)
+    for idx in np.ndindex(n.shape):
+        nn, cc = int(n[idx]), int(c[idx])
+        if nn - cc < k:
+            out[idx] = 1.0
+        else:
+            i = np.arange(nn - cc + 1, nn + 1, dtype=np.float64)
+            out[idx] = 1.0 - float(np.prod(1.0 - k / i))
+    return out if out.shape else float(out)
+
+
+def pass_at_k_exact(p, k: int):
+    """pass@k of a model whose samples are right with probability p: ``1 - (1 - p)^k``."""
+    np = _np()
+    return 1.0 - (1.0 - np.asarray(p, np.float64)) ** k
+
+
+def empirical_entropy(labels) -> float:
+    """Plug-in Shannon entropy (nats) of the empirical distribution of ``labels``: 1-D values, or
+    the rows of a 2-D array (a sequence = one label).  Biased low by about (K - 1) / (2n) for K
+    observed labels (Miller-Madow); compare with :func:`exact_entropy` at the same n only."""
+    np = _np()
+    a = np.asarray(labels)
+    if a.ndim == 0 or a.shape[0] < 1:
+        raise ValueError(f"labels: need a non-empty 1-D or 2-D array, got shape {a.shape}")
+    a = a.reshape(a.shape[0], -1)
+    _, counts = np.unique(a, axis=0, return_counts=True)
+    p = counts / counts.sum()
+    return float(-np.sum(p * np.log(p)))
+
+
+def output_entropy(samples) -> float:
+    """Entropy (nats) of the distinct outputs among samples ``int[N, L]`` (Stochastic CHAOS's output
+    variability; 0 for deterministic decoding)."""
+    return empirical_entropy(samples)
+
+
+def answer_entropy(answers) -> float:
+    """Entropy (nats) of the answer clusters (samples grouped by their extracted answer, int[N])."""
+    return empirical_entropy(answers)
+
+
+def exact_entropy(log_probs) -> float:
+    """Entropy (nats) of a distribution given by (unnormalised-free) log-probabilities; -inf
+    entries are impossible outcomes."""
+    np = _np()
+    lp = np.asarray(log_probs, np.float64).ravel()
+    p = np.exp(lp)
+    good = p > 0
+    return float(-np.sum(p[good] * lp[good]))
+
+
+def dkw_epsilon(n: int, delta: float) -> float:
+    """The half-width of the two-sided DKW band with Massart's constant: ``P(sup_x |F_n(x) - F(x)| >
+    eps) <= 2 exp(-2 n eps^2) = delta``, i.e. ``eps = sqrt(log(2 / delta) / (2 n))`` (Dvoretzky,
+    Kiefer, Wolfowitz 1956; Massart 1990).  Distribution-free, including discrete F."""
+    import math
+    if isinstance(n, bool) or not hasattr(n, "__index__") or int(n) < 1:
+        raise ValueError(f"n: must be an integer >= 1, got {n!r}")
+    return math.sqrt(math.log(2.0 / _check_delta(delta)) / (2.0 * int(n)))
+
+
+def dkw_band(values, delta: float = 0.05, epsilon: Optional[float] = None) -> CDFBand:
+    """The empirical CDF of scalar ``values`` (e.g. a metric of each sampled output) at its jump
+    points, with the simultaneous DKW band of level 1 - delta (``epsilon`` overrides the half-width,
+    only to study a band that is too narrow)."""
+    np = _np()
+    v = np.sort(_values_1d("values", values))
+    n = v.size
+    x, counts = np.unique(v, return_counts=True)
+    cdf = np.cumsum(counts) / n
+    eps = dkw_epsilon(n, delta) if epsilon is None else float(epsilon)
+    return CDFBand(x, cdf, np.clip(cdf - eps, 0.0, 1.0), np.clip(cdf + eps, 0.0, 1.0), eps, n, float(delta))
+
+
+def band_covers(band: CDFBand, support, probs) -> bool:
+    """Whether the exact CDF of the distribution ``probs`` on ``support`` lies inside the band
+    everywhere: both CDFs are right-continuous steps that jump only on the union of the two supports,
+    so the supremum is a maximum over those points."""
+    np = _np()
+    s = np.asarray(support, np.float64).ravel()
+    p = np.asarray(probs, np.float64).ravel()
+    if s.shape != p.shape:
+        raise ValueError(f"support and probs must have the same shape, got {s.shape} and {p.shape}")
+    grid = np.union1d(band.x, s[p > 0])
+    order = np.argsort(s)
+    F = np.concatenate([[0.0], np.cumsum(p[order])])[np.searchsorted(s[order], grid, side="right")]
+    Fn = np.concatenate([[0.0], band.cdf])[np.searchsorted(band.x, grid, side="right")]
+    return bool(np.max(np.abs(Fn - F)) <= band.epsilon + 1e-12)
+
+
+def dkw_mean_bounds(values, low: float, high: float, delta: float = 0.05):
+    """Bounds ``(lower, upper)`` on ``E[X]`` for ``X in [low, high]`` that hold with probability >=
+    1 - delta: the means of the extreme CDFs inside the DKW band (Anderson 1969): ``E[X] = low +
+    int_low^high (1 - F(x)) dx`` is largest for the lowest CDF ``max(F_n - eps, 0)`` and smallest for
+    the highest ``min(F_n + eps, 1)``."""
+    np = _np()
+    v = _values_1d("values", values)
+    if not low < high or v.min() < low or v.max() > high:
+        raise ValueError(f"dkw_mean_bounds: need low < high and every value in [low, high] = [{low}, {high}]")
+    b = dkw_band(v, delta)
+    edges = np.concatenate([b.x, [high]])
+    widths = np.diff(edges)                      # F is constant on [x_i, x_{i+1})
+
+    # below x_0 the empirical CDF is 0: the lowest CDF there is 0, the highest min(eps, 1)
+    upper_cdf_below = min(b.epsilon, 1.0)
+    lo = float(low + (b.x[0] - low) * (1.0 - upper_cdf_below) + np.sum((1.0 - b.upper) * widths))
+    hi = float(low + (b.x[0] - low) * 1.0 + np.sum((1.0 - b.lower) * widths))
+    return lo, hi
+
+
+def dkw_tail_bound(values, threshold: float, delta: float = 0.05) -> float:
+    """An upper bound on ``P(X > threshold)`` holding with probability >= 1 - delta (from the DKW band:
+    ``1 - F_n(threshold) + eps``, clipped to 1); with a union over every threshold at once."""
+    np = _np()
+    b = dkw_band(values, delta)
+    Fn = np.concatenate([[0.0], b.cdf])[np.searchsorted(b.x, threshold, side="right")]
+    return float(min(1.0 - Fn + b.epsilon, 1.0))
+
+
+def dkw_quantile_bounds(values, q: float, delta: float = 0.05):
+    """Bounds ``(lower, upper)`` on the q-quantile ``inf{x: F(x) >= q}`` from the DKW band (simultaneous
+    over q); -inf / +inf where the band leaves the data's range."""
+    np = _np()
+    if not 0 < q < 1:
+        raise ValueError(f"q: must be in (0, 1), got {q!r}")
+    b = dkw_band(values, delta)
+    i_lo = np.searchsorted(b.upper, q, side="left")   # first x where the highest CDF reaches q
+    i_hi = np.searchsorted(b.lower, q, side="left")   # first x where the lowest CDF reaches q
+    lo = float(b.x[i_lo]) if i_lo < b.x.size else float("inf")
+    hi = float(b.x[i_hi]) if i_hi < b.x.size else float("inf")
+    if q <= b.epsilon:
+        lo = -float("inf")
+    return lo, hi
+
+
+def clopper_pearson(k, n, delta: float = 0.05, side: str = "two-sided"):
+    """The Clopper-Pearson (exact binomial) confidence bounds ``(lower, upper)`` for a probability from
+    k successes in n trials, level 1 - delta; ``side="upper"`` gives the one-sided upper bound
+    (lower = 0), the binary bound of Scholten et al. (e.g. the probability that a sampled answer is
+    wrong or leaks), ``"lower"`` the one-sided lower bound."""
+    np = _np()
+    from scipy.stats import beta
+    delta = _check_delta(delta)
+    if side not in ("two-sided", "upper", "lower"):
+        raise ValueError(f"side: must be 'two-sided', 'upper' or 'lower', got {side!r}")
+    k = np.asarray(k, np.float64)
+    n = np.asarray(n, np.float64)
+    if np.any(k < 0) or np.any(k > n) or np.any(n < 1):
+        raise ValueError("clopper_pearson: need 0 <= k <= n and n >= 1")
+    a = delta / 2 if side == "two-sided" else delta
+    lower = np.where(k > 0, beta.ppf(a, np.maximum(k, 1e-300), n - k + 1), 0.0)
+    upper = np.where(k < n, beta.ppf(1 - a, k + 1, np.maximum(n - k, 1e-300)), 1.0)
+    if side == "upper":
+        lower = np.zeros_like(lower)
+    elif side == "lower":
+        upper = np.ones_like(upper)
+    return (float(lower), float(upper)) if lower.ndim == 0 else (lower, upper)
+
+
+def hoeffding_interval(mean, n: int, delta: float = 0.05, low: float = 0.0, high: float = 1.0):
+    """Two-sided Hoeffding interval for the mean of n i.i.d. values in [low, high]: ``mean +/- (high -
+    low) sqrt(log(2 / delta) / (2 n))``, clipped to [low, high]."""
+    import math
+    w = (high - low) * math.sqrt(math.log(2.0 / _check_delta(delta)) / (2.0 * n))
+    return max(float(mean) - w, low), min(float(mean) + w, high)

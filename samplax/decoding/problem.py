@@ -14,13 +14,30 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
+from samplax.decoding import constrained as _constrained
+from samplax.decoding import rewards as _rewards
+from samplax.decoding import speculative as _speculative
 from samplax.decoding.base import LanguageModel, Problem, check_prompt
 from samplax.decoding.exact import LMS, load_lm
+from samplax.decoding.tasks import sum_mod_task
 
-DRAFTS: Dict[str, Callable[..., Any]] = {}
-REWARDS: Dict[str, Callable[..., Any]] = {}
-CONSTRAINTS: Dict[str, Callable[..., Any]] = {}
-TASKS: Dict[str, Callable[..., Any]] = {}
+DRAFTS: Dict[str, Callable[..., Any]] = {
+    "mix_uniform": _speculative.mix_uniform_draft,
+    "bigram": _speculative.bigram_draft,
+    "hmm_perturbed": _speculative.hmm_perturbed_draft,
+}
+REWARDS: Dict[str, Callable[..., Any]] = {
+    "token_count": _rewards.token_count,
+    "regex": _rewards.regex,
+}
+CONSTRAINTS: Dict[str, Callable[..., Any]] = {
+    "regex_contains": _constrained.regex_contains,
+    "regex_even": _constrained.regex_even,
+    "dyck": _constrained.dyck,
+}
+TASKS: Dict[str, Callable[..., Any]] = {
+    "sum_mod": sum_mod_task,
+}
 
 __all__ = ["DRAFTS", "REWARDS", "CONSTRAINTS", "TASKS", "make_problem", "get_part"]
 

@@ -6,10 +6,15 @@ from typing import Callable, Dict
 
 import jax.numpy as jnp
 
-from samplax.decoding.base import Decoder, Problem, check_prompt, make_transform, sample
-from samplax.decoding.exact import exact_log_probs
+from samplax.decoding import constrained as _constrained
+from samplax.decoding import speculative as _speculative
+from samplax.decoding.adaptive import adaptive_best_of_n, best_of_n
 from samplax.decoding.annealed import annealed
+from samplax.decoding.base import Decoder, Problem, check_prompt, make_transform, sample
 from samplax.decoding.cautious import cautious
+from samplax.decoding.consistency import majority_vote, rpc
+from samplax.decoding.exact import exact_log_probs
+from samplax.decoding.smc import power_smc, smc_reward
 
 
 def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
@@ -32,8 +37,19 @@ def ancestral(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_
 
 SAMPLERS: Dict[str, Callable[..., Decoder]] = {
     "ancestral": ancestral,
+    "speculative": _speculative.speculative,
+    "spectr": _speculative.spectr,
     "annealed": annealed,
     "cautious": cautious,
+    "smc_reward": smc_reward,
+    "power_smc": power_smc,
+    "masked": _constrained.masked,
+    "awrs_smc": _constrained.awrs_smc,
+    "asap": _constrained.asap,
+    "best_of_n": best_of_n,
+    "adaptive_best_of_n": adaptive_best_of_n,
+    "majority_vote": majority_vote,
+    "rpc": rpc,
 }
 
 
