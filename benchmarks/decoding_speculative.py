@@ -17,10 +17,10 @@ drafts stay candidates, so they are upper-bound-like approximations, not the exa
 decoding makes L); "draft calls" per sequence (a SpecTr draft call is one batched call on k drafts);
 TV: empirical total variation to the enumerated target, next to the TV of N exact samples (the
 floor); chi2 p: Pearson goodness of fit (cells with expected count < 5 pooled); wall: ms per 1,000
-sequences after compilation (uncached logits_fn for target and draft, so the wall time does not
+sequences, one run after compilation (uncached logits_fn for target and draft, so the wall time does not
 reflect a KV-cached transformer: the call counts are the measurement).
 
-    nice -n 10 python -m benchmarks.decoding_speculative          # ~5 min on 2 shared cores
+    nice -n 10 python -m benchmarks.decoding_speculative          # ~7 min on 2 shared cores
     python -m benchmarks.decoding_speculative --quick              # a smoke run
 
 Writes docs/benchmarks/decoding_speculative.md and .json.
@@ -77,10 +77,8 @@ def measure(n: int, pairs=PAIRS, spec_gammas=SPEC_GAMMAS, spectr=SPECTR, log=pri
         alphas = {1: alpha}
         for name, opts, k, g in configs:
             dec = get_decoder(name, **opts)
-            run = jax.jit(lambda ks, dec=dec: dec.run(prob, ks))
-            keys_w = sample_keys(jax.random.PRNGKey(1), n)
             keys = sample_keys(jax.random.PRNGKey(0), n)
-            jax.block_until_ready(run(keys_w))          # compile (same shapes)
+            run = jax.jit(lambda ks, dec=dec: dec.run(prob, ks)).lower(keys).compile()   # compile only
             t0 = time.perf_counter()
             x, info = run(keys)
             x = np.asarray(jax.block_until_ready(x))
@@ -129,6 +127,8 @@ def render(res: dict) -> str:
     worst_law = max(r["output_law_err"] for r in spec)
     ps = [r["chi2_p"] for r in res["rows"]]
     ratios = [r["tv"] / r["tv_floor"] for r in spec]
+    low = ", ".join(f"{r['pair']} {r['sampler']} k={r['k']} gamma={r['gamma']} (p = {r['chi2_p']:.1e})"
+                    for r in res["rows"] if r["chi2_p"] < 1e-3)
     best = max(spec, key=lambda r: r["speedup"])
     over = sum(r["formula"] > r["tokens_per_call_exact"] for r in spec)
     gains = []
@@ -146,8 +146,9 @@ def render(res: dict) -> str:
         "",
         f"* Exactness: TV / (TV of {res['rows'][0]['n']:,} exact samples) ranges {min(ratios):.3f}..{max(ratios):.3f}"
         f" over the speculative / SpecTr rows, chi-square p-values over all rows {min(ps):.3f}..{max(ps):.3f}"
-        f" ({sum(p < 1e-3 for p in ps)} below 1e-3); the exact recursion's output law equals the target to"
-        f" {worst_law:.1e} in every row.",
+        f" ({sum(p < 1e-3 for p in ps)} below 1e-3{': ' + low if low else ''}; with {len(ps)} rows at level 1e-3,"
+        f" {len(ps) * 1e-3:.2f} such rows are expected by chance); the exact recursion's output law equals the"
+        f" target to {worst_law:.1e} in every row.",
         f"* The measured mean target calls agree with the exact expectation within |z| <= {worst_z:.1f} standard"
         " errors in every row.",
         f"* Leviathan et al.'s eq. (1) (i.i.d. acceptance rate a, no end of sequence) is above the exact"
@@ -161,10 +162,12 @@ def render(res: dict) -> str:
         " calls per sequence.  SpecTr over one draft at the same gamma (ratio of exact tokens per target call): "
         + gain_txt + ".",
         f"* Wall time (ms per 1,000 sequences, jitted, CPU): speculative / SpecTr rows take {min(slow):.2f}x to"
-        f" {max(slow):.2f}x the time of ancestral decoding of the same target.  Here the draft runs the target's"
-        " own kind of model (uncached logits_fn over the whole prefix, about as expensive as a target call), so"
+        f" {max(slow):.2f}x the time of ancestral decoding of the same target.  Ancestral decoding runs the"
+        " cached path (one position per call); the speculative samplers run the uncached logits_fn of both"
+        " models (every call recomputes the whole prefix), the draft is a model of the same kind and cost as"
+        " the target, SpecTr's draft calls are batched over k and K-SEQ bisects for rho* at every position.  So"
         " wall time is not where speculative decoding pays on these toy models; the measured benefit is the"
-        " number of target calls.",
+        " number of target calls, which matters when a target call is far more expensive than a draft call.",
     ]
     return "\n".join([
         "# Speculative decoding and SpecTr: tokens per target call, exactness, speed-up", "",
@@ -175,7 +178,7 @@ def render(res: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--from-json", action="store_true")
     args = ap.parse_args()
