@@ -35,17 +35,34 @@ from benchmarks import _common as C
 MODULE = "benchmarks.decoding"
 OUT = os.path.join("docs", "benchmarks", "decoding.md")
 
-# (decoder, options, problem keyword arguments of samplax.decoding.make_problem)
+# (decoder, options, problem keyword arguments of samplax.decoding.make_problem[, sequences if not N])
+TASK = dict(task="sum_mod", prompt=(1, 3, 2, 3))
 ENTRIES = [
     ("ancestral", dict(), dict(lm="hmm8x5")),
     ("ancestral", dict(temperature=0.7, top_p=0.9), dict(lm="hmm8x5")),
     ("ancestral", dict(min_p=0.1), dict(lm="markov4x8")),
     ("ancestral", dict(typical=0.9), dict(lm="markov16x4")),
+    ("speculative", dict(gamma=3), dict(lm="hmm8x5", draft="mix_uniform", draft_options=dict(eps=0.3))),
+    ("speculative", dict(gamma=4), dict(lm="markov4x8", draft="bigram")),
+    ("spectr", dict(k=4, gamma=3), dict(lm="hmm8x5", draft="mix_uniform", draft_options=dict(eps=0.3))),
+    ("annealed", dict(), dict(lm="hmm8x5")),
+    ("cautious", dict(entropy_low=0.5, entropy_high=1.2, max_trials=4, span=2), dict(lm="markov4x8")),
+    ("smc_reward", dict(particles=32, beta=0.5), dict(lm="hmm8x5", reward="token_count")),
+    ("power_smc", dict(particles=32, alpha=4.0), dict(lm="hmm8x5")),
+    ("power_smc", dict(particles=32, alpha=4.0, catch_up=False), dict(lm="hmm8x5")),  # the wrong weight
+    ("masked", dict(), dict(lm="markov4x8", constraint="dyck")),
+    ("awrs_smc", dict(particles=64), dict(lm="markov4x8", constraint="dyck")),
+    ("asap", dict(iterations=200), dict(lm="markov4x8", constraint="dyck"), 2000),
+    ("majority_vote", dict(n=3), TASK),
+    ("best_of_n", dict(n=4, noise=0.5), TASK),
 ]
-# (decoder, options, problem, particles per sample (model batch multiplier)) timed against the floor
+# (decoder, options, particles per sample (model batch multiplier)) timed against the floor: the decoders
+# that make one model call per token and particle
 SPEED = [
     ("ancestral", dict(), 1),
     ("ancestral", dict(temperature=0.7, top_p=0.9), 1),
+    ("annealed", dict(), 1),
+    ("power_smc", dict(particles=16, alpha=4.0), 16),
 ]
 
 
@@ -54,7 +71,8 @@ def _accuracy(entries, n, log=print):
     from samplax import decoding as D
 
     rows = []
-    for name, opts, prob in entries:
+    for name, opts, prob, *n_row in entries:
+        n_row = min(n_row[0], n) if n_row else n
         if name not in D.SAMPLERS:
             log(f"skip {name}: not registered")
             continue
@@ -64,7 +82,7 @@ def _accuracy(entries, n, log=print):
             target = np.asarray(dec.target(problem))
             log_Z = None if dec.log_Z is None else float(dec.log_Z(problem))
         run = jax.jit(lambda k, dec=dec, problem=problem: dec.run(problem, k))
-        keys = D.sample_keys(jax.random.PRNGKey(0), n)
+        keys = D.sample_keys(jax.random.PRNGKey(0), n_row)
         t0 = time.perf_counter()
         x, info = run(keys)
         x = np.asarray(x)
@@ -73,10 +91,10 @@ def _accuracy(entries, n, log=print):
         chi = D.chi_square_test(x, target, V)
         P = 0 if problem.prompt is None else len(problem.prompt)
         tc = np.asarray(info.target_calls)
-        row = dict(decoder=name, options=opts, problem=prob, n=n, tv=D.tv_to_exact(x, target, V),
-                   tv_floor=D.tv_floor(target, n), chi2_p=chi.p_value, target_calls=float(tc.mean()),
+        row = dict(decoder=name, options=opts, problem=prob, n=n_row, tv=D.tv_to_exact(x, target, V),
+                   tv_floor=D.tv_floor(target, n_row), chi2_p=chi.p_value, target_calls=float(tc.mean()),
                    draft_calls=float(np.asarray(info.draft_calls).mean()),
-                   tokens_per_call=float((problem.lm.length - P) * n / max(tc.sum(), 1)), wall_s=dt)
+                   tokens_per_call=float((problem.lm.length - P) * n_row / max(tc.sum(), 1)), wall_s=dt)
         lz = np.asarray(info.log_Z)
         if log_Z is not None and np.all(np.isfinite(lz)):
             z = D.z_ratio(lz, log_Z)
@@ -155,9 +173,9 @@ def render(res: dict) -> str:
         opts = " ".join(f"{k}={v}" for k, v in sorted(r["options"].items())) or "-"
         prob = " ".join(f"{k}={v}" for k, v in sorted(r["problem"].items()) if v is not None and v != {})
         z = f"{r['z_ratio']:.3f} ± {r['z_se']:.3f}" if "z_ratio" in r else "-"
-        body.append([r["decoder"], opts, prob, C.fmt(r["tv"], 4), C.fmt(r["tv_floor"], 4), C.fmt(r["chi2_p"], 3),
+        body.append([r["decoder"], opts, prob, str(r["n"]), C.fmt(r["tv"], 4), C.fmt(r["tv_floor"], 4), C.fmt(r["chi2_p"], 3),
                      f"{r['target_calls']:.2f}", f"{r['draft_calls']:.2f}", f"{r['tokens_per_call']:.3f}", z])
-    lines.append(C.md_table(["decoder", "options", "problem", "TV", "TV floor", "chi2 p", "target calls",
+    lines.append(C.md_table(["decoder", "options", "problem", "N", "TV", "TV floor", "chi2 p", "target calls",
                              "draft calls", "tokens/call", "Z_hat/Z"], body))
     lines += ["", "## Time per token over the floor", "",
               f"B = {res['B']} sequences; best of 5 after compilation; floor = a lax.scan calling the same "
