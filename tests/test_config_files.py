@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from samplax.experiment import discrete, plan as planlib
+from samplax.experiment import decoding, discrete, plan as planlib
 from samplax.experiment.config import config_kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,6 +17,10 @@ NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
 @pytest.mark.parametrize("name", NAMES)
 def test_config_file_plans(name):
     config = importlib.import_module(f"configs.{name}").get_config()
+    if decoding.is_decoding(config):  # language-model decoding: decoders and their options
+        plan = decoding.make_plan(config)
+        assert plan.rows and all(r["label"].startswith(r["decoder"]) for r in plan.rows)
+        return
     if discrete.is_discrete(config):  # masked diffusion: samplers and their options
         plan = discrete.make_plan(config)
         assert plan.rows and all(r["label"].startswith(r["sampler"]) for r in plan.rows)
