@@ -192,6 +192,7 @@ def render(res: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--write", action="store_true", help="write the docs table even with --quick")
     ap.add_argument("--from-json")
     args = ap.parse_args(argv)
     if args.from_json:
@@ -204,7 +205,7 @@ def main(argv=None):
     res["speed"] = _speed(B)
     md = render(res)
     print(md)
-    if not args.quick:
+    if not args.quick or args.write:
         C.atomic_write_text(OUT, md)
         C.atomic_write_json(OUT[:-3] + ".json", res)
     return md
