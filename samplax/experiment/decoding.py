@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import os
 import time
 
@@ -201,36 +200,14 @@ def make_plan(config):
     kind = config_kind(config)
     cfg = validate(config, kind)
     problem = build_problem(cfg)   # an unknown LM / part fails here, before any work
-    rows = []
     if kind == "sample":
         d = cfg["decoder"]
         options = dict(d.get("options") or {})
         _build(d["name"], options, "config.decoder.options", problem)
-        rows.append(_row(cfg, d["name"], options, cfg["seed"]))
-        return Plan(kind, cfg, rows, [])
-    sw = cfg["sweep"]
-    per = dict(sw.get("decoder_options") or {})
-    for name in sorted(per):
-        if name not in sw["decoders"]:
-            raise ConfigError(f"config.sweep.decoder_options.{name}",
-                              f"options for a decoder not in sweep.decoders {tuple(sw['decoders'])}")
-        if not isinstance(per[name], dict):
-            raise ConfigError(f"config.sweep.decoder_options.{name}", f"must be a mapping of options, got {per[name]!r}")
-    axes = dict(sw.get("option_axes") or {})
-    for opt, values in axes.items():
-        if not isinstance(values, (tuple, list)) or not values:
-            raise ConfigError(f"config.sweep.option_axes.{opt}", f"must be a non-empty tuple of values, got {values!r}")
-        if not any(opt in _accepted(n) for n in sw["decoders"]):
-            raise ConfigError(f"config.sweep.option_axes.{opt}", f"no decoder of the sweep has option {opt!r}")
-    for name in sw["decoders"]:
-        base = dict(per.get(name, {}))
-        mine = [o for o in sorted(axes) if o in _accepted(name) and o not in base]
-        for values in itertools.product(*(axes[o] for o in mine)):
-            options = dict(base, **dict(zip(mine, values)))
-            where = "config.sweep.option_axes" if mine else f"config.sweep.decoder_options.{name}"
-            _build(name, options, where, problem)
-            for seed in sw["seeds"]:
-                rows.append(_row(cfg, name, options, seed))
+        return Plan(kind, cfg, [_row(cfg, d["name"], options, cfg["seed"])], [])
+    rows = _disc.expand_sweep(cfg["sweep"], "decoder", _accepted,
+                              lambda name, options, where: _build(name, options, where, problem),
+                              lambda name, options, seed: _row(cfg, name, options, seed))
     return Plan(kind, cfg, rows, [])
 
 

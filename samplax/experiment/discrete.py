@@ -187,6 +187,39 @@ def _row(cfg: dict, name: str, options: dict, seed: int) -> dict:
     return spec
 
 
+def expand_sweep(sw: dict, word: str, accepted, build, make_row) -> list:
+    """Rows of a sweep section: ``sw[word + "s"]`` x ``sw["option_axes"]`` (each member runs the axes of
+    the options it has, ``accepted(name)``) x ``sw["seeds"]``, with fixed per-member options in
+    ``sw[word + "_options"]``; ``build(name, options, where)`` checks a setting (ConfigError naming
+    ``where``), ``make_row(name, options, seed)`` makes its row.  Shared by the discrete and the
+    decoding sweeps (``word``: "sampler" / "decoder")."""
+    names = sw[word + "s"]
+    per = dict(sw.get(word + "_options") or {})
+    for name in sorted(per):
+        if name not in names:
+            raise ConfigError(f"config.sweep.{word}_options.{name}",
+                              f"options for a {word} not in sweep.{word}s {tuple(names)}")
+        if not isinstance(per[name], dict):
+            raise ConfigError(f"config.sweep.{word}_options.{name}", f"must be a mapping of options, got {per[name]!r}")
+    axes = dict(sw.get("option_axes") or {})
+    for opt, values in axes.items():
+        if not isinstance(values, (tuple, list)) or not values:
+            raise ConfigError(f"config.sweep.option_axes.{opt}", f"must be a non-empty tuple of values, got {values!r}")
+        if not any(opt in accepted(n) for n in names):
+            raise ConfigError(f"config.sweep.option_axes.{opt}", f"no {word} of the sweep has option {opt!r}")
+    rows = []
+    for name in names:
+        base = dict(per.get(name, {}))
+        mine = [o for o in sorted(axes) if o in accepted(name) and o not in base]
+        for values in itertools.product(*(axes[o] for o in mine)):
+            options = dict(base, **dict(zip(mine, values)))
+            where = "config.sweep.option_axes" if mine else f"config.sweep.{word}_options.{name}"
+            build(name, options, where)
+            for seed in sw["seeds"]:
+                rows.append(make_row(name, options, seed))
+    return rows
+
+
 def make_plan(config):
     """Validate and expand a discrete config into row specs (a runner ``Plan``)."""
     from samplax.experiment.config import config_kind
@@ -195,36 +228,14 @@ def make_plan(config):
     kind = config_kind(config)
     cfg = validate(config, kind)
     loaded = load_model(cfg)  # a missing checkpoint or an unknown problem fails here, before any work
-    rows = []
     if kind == "sample":
         s = cfg["sampler"]
         options = dict(s.get("options") or {})
         _build(s["name"], options, "config.sampler.options", loaded)
-        rows.append(_row(cfg, s["name"], options, cfg["seed"]))
-        return Plan(kind, cfg, rows, [])
-    sw = cfg["sweep"]
-    per = dict(sw.get("sampler_options") or {})
-    for name in sorted(per):
-        if name not in sw["samplers"]:
-            raise ConfigError(f"config.sweep.sampler_options.{name}",
-                              f"options for a sampler not in sweep.samplers {tuple(sw['samplers'])}")
-        if not isinstance(per[name], dict):
-            raise ConfigError(f"config.sweep.sampler_options.{name}", f"must be a mapping of options, got {per[name]!r}")
-    axes = dict(sw.get("option_axes") or {})
-    for opt, values in axes.items():
-        if not isinstance(values, (tuple, list)) or not values:
-            raise ConfigError(f"config.sweep.option_axes.{opt}", f"must be a non-empty tuple of values, got {values!r}")
-        if not any(opt in _accepted(n) for n in sw["samplers"]):
-            raise ConfigError(f"config.sweep.option_axes.{opt}", f"no sampler of the sweep has option {opt!r}")
-    for name in sw["samplers"]:
-        base = dict(per.get(name, {}))
-        mine = [o for o in sorted(axes) if o in _accepted(name) and o not in base]
-        for values in itertools.product(*(axes[o] for o in mine)):
-            options = dict(base, **dict(zip(mine, values)))
-            where = ("config.sweep.option_axes" if mine else f"config.sweep.sampler_options.{name}")
-            _build(name, options, where, loaded)
-            for seed in sw["seeds"]:
-                rows.append(_row(cfg, name, options, seed))
+        return Plan(kind, cfg, [_row(cfg, s["name"], options, cfg["seed"])], [])
+    rows = expand_sweep(cfg["sweep"], "sampler", _accepted,
+                        lambda name, options, where: _build(name, options, where, loaded),
+                        lambda name, options, seed: _row(cfg, name, options, seed))
     return Plan(kind, cfg, rows, [])
 
 
