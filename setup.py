@@ -33,7 +33,10 @@ setup(
         "blackjax>=1.7.1",     # SMC resampling schemes (samplax.smc)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13", "pandas>=2.2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbmake>=1.5", "ipykernel>=6", "scipy>=1.13", "pandas>=2.2",
+                 "gymnax>=1.0.1", "six>=1.16"],
+        # gymnax environments for samplax.rl (gymnax imports six without declaring it)
+        "rl": ["gymnax>=1.0.1", "six>=1.16"],
         "bench": ["scipy>=1.13"],
         "notebook": ["pandas>=2.2", "ipykernel>=6", "ipywidgets>=8"],
         "cloud": ["gcsfs>=2024.6"],  # gs:// workdirs through etils.epath's fsspec backend
