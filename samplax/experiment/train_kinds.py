@@ -1,0 +1,46 @@
+"""What ``experiments.train`` runs: a config's top-level ``kind`` picks the training loop.
+
+* no ``kind`` (or ``kind = "model"``): :func:`samplax.experiment.trainer.run_train`, the
+  diffusion / masked / causal / classifier trainer, with its data sampler
+  (``config.train.sampler``, :mod:`samplax.data_sampling`);
+* ``"raft"``: rejection-sampling fine-tuning of a causal LM with a per-prompt sample
+  allocation (:mod:`samplax.experiment.raft`);
+* ``"offline_rl"``: an offline RL learner on a mixed-quality data set with trajectory
+  weighting (:mod:`samplax.experiment.rl_offline`);
+* ``"snapshot_rl"``: online RL on a gymnax environment with snapshot start states
+  (:mod:`samplax.experiment.rl_snapshot`).
+
+Each loop validates its whole config before writing anything (one ConfigError naming the
+field), holds the workdir's lock, and keeps its state -- sampler state included -- in Orbax
+checkpoints, so a run killed with kill -9 and rerun draws what an uninterrupted run draws.
+The loops are imported when used (each pulls its own dependencies, e.g. gymnax)."""
+from __future__ import annotations
+
+import importlib
+
+from samplax.experiment.config import ConfigError
+
+#: kind -> "module:function" called as function(config, workdir, restart=...)
+TRAIN_KINDS = {
+    "model": "samplax.experiment.trainer:run_train",
+    "raft": "samplax.experiment.raft:run_raft",
+    "offline_rl": "samplax.experiment.rl_offline:run_offline_rl",
+    "snapshot_rl": "samplax.experiment.rl_snapshot:run_snapshot_rl",
+}
+
+
+def train_kind(config) -> str:
+    """The config's ``kind`` ("model" when absent); ConfigError("config.kind") when unknown."""
+    kind = config.get("kind", "model") if hasattr(config, "get") else "model"
+    if not isinstance(kind, str) or kind not in TRAIN_KINDS:
+        raise ConfigError("config.kind", f"unknown training kind {kind!r}; allowed: {sorted(TRAIN_KINDS)}")
+    return kind
+
+
+def run_training(config, workdir, restart: bool = False):
+    """Run (or resume) the training loop of ``config``'s kind in ``workdir``; returns its summary."""
+    module, fn = TRAIN_KINDS[train_kind(config)].split(":")
+    return getattr(importlib.import_module(module), fn)(config, workdir, restart=restart)
+
+
+__all__ = ["TRAIN_KINDS", "train_kind", "run_training"]
