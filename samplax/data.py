@@ -331,6 +331,11 @@ class Dataset(NamedTuple):
       of that batch (:func:`batch_indices`); None for generators.
     * ``vocab_size``: 0 for real-valued data; V for token data (x int32 in 0..V-1,
       shape (L,); masked diffusion uses V as the mask id).
+    * ``arrays``: for finite data sets held in memory, ``(x, labels or None)`` (numpy, all
+      ``size`` examples, in index order): what a data sampler (:mod:`samplax.data_sampling`)
+      gathers its batches from; None for generators.
+    * ``eval_arrays``: a held-out split ``(x, labels or None)`` (e.g. digits' test split when
+      ``split="train"``), or None: the classifier objective reports its accuracy there.
     """
 
     name: str
@@ -340,6 +345,8 @@ class Dataset(NamedTuple):
     batch: Callable[[int, int, int], Tuple[Array, Optional[Array]]]
     indices: Optional[Callable[[int, int, int], np.ndarray]] = None
     vocab_size: int = 0
+    arrays: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
+    eval_arrays: Optional[Tuple[np.ndarray, Optional[np.ndarray]]] = None
 
 
 def _check_kwargs(name: str, fn: Callable, kwargs: Dict[str, Any], skip: int) -> None:
@@ -393,7 +400,16 @@ def _digits_dataset(**kwargs: Any) -> Dataset:
         idx = indices(seed, step, batch_size)
         return jnp.asarray(data.images[idx]), jnp.asarray(data.labels[idx])
 
-    return Dataset("digits", tuple(data.images.shape[1:]), 10, size, batch, indices)
+    return Dataset("digits", tuple(data.images.shape[1:]), 10, size, batch, indices,
+                   arrays=(data.images, data.labels), eval_arrays=_digits_heldout(kwargs))
+
+
+def _digits_heldout(kwargs: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The test split of the same holdout/seed when the training split is "train", else None."""
+    if kwargs.get("split", "train") != "train":
+        return None
+    test = load_digits_dataset(**{**kwargs, "split": "test"})
+    return (test.images, test.labels) if len(test.labels) else None
 
 
 # --- token sequences (masked diffusion) -----------------------------------------------------
@@ -424,7 +440,10 @@ def _digits_tokens_dataset(**kwargs: Any) -> Dataset:
         idx = base.indices(seed, step, batch_size)
         return jnp.asarray(tokens[idx]), jnp.asarray(data.labels[idx])
 
-    return Dataset("digits_tokens", (tokens.shape[1],), 10, base.size, batch, base.indices, DIGITS_TOKEN_VOCAB)
+    held = base.eval_arrays
+    return Dataset("digits_tokens", (tokens.shape[1],), 10, base.size, batch, base.indices, DIGITS_TOKEN_VOCAB,
+                   arrays=(tokens, data.labels),
+                   eval_arrays=None if held is None else (digits_tokens(held[0]), held[1]))
 
 
 def _chain_tokens_dataset(problem: str) -> Dataset:

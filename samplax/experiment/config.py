@@ -400,8 +400,14 @@ def check_option_types(name: str, options, path: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Training configs
 # ---------------------------------------------------------------------------------------
-NETWORKS = ("mlp", "unet", "transformer", "causal_transformer")
-OBJECTIVES = ("noise", "data", "velocity", "flow", "edm", "masked", "causal")
+NETWORKS = ("mlp", "unet", "transformer", "causal_transformer", "digits_cnn")
+OBJECTIVES = ("noise", "data", "velocity", "flow", "edm", "masked", "causal", "classify")
+#: objective "classify" (cross-entropy on the data set's labels): its networks; "mlp" is then a
+#: plain MLP classifier of the flattened input, "digits_cnn" samplax.models.classifier.DigitsClassifier
+CLASSIFY_NETWORKS = ("mlp", "digits_cnn")
+#: config.train.sampler.name "stream": the data set's own host-side order (Dataset.batch); the
+#: other names are samplax.data_sampling samplers (checked when the run is built)
+DEFAULT_DATA_SAMPLER = "stream"
 #: token objectives: "masked" (masked diffusion, network "transformer") and "causal" (next-token
 #: prediction, network "causal_transformer"); both train on TOKEN_DATASETS
 TOKEN_NETWORKS = {"masked": "transformer", "causal": "causal_transformer"}
@@ -469,6 +475,11 @@ def train_config() -> ml_collections.ConfigDict:
         sample_count=100,
         sample_solver="dpm_solver_pp",
         sample_nfe=20,
+        # which examples each step trains on: "stream" (the data set's own order: epochs of
+        # permutations for finite data, fresh draws for generators) or a samplax.data_sampling
+        # sampler by name ("uniform", "epoch", "fixed_subset", "rs2", "lead", ...) with its options;
+        # a sampler needs a finite data set held in memory and keeps its state in the checkpoints
+        sampler=ml_collections.ConfigDict(dict(name=DEFAULT_DATA_SAMPLER, options=ml_collections.ConfigDict())),
     ))
     c.distributed = False
     return c
@@ -512,6 +523,30 @@ def causal_train_config() -> ml_collections.ConfigDict:
     c.model.network = "causal_transformer"
     c.model.transformer = ml_collections.ConfigDict(dict(width=64, depth=2, heads=4, mlp_ratio=4))
     c.loss.objective = "causal"
+    return c
+
+
+def classify_train_config() -> ml_collections.ConfigDict:
+    """Defaults of a classifier training run (``loss.objective = "classify"``): the digits CNN
+    of samplax.models.classifier on the digits' training split, cross-entropy on the labels, no
+    noise schedule and no previews; log rows carry ``eval_accuracy`` / ``eval_loss`` on the
+    held-out split and ``elapsed_s`` (time-to-accuracy).  The data sampler
+    (``train.sampler``) picks the examples of each step."""
+    c = train_config()
+    c.data.name = "digits"
+    c.data.options.split = "train"
+    c.schedule.name = "none"
+    c.model.network = "digits_cnn"
+    c.model.mlp.hidden = (128, 128)
+    c.loss.objective = "classify"
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 0
+    c.optim.weight_decay = 1e-4
+    c.optim.ema_decay = 0.99
+    c.train.num_steps = 500
+    c.train.batch_size = 128
+    c.train.log_every = 50
+    c.train.sample_count = 0
     return c
 
 
@@ -592,8 +627,11 @@ TRAIN_SCHEMA = {
         "sample_count": Field("int", check=_nonneg),
         "sample_solver": Field("str", check=_choice(registry.SOLVERS)),
         "sample_nfe": Field("int", check=_nfe),
+        "sampler": {"name": Field("str", required=False, check=_nonempty_str),
+                    "options": Field("dict", required=False)},
     },
     "distributed": Field("bool"),
+    "kind": Field("str", required=False, check=_choice(("model",))),
 }
 
 
@@ -615,6 +653,57 @@ def _check_transformer(values: dict) -> None:
     if tr["width"] % tr["heads"]:
         raise ConfigError("config.model.transformer.heads", f"must divide the width {tr['width']}, got {tr['heads']}")
     values["model"]["transformer"] = tr
+
+
+def _check_sampler(values: dict) -> None:
+    """config.train.sampler: a name (the default "stream", or a samplax.data_sampling sampler)
+    and options that sampler accepts; filled with the defaults when absent."""
+    from samplax.data_sampling import SAMPLERS, sampler_options
+
+    t = values["train"]
+    sp = dict(t.get("sampler") or {})
+    name = sp.get("name", DEFAULT_DATA_SAMPLER)
+    options = sp.get("options") or {}
+    if isinstance(options, ml_collections.ConfigDict):
+        options = options.to_dict()
+    _choice((DEFAULT_DATA_SAMPLER,) + tuple(sorted(SAMPLERS)))("config.train.sampler.name", name)
+    if name == DEFAULT_DATA_SAMPLER:
+        if options:
+            raise ConfigError("config.train.sampler.options", f"sampler {DEFAULT_DATA_SAMPLER!r} (the data set's own "
+                              f"order) takes no options, got {sorted(options)}")
+    else:
+        allowed = sampler_options(name)
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError("config.train.sampler.options", f"sampler {name!r}: unknown option(s) {unknown}; "
+                              f"allowed: {sorted(allowed)}")
+    t["sampler"] = dict(name=name, options=dict(options))
+
+
+def _validate_classify(values: dict) -> bool:
+    """Cross-field checks of classifier training (loss.objective "classify"); False for the
+    other objectives, which must not use the classifier network."""
+    m, loss, sc = values["model"], values["loss"], values["schedule"]
+    if loss["objective"] != "classify":
+        if m["network"] == "digits_cnn" and not m.get("factory"):
+            raise ConfigError("config.model.network", "'digits_cnn' (a classifier) needs "
+                              "config.loss.objective='classify'")
+        return False
+    if not m.get("factory"):
+        _choice(CLASSIFY_NETWORKS)("config.model.network", m["network"])
+    if "transformer" in m:
+        raise ConfigError("config.model.transformer", "only applies to the token networks, not to objective "
+                          "'classify'")
+    if m["class_conditional"]:
+        raise ConfigError("config.model.class_conditional", "objective 'classify' predicts the labels; allowed: "
+                          "False")
+    if sc.get("factory") or sc["name"] != "none" or sc.get("options"):
+        raise ConfigError("config.schedule.name", "objective 'classify' has no noise schedule; allowed: name "
+                          "'none' with no factory and no options")
+    if loss["weighting"] != "none" or loss["discrete"]:
+        raise ConfigError("config.loss.weighting" if loss["weighting"] != "none" else "config.loss.discrete",
+                          "objective 'classify' is the plain cross-entropy; allowed: weighting 'none', discrete False")
+    return True
 
 
 def _validate_discrete(values: dict) -> bool:
@@ -684,6 +773,9 @@ def validate_train(cfg) -> dict:
         _data_name("config.data.name", data)
     if values["model"].get("options") and not values["model"].get("factory"):
         raise ConfigError("config.model.options", "only applies to a user network (config.model.factory)")
+    _check_sampler(values)
+    if _validate_classify(values):
+        return values
     if _validate_discrete(values):
         return values
     if values["schedule"].get("factory"):

@@ -43,6 +43,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 
 from samplax.data import make_dataset
@@ -51,15 +52,15 @@ from samplax.experiment import devices, user
 from samplax.experiment import results as store
 from samplax import io
 from samplax.experiment.checkpoints import CheckpointDamaged, CheckpointMismatch, Checkpoints
-from samplax.experiment.config import TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
+from samplax.experiment.config import DEFAULT_DATA_SAMPLER, TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
 from samplax.experiment.identity import identity
 from samplax.experiment.progress import Progress
 from samplax.models.analytic import load_problem
 from samplax.models.networks import MLPScoreNet, network_apply, network_model
 from samplax.schedules import get_schedule, prior_std
 from samplax.training.losses import denoising_loss, edm_loss
-from samplax.training.train import (init_train_state, learning_rate_schedule, make_optimizer, make_train_step,
-                                    step_key)
+from samplax.training.train import (init_data_state, init_train_state, learning_rate_schedule, make_optimizer,
+                                    make_sampled_train_step, make_train_step, step_key)
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train_log.jsonl"
@@ -81,9 +82,14 @@ def is_causal(cfg: dict) -> bool:
     return cfg["loss"]["objective"] == "causal"
 
 
+def is_classify(cfg: dict) -> bool:
+    """A classifier training config (cross-entropy on the data set's labels)."""
+    return cfg["loss"]["objective"] == "classify"
+
+
 def build_schedule(cfg: dict):
     sc = cfg["schedule"]
-    if is_causal(cfg):  # next-token prediction has no noise schedule
+    if is_causal(cfg) or is_classify(cfg):  # next-token prediction / classification: no noise schedule
         return None
     if is_masked(cfg):  # a masking schedule alpha(t) (validate_train checked the name)
         from samplax.discrete.base import mask_schedule
@@ -128,6 +134,18 @@ def build_network(cfg: dict, dataset):
         extra = {"num_classes": k} if m["class_conditional"] else {}
         return user.call_factory(m["factory"], dict(m.get("options") or {}), "config.model.factory",
                                  "config.model.options", user.is_flax_module, "a flax.linen.Module", extra=extra)
+    if is_classify(cfg):
+        from samplax.models.classifier import DigitsClassifier, MLPClassifier
+
+        if not dataset.num_classes:
+            raise ConfigError("config.loss.objective", f"'classify' needs labelled data; data {dataset.name!r} has "
+                              f"no labels")
+        if m["network"] == "digits_cnn":
+            if tuple(dataset.shape) != (8, 8, 1):
+                raise ConfigError("config.model.network", f"'digits_cnn' takes 8x8x1 images; data {dataset.name!r} "
+                                  f"has shape {dataset.shape}: use 'mlp'")
+            return DigitsClassifier()
+        return MLPClassifier(hidden=tuple(m["mlp"]["hidden"]), num_classes=int(dataset.num_classes))
     if m["network"] in ("transformer", "causal_transformer"):
         from samplax.models.causal_lm import CausalTransformer
         from samplax.models.transformer import MaskedTransformer
@@ -177,6 +195,14 @@ def model_identity(cfg: dict, dataset) -> dict:
 
 def build_loss(cfg: dict, net, schedule, dataset):
     """``loss_fn(params, batch, key) -> (loss, aux)`` with batch = (x, labels or None)."""
+    if is_classify(cfg):
+        def classify_loss_fn(params, batch, key):  # deterministic: key unused
+            x, y = batch
+            logits = net.apply(params, x)
+            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return jnp.mean(per_example), dict(per_example=per_example,
+                                               correct=(jnp.argmax(logits, -1) == y).astype(jnp.float32))
+        return classify_loss_fn
     if is_causal(cfg):
         from samplax.training.discrete_losses import causal_lm_loss
 
@@ -220,7 +246,7 @@ def init_params(cfg: dict, net, dataset):
     x = jnp.zeros((1,) + tuple(dataset.shape), data_dtype(dataset))
     s = jnp.zeros((1,), jnp.float32)
     key = jax.random.fold_in(jax.random.PRNGKey(cfg["train"]["seed"]), 2**31 - 1)
-    if is_causal(cfg):  # the causal network takes tokens only
+    if is_causal(cfg) or is_classify(cfg):  # the causal network takes tokens only; a classifier x only
         return jax.jit(net.init)(key, x)
     init = jax.jit(net.init) if is_masked(cfg) else net.init  # (eager flax init costs seconds of dispatch)
     return init(key, x, s)
@@ -233,7 +259,36 @@ def build_optimizer(cfg: dict):
 
 
 def train_identity(cfg: dict) -> dict:
-    return identity(cfg, TRAIN_NON_IDENTITY_FIELDS)
+    """The config without its non-identity fields; the default data sampler ("stream", the
+    order every run had before samplers existed) is left out too, so older runs keep their identity."""
+    ident = identity(cfg, TRAIN_NON_IDENTITY_FIELDS)
+    if sampler_name(cfg) == DEFAULT_DATA_SAMPLER:
+        ident["train"].pop("sampler", None)
+    ident.pop("kind", None)
+    return ident
+
+
+def sampler_name(cfg: dict) -> str:
+    return (cfg["train"].get("sampler") or {}).get("name", DEFAULT_DATA_SAMPLER)
+
+
+def build_sampler(cfg: dict, dataset):
+    """The config's samplax.data_sampling sampler (None for "stream"); ConfigError when the data
+    set has no in-memory arrays or an option is refused."""
+    name = sampler_name(cfg)
+    if name == DEFAULT_DATA_SAMPLER:
+        return None
+    from samplax.data_sampling import get_sampler
+
+    if dataset.arrays is None or not dataset.size:
+        raise ConfigError("config.train.sampler.name", f"sampler {name!r} picks examples of a finite data set held "
+                          f"in memory (samplax.data.Dataset.arrays); data {dataset.name!r} has none; allowed here: "
+                          f"{DEFAULT_DATA_SAMPLER!r}")
+    try:
+        return get_sampler(name, int(dataset.size), int(cfg["train"]["batch_size"]),
+                           dict(cfg["train"]["sampler"].get("options") or {}))
+    except (ValueError, TypeError) as e:
+        raise ConfigError("config.train.sampler.options", str(e)) from None
 
 
 class Setup(NamedTuple):
@@ -243,6 +298,7 @@ class Setup(NamedTuple):
     net: object
     optimizer: object
     identity: dict
+    sampler: object = None  # a samplax.data_sampling.DataSampler, or None for the data set's own order
 
 
 def setup(config) -> Setup:
@@ -251,7 +307,8 @@ def setup(config) -> Setup:
     dataset = build_dataset(cfg)
     schedule = build_schedule(cfg)
     net = build_network(cfg, dataset)
-    return Setup(cfg, dataset, schedule, net, build_optimizer(cfg), model_identity(cfg, dataset))
+    return Setup(cfg, dataset, schedule, net, build_optimizer(cfg), model_identity(cfg, dataset),
+                 build_sampler(cfg, dataset))
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,7 +323,7 @@ def check_workdir(workdir):
 def check_preview(cfg: dict) -> None:
     """The preview solver must reach the preview NFE (checked only when previews are drawn)."""
     t = cfg["train"]
-    if not t["sample_count"] or is_masked(cfg) or is_causal(cfg):  # token previews: no solver/NFE
+    if not t["sample_count"] or is_masked(cfg) or is_causal(cfg) or is_classify(cfg):  # no solver/NFE
         return
     from samplax.solvers import get_solver, steps_for_nfe
 
@@ -397,7 +454,7 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
     ident = train_identity(cfg)
     ckpt_dir = wd / CHECKPOINT_DIR
     rep = devices.replicated(mesh)
-    fresh = jax.device_put(init_train_state(init_params(cfg, s.net, s.dataset), s.optimizer), rep)
+    fresh = jax.device_put(fresh_train_state(s), rep)
 
     # the checkpoint to resume, its compatibility and integrity: read-only, before any write
     restored, damaged = None, []
@@ -422,24 +479,42 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
         store.save_config(str(wd), "train", cfg, ident)
 
     loss_fn = build_loss(cfg, s.net, s.schedule, s.dataset)
-    step_fn = make_train_step(loss_fn, s.optimizer, cfg["optim"]["ema_decay"], cfg["optim"]["ema_warmup"])
-    k = num_classes(cfg, s.dataset)
+    k = num_classes(cfg, s.dataset) or (int(s.dataset.num_classes) if is_classify(cfg) else 0)
     x_sh = devices.batch_sharding(mesh, 1 + len(s.dataset.shape))
     y_sh = devices.batch_sharding(mesh, 1)
     batch_sh = (x_sh, y_sh if k else None)
-    jit_step = jax.jit(step_fn, in_shardings=(rep, batch_sh, rep), out_shardings=(rep, rep), donate_argnums=0)
-    all_finite = jax.jit(lambda st, losses: jnp.logical_and(_finite(st), jnp.all(jnp.isfinite(losses))))
     lr_at = learning_rate_schedule(cfg["optim"]["learning_rate"], t["num_steps"], cfg["optim"]["warmup_steps"],
                                    cfg["optim"]["end_lr_fraction"])
+    if s.sampler is None:  # the data set's own order: batch k built on the host
+        step_fn = make_train_step(loss_fn, s.optimizer, cfg["optim"]["ema_decay"], cfg["optim"]["ema_warmup"])
+        jit_step = jax.jit(step_fn, in_shardings=(rep, batch_sh, rep), out_shardings=(rep, rep), donate_argnums=0)
 
-    def batch_at(step: int):
-        x, y = s.dataset.batch(t["data_seed"], step, t["batch_size"])
-        x = devices.put_global(np.asarray(x, data_dtype(s.dataset)), x_sh)
-        return (x, devices.put_global(np.asarray(y, np.int32), y_sh) if k else None)
+        def batch_at(step: int):
+            x, y = s.dataset.batch(t["data_seed"], step, t["batch_size"])
+            x = devices.put_global(np.asarray(x, data_dtype(s.dataset)), x_sh)
+            return (x, devices.put_global(np.asarray(y, np.int32), y_sh) if k else None)
+    else:  # a data sampler: draw, gather and step in one jitted function on the whole data set
+        def constrain(batch):
+            x, y = batch
+            return (jax.lax.with_sharding_constraint(x, x_sh),
+                    None if y is None else jax.lax.with_sharding_constraint(y, y_sh))
+
+        step_fn = make_sampled_train_step(loss_fn, s.optimizer, s.sampler, t["data_seed"], lr_at,
+                                          cfg["optim"]["ema_decay"], cfg["optim"]["ema_warmup"], constrain)
+        jit_step = jax.jit(step_fn, in_shardings=(rep, rep, rep), out_shardings=(rep, rep), donate_argnums=0)
+        x_all, y_all = s.dataset.arrays
+        arrays = (jax.device_put(np.asarray(x_all, data_dtype(s.dataset)), rep),
+                  jax.device_put(np.asarray(y_all, np.int32), rep) if k else None)
+
+        def batch_at(step: int):
+            del step
+            return arrays
+    all_finite = jax.jit(lambda st, losses: jnp.logical_and(_finite(st), jnp.all(jnp.isfinite(losses))))
 
     eval_batch = s.dataset.batch(t["data_seed"] + EVAL_SEED_OFFSET, 0, t["batch_size"])
     eval_batch = (jnp.asarray(eval_batch[0]), eval_batch[1] if k else None)
     eval_loss = jax.jit(lambda p: loss_fn(p, eval_batch, jax.random.PRNGKey(EVAL_SEED_OFFSET))[0])
+    held_out = classifier_eval(cfg, loss_fn, s.dataset)
 
     tb = None
     log_path = wd / LOG_FILE
@@ -469,6 +544,7 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
             t0 = time.perf_counter()
             compiled = jit_step.lower(state, batch_at(start), step_key(t["seed"], start)).compile()
             compile_s = time.perf_counter() - t0
+            loop_t0 = time.perf_counter()
             logging.info("train: compiled the train step in %.1fs (%d device(s))", compile_s, n_dev)
             progress = Progress(t["num_steps"] - start, "steps", every_s=0.0)
             window, w_t0, w_start = [], time.perf_counter(), start
@@ -485,7 +561,10 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
                     row = dict(step=done, loss=float(np.mean([w["loss"] for w in m])),
                                grad_norm=float(np.mean([w["grad_norm"] for w in m])),
                                learning_rate=float(lr_at(step)), ema_decay=float(m[-1]["ema_decay"]),
-                               eval_loss_ema=float(eval_loss(state.ema_params)), steps_per_s=rate)
+                               eval_loss_ema=float(eval_loss(state.ema_params)), steps_per_s=rate,
+                               elapsed_s=time.perf_counter() - loop_t0)
+                    if held_out is not None:
+                        row.update(held_out(state.ema_params, state.params))
                     if not math.isfinite(row["loss"]):
                         raise FloatingPointError(f"train: loss became non-finite between steps {w_start} and {done}"
                                                  f" (last checkpoint kept in {ckpt.directory})")
@@ -525,6 +604,26 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
     if writer:
         io.atomic_write_json(wd / SUMMARY_FILE, summary)
     return summary
+
+
+def classifier_eval(cfg: dict, loss_fn, dataset):
+    """For objective "classify" with a held-out split (``Dataset.eval_arrays``): a function
+    ``(ema_params, params) -> dict(eval_accuracy, eval_loss, eval_accuracy_raw)`` on the whole
+    split (EMA parameters; ``_raw``: the parameters themselves); None otherwise."""
+    if not is_classify(cfg) or dataset.eval_arrays is None:
+        return None
+    x, y = dataset.eval_arrays
+    batch = (jnp.asarray(np.asarray(x, data_dtype(dataset))), jnp.asarray(np.asarray(y, np.int32)))
+    key = jax.random.PRNGKey(EVAL_SEED_OFFSET)
+
+    @jax.jit
+    def metrics(ema_params, params):
+        loss, aux = loss_fn(ema_params, batch, key)
+        _, aux_raw = loss_fn(params, batch, key)
+        return dict(eval_accuracy=jnp.mean(aux["correct"]), eval_loss=loss,
+                    eval_accuracy_raw=jnp.mean(aux_raw["correct"]))
+
+    return lambda ema_params, params: {k: float(v) for k, v in jax.device_get(metrics(ema_params, params)).items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -677,18 +776,22 @@ def latest_checkpoint_step(workdir) -> int:
     return load_trained(workdir, which="params").step
 
 
-def load_trained(workdir, step: Optional[int] = None, which: str = "ema") -> Trained:
-    """The parameters (``which`` = "ema" or "params") of a training workdir's checkpoint
-    ``step`` (default: the newest intact one), restored into a freshly initialised
-    structure and checked against the model identity and the saved checksums.  Reads
-    only; a damaged ``step`` raises CheckpointDamaged (a ValueError), and so does a
-    workdir whose checkpoints are all damaged."""
-    if which not in ("ema", "params"):
-        raise ValueError(f"which: must be 'ema' or 'params', got {which!r}")
+def fresh_train_state(s: Setup):
+    """Step 0 of a run: initial parameters, optimiser state and (with a data sampler) its state."""
+    state = init_train_state(init_params(s.cfg, s.net, s.dataset), s.optimizer)
+    if s.sampler is not None:  # the sampler's state rides in the TrainState, hence in every checkpoint
+        state = state.replace(data=init_data_state(s.sampler))
+    return state
+
+
+def load_train_state(workdir, step: Optional[int] = None):
+    """``(setup, state, meta, checkpoint path)``: the whole TrainState (parameters, EMA,
+    optimiser and data-sampler state) of a training workdir's checkpoint ``step`` (default:
+    the newest intact one), checked as in :func:`load_trained`.  Reads only."""
     wd = io.as_path(workdir)
     saved = _saved_train_config(wd)
     s = setup(saved["config"])
-    fresh = init_train_state(init_params(s.cfg, s.net, s.dataset), s.optimizer)
+    fresh = fresh_train_state(s)
     ckpt_dir = wd / CHECKPOINT_DIR
     if not ckpt_dir.exists():
         raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt_dir}")
@@ -702,6 +805,18 @@ def load_trained(workdir, step: Optional[int] = None, which: str = "ema") -> Tra
         else:
             state, meta = ckpt.restore(fresh, int(step))
         where = str(ckpt.path(meta["step"]))
+    return s, state, meta, where
+
+
+def load_trained(workdir, step: Optional[int] = None, which: str = "ema") -> Trained:
+    """The parameters (``which`` = "ema" or "params") of a training workdir's checkpoint
+    ``step`` (default: the newest intact one), restored into a freshly initialised
+    structure and checked against the model identity and the saved checksums.  Reads
+    only; a damaged ``step`` raises CheckpointDamaged (a ValueError), and so does a
+    workdir whose checkpoints are all damaged."""
+    if which not in ("ema", "params"):
+        raise ValueError(f"which: must be 'ema' or 'params', got {which!r}")
+    s, state, meta, where = load_train_state(workdir, step)
     params = state.ema_params if which == "ema" else state.params
     return Trained(s, params, int(meta["step"]), where)
 

@@ -71,6 +71,20 @@ class DigitsClassifier(nn.Module):
         return nn.Dense(NUM_CLASSES, name="head")(f)
 
 
+class MLPClassifier(nn.Module):
+    """Logits (B, num_classes) of an MLP on the flattened input (B, ...): Dense-gelu per hidden size."""
+
+    hidden: tuple = (128, 128)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        h = x.reshape(x.shape[0], -1).astype(jnp.float32)
+        for i, width in enumerate(self.hidden):
+            h = nn.gelu(nn.Dense(width, name=f"dense{i}")(h))
+        return nn.Dense(self.num_classes, name="head")(h)
+
+
 def _features_of(params) -> int:
     return int(params["feature"]["kernel"].shape[-1])
 

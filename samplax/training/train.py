@@ -27,14 +27,26 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from samplax.data_sampling import initial_stats, sampler_key
+
 
 class TrainState(flax.struct.PyTreeNode):
-    """Everything a run needs to continue: step, parameters, their EMA, optimiser state."""
+    """Everything a run needs to continue: step, parameters, their EMA, optimiser state, and
+    (``data``) the data sampler's :class:`DataState` when one picks the examples (None
+    otherwise: the data order is then a pure function of the data seed and the step)."""
 
     step: jax.Array
     params: Any
     ema_params: Any
     opt_state: Any
+    data: Any = None
+
+
+class DataState(flax.struct.PyTreeNode):
+    """A data sampler's state and the stats of the last step (what its next draw reads)."""
+
+    sampler: Any
+    stats: Any
 
 
 def learning_rate_schedule(learning_rate: float, num_steps: int, warmup_steps: int = 0,
@@ -91,20 +103,58 @@ def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainSt
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, ema_decay: float = 0.999,
-                    ema_warmup: bool = False) -> Callable:
+                    ema_warmup: bool = False, with_aux: bool = False) -> Callable:
     """``step(state, batch, key) -> (state, metrics)`` for ``loss_fn(params, batch, key) ->
-    (loss, aux)``; metrics: loss, grad_norm (before clipping), ema_decay."""
+    (loss, aux)``; metrics: loss, grad_norm (before clipping), ema_decay.  With ``with_aux``
+    the step returns ``(state, metrics, aux)`` (aux of the loss at the parameters before the update)."""
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
 
     def step(state: TrainState, batch, key):
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, ema_decay, ema_warmup)
-        new = TrainState(step=state.step + 1, params=params, ema_params=ema_update(state.ema_params, params, decay),
-                         opt_state=opt_state)
-        return new, dict(loss=loss, grad_norm=optax.global_norm(grads), ema_decay=decay)
+        new = state.replace(step=state.step + 1, params=params,
+                            ema_params=ema_update(state.ema_params, params, decay), opt_state=opt_state)
+        metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), ema_decay=decay)
+        return (new, metrics, aux) if with_aux else (new, metrics)
+
+    return step
+
+
+def init_data_state(sampler) -> DataState:
+    """A data sampler's state before step 0 (:func:`samplax.data_sampling.initial_stats`)."""
+    return DataState(sampler=sampler.init(), stats=initial_stats(sampler))
+
+
+def make_sampled_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, sampler, data_seed: int,
+                            learning_rate: Optional[optax.Schedule] = None, ema_decay: float = 0.999,
+                            ema_warmup: bool = False, batch_constraint: Optional[Callable] = None) -> Callable:
+    """``step(state, arrays, key) -> (state, metrics)``: the data sampler draws the indices of
+    this step from ``state.data`` (key :func:`samplax.data_sampling.sampler_key` of
+    ``(data_seed, state.step)``), the batch is gathered from ``arrays = (x, labels or None)`` (the
+    whole data set, on device), the model takes its step, and the step's per-example losses
+    (``aux["per_example"]``) become the stats of the next draw.  ``batch_constraint`` (e.g. a
+    sharding constraint) is applied to the gathered batch.  State, draw and step: one function,
+    so one jit and no host round trip per step."""
+    inner = make_train_step(loss_fn, optimizer, ema_decay, ema_warmup, with_aux=True)
+
+    def step(state: TrainState, arrays, key):
+        x_all, y_all = arrays
+        idx, sampler_state = sampler.next_indices(sampler_key(data_seed, state.step), state.data.sampler,
+                                                  state.data.stats)
+        batch = (jnp.take(x_all, idx, axis=0), None if y_all is None else jnp.take(y_all, idx, axis=0))
+        if batch_constraint is not None:
+            batch = batch_constraint(batch)
+        new, metrics, aux = inner(state, batch, key)
+        lr = jnp.zeros((), jnp.float32) if learning_rate is None else jnp.asarray(learning_rate(state.step),
+                                                                                   jnp.float32)
+        info = dict(indices=idx.astype(jnp.int32), loss=aux["per_example"].astype(jnp.float32),
+                    grad_norm=metrics["grad_norm"].astype(jnp.float32), learning_rate=lr,
+                    step=state.step.astype(jnp.int32), valid=jnp.asarray(True))
+        stats = sampler.stats_fn(info) if sampler.stats_fn is not None else info
+        return new.replace(data=DataState(sampler=sampler_state, stats=stats)), metrics
 
     return step
 
