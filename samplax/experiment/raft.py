@@ -49,6 +49,7 @@ from samplax.experiment import results as store
 from samplax.experiment.checkpoints import Checkpoints, state_checksum
 from samplax.experiment.config import ConfigError
 from samplax.experiment.identity import identity
+from samplax.experiment.trainer import _rewrite_log   # keeps the rows whose "step" <= the checkpoint's
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train_log.jsonl"
@@ -347,22 +348,6 @@ def make_iteration(s: Setup):
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
-def _rewrite_log(path, last_iteration: int) -> None:
-    """Keep the log rows up to the restored checkpoint (later ones are recomputed)."""
-    if not io.exists(path):
-        return
-    io.cut_partial_line(path)
-    keep = []
-    for line in io.read_bytes(path).decode("utf-8", "replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("iteration"), int) and row["iteration"] <= last_iteration:
-            keep.append(line + "\n")
-    io.atomic_write_text(path, "".join(keep))
-
-
 def run_raft(config, workdir, restart: bool = False) -> dict:
     """Run (or resume) the RAFT loop of ``config`` in ``workdir`` (module docstring); returns the
     summary.  Validates the config and the workdir before writing anything; holds the workdir's
@@ -413,7 +398,8 @@ def _run_raft(config, workdir, restart: bool, holder: dict) -> dict:
     T = r["iterations"]
 
     def log_row(state: RaftState, metrics=None):
-        row = dict(iteration=int(state.iteration), samples_drawn=int(state.drawn), accepted=int(state.accepted),
+        row = dict(step=int(state.iteration), iteration=int(state.iteration), samples_drawn=int(state.drawn),
+                   accepted=int(state.accepted),
                    eval_accuracy=float(eval_acc(state.params)), train_accuracy=float(train_acc(state.params)),
                    elapsed_s=float(state.elapsed), allocation=r["allocation"])
         if metrics is not None:
@@ -436,7 +422,7 @@ def _run_raft(config, workdir, restart: bool, holder: dict) -> dict:
             state, meta = restored
             start = int(meta["step"])
             logging.info("raft: resuming from iteration %d in %s", start, ckpt.directory)
-            _rewrite_log(log_path, start)
+            _rewrite_log(log_path, start)      # rows after the checkpoint are recomputed
             last = None
         t0 = time.perf_counter()
         step = make_iteration(s).lower(state).compile()
