@@ -254,7 +254,12 @@ def render(res: dict) -> str:
         C.md_table(["accuracy"] + [f"{a} {k}" for a in ARMS for k in ("draws", "s")], reach,
                    ["r"] + ["r"] * (2 * len(ARMS))),
         "",
-        "Final held-out accuracy: " + "; ".join(f"{a} {_ms(v)}" for a, v in final_acc.items()) + ".",
+        "Final held-out accuracy: " + "; ".join(f"{a} {_ms(v)}" for a, v in final_acc.items()) + ". Per seed "
+        f"{res['seeds']}: " + "; ".join(f"{a} " + ", ".join(f"{x:.3f}" for x in v) for a, v in final_acc.items())
+        + ". Paired by seed, gvm − uniform: "
+        + _ms(np.array(final_acc["gvm"]) - np.array(final_acc["uniform"]))
+        + f" ({int(np.sum(np.array(final_acc['gvm']) > np.array(final_acc['uniform'])))}/{len(seeds)} seeds "
+        "better; with 3 seeds a sign test cannot reach p < 0.05).",
         "",
     ]
     return "\n".join(lines)
@@ -264,7 +269,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer iterations and replicates (a smoke run)")
     ap.add_argument("--write", action="store_true", help=f"write {os.path.relpath(OUT_MD, C.REPO_ROOT)} and its .json")
+    ap.add_argument("--from-json", action="store_true", help="re-render the written .json (no measurement)")
     args = ap.parse_args()
+    if args.from_json:
+        print(C.rerender_from_json(OUT_MD[:-3] + ".json", OUT_MD, render))
+        return
     C.enable_compilation_cache()
     t0 = time.time()
     res = measure(args.quick)
