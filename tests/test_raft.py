@@ -201,6 +201,7 @@ def _config():
     ("model.heads", 3, "config.model.heads"),
     ("raft.loss_weighting", "sum", "config.raft.loss_weighting"),
     ("warmup.steps", -1, "config.warmup.steps"),
+    ("task.modulus", 8, "config.task.modulus"),
 ])
 def test_config_errors_name_the_field(field, value, match, tmp_path):
     from samplax.experiment.raft import run_raft, validate_raft

@@ -129,6 +129,10 @@ def validate_raft(config) -> dict:
     _check(SCHEMA, cfg, "config.")
     t, m, r = cfg["task"], cfg["model"], cfg["raft"]
     n_questions = t["modulus"] ** t["n_digits"]
+    if t["modulus"] ** (2 * t["n_digits"]) > 2 ** 20:
+        raise ConfigError("config.task.modulus", f"modulus**(2*n_digits) sequences must be <= 2**20 (the task "
+                          f"is enumerated exactly), got {t['modulus']}**{2 * t['n_digits']}; lower task.modulus "
+                          f"or task.n_digits")
     if not 1 <= t["train_prompts"] < n_questions:
         raise ConfigError("config.task.train_prompts", f"must leave held-out prompts: 1 <= train_prompts < "
                           f"{n_questions} (modulus**n_digits questions), got {t['train_prompts']}")
