@@ -38,6 +38,12 @@ ARMS = {
     "gvm_presample": dict(allocation="gvm", presample_per_prompt=2, decay=0.0, prior_a=0.0, prior_b=0.0,
                           grad_prior_count=0.0),
 }
+#: --per-prompt: both allocations with each prompt's accepted responses weighing 1 in the SFT loss (the
+#: per-prompt estimator), which separates the variance effect from the reweighting of the pooled set
+PER_PROMPT_ARMS = {
+    "uniform_per_prompt": dict(allocation="uniform", loss_weighting="per_prompt"),
+    "gvm_per_prompt": dict(allocation="gvm", loss_weighting="per_prompt"),
+}
 
 
 def base_config(iterations: int):
@@ -52,7 +58,7 @@ def base_config(iterations: int):
 def arm_config(c, seed: int, arm: str):
     c = c.copy_and_resolve_references()
     c.seed = seed
-    for k, v in ARMS[arm].items():
+    for k, v in {**ARMS, **PER_PROMPT_ARMS}[arm].items():
         c.raft[k] = v
     return c
 
@@ -151,6 +157,20 @@ def train_arm(c, warm_params, eval_every: int, log=print) -> list:
     return rows
 
 
+def measure_per_prompt(res: dict, log=print) -> dict:
+    """Add the PER_PROMPT_ARMS curves to a written result (same seeds, iterations, warm-ups)."""
+    from samplax.experiment import raft
+
+    base = base_config(res["iterations"])
+    for seed in res["seeds"]:
+        log(f"seed {seed}: warm-up (per-prompt arms)")
+        warm = raft.warmup_params(raft.setup(arm_config(base, seed, "gvm")))
+        for arm in PER_PROMPT_ARMS:
+            res["curves"].setdefault(arm, {})[str(seed)] = train_arm(arm_config(base, seed, arm), warm,
+                                                                     1 if res["quick"] else 2, log)
+    return res
+
+
 def measure(quick: bool, log=print) -> dict:
     from samplax.experiment import raft
 
@@ -197,16 +217,17 @@ def render(res: dict) -> str:
     curves = res["curves"]
     its = [r["iteration"] for r in curves["uniform"][seeds[0]]]
     crow = []
-    for arm in ARMS:
+    arms = [a for a in list(ARMS) + list(PER_PROMPT_ARMS) if a in curves]
+    for arm in arms:
         for j, it in enumerate(its):
             rows = [curves[arm][s][j] for s in seeds]
             crow.append([arm, it, _ms([r["drawn"] for r in rows], 4), _ms([r["elapsed"] for r in rows]),
                          _ms([r["accuracy"] for r in rows])])
-    final_acc = {arm: [curves[arm][s][-1]["accuracy"] for s in seeds] for arm in ARMS}
+    final_acc = {arm: [curves[arm][s][-1]["accuracy"] for s in seeds] for arm in arms}
     reach = []
     for thr in (0.7, 0.8, 0.85, 0.9):
         row = [f"{thr:.2f}"]
-        for arm in ARMS:
+        for arm in arms:
             d = [_first_reach(curves[arm][s], "drawn", thr) for s in seeds]
             t = [_first_reach(curves[arm][s], "elapsed", thr) for s in seeds]
             ok = [x for x in d if x is not None]
@@ -219,6 +240,8 @@ def render(res: dict) -> str:
         "# GVM-RAFT vs uniform RAFT (sum-mod-4 reasoning, a 2-layer causal transformer)",
         "",
         C.machine_md(res["machine"], res["command"], res["date"]),
+        *([f"* The per-prompt arms: `{res['per_prompt_command']}` (later, same machine, seeds and settings)."]
+          if "per_prompt_command" in res else []),
         "* Machine load: a 2-core CPU container, shared with other sessions and noisy: wall seconds are "
         "indicative only (responses drawn are exact).",
         f"* Setup: `configs/train_raft.py` -- {cfg['task']['train_prompts']} training prompts, "
@@ -231,7 +254,10 @@ def render(res: dict) -> str:
         "* Arms: `uniform` (vanilla RAFT: N/M per prompt); `gvm` (n_i ∝ G_i / sqrt(p_i + α/p_i^(β-1)), α=1e-3, "
         "β=2, n_i ≥ 1, estimates from the previous iterations' draws, EMA decay 0.5, Beta(1,1) prior on p, "
         "pseudo-count 1 on G); `gvm_presample` (the paper's Alg. 2: 2 extra draws per prompt each iteration "
-        "for fresh plain estimates, counted in the responses drawn, not trained on).",
+        "for fresh plain estimates, counted in the responses drawn, not trained on)"
+        + ("; `*_per_prompt`: the same allocations with `raft.loss_weighting = \"per_prompt\"` (each prompt's "
+           "accepted responses weigh 1 in the SFT loss, instead of the pooled mean)." if "gvm_per_prompt" in res["curves"]
+           else "."),
         "",
         "## 1. Gradient variance on the warmed-up model",
         "",
@@ -251,15 +277,19 @@ def render(res: dict) -> str:
         "",
         "Responses drawn (and wall seconds) to first reach a held-out accuracy (seeds that reached it):",
         "",
-        C.md_table(["accuracy"] + [f"{a} {k}" for a in ARMS for k in ("draws", "s")], reach,
-                   ["r"] + ["r"] * (2 * len(ARMS))),
+        C.md_table(["accuracy"] + [f"{a} {k}" for a in arms for k in ("draws", "s")], reach,
+                   ["r"] + ["r"] * (2 * len(arms))),
         "",
         "Final held-out accuracy: " + "; ".join(f"{a} {_ms(v)}" for a, v in final_acc.items()) + ". Per seed "
         f"{res['seeds']}: " + "; ".join(f"{a} " + ", ".join(f"{x:.3f}" for x in v) for a, v in final_acc.items())
         + ". Paired by seed, gvm − uniform: "
         + _ms(np.array(final_acc["gvm"]) - np.array(final_acc["uniform"]))
         + f" ({int(np.sum(np.array(final_acc['gvm']) > np.array(final_acc['uniform'])))}/{len(seeds)} seeds "
-        "better; with 3 seeds a sign test cannot reach p < 0.05).",
+        "better; with 3 seeds a sign test cannot reach p < 0.05)."
+        + ("" if "gvm_per_prompt" not in final_acc else " Per-prompt loss weighting, gvm − uniform: "
+           + _ms(np.array(final_acc["gvm_per_prompt"]) - np.array(final_acc["uniform_per_prompt"]))
+           + f" ({int(np.sum(np.array(final_acc['gvm_per_prompt']) > np.array(final_acc['uniform_per_prompt'])))}"
+           f"/{len(seeds)} seeds better)."),
         "",
     ]
     return "\n".join(lines)
@@ -270,7 +300,19 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer iterations and replicates (a smoke run)")
     ap.add_argument("--write", action="store_true", help=f"write {os.path.relpath(OUT_MD, C.REPO_ROOT)} and its .json")
     ap.add_argument("--from-json", action="store_true", help="re-render the written .json (no measurement)")
+    ap.add_argument("--per-prompt", action="store_true", help="add the per-prompt loss-weighting arms to the "
+                    "written .json (same seeds and settings) and re-render")
     args = ap.parse_args()
+    if args.per_prompt:
+        import json
+
+        C.enable_compilation_cache()
+        with open(OUT_MD[:-3] + ".json") as fh:
+            res = measure_per_prompt(json.load(fh))
+        res["per_prompt_command"] = C.command_line("benchmarks.training_sampling_raft")
+        C.atomic_write_json(OUT_MD[:-3] + ".json", C.json_clean(res))
+        print(C.rerender_from_json(OUT_MD[:-3] + ".json", OUT_MD, render))
+        return
     if args.from_json:
         print(C.rerender_from_json(OUT_MD[:-3] + ".json", OUT_MD, render))
         return
