@@ -47,7 +47,7 @@ from samplax import io
 from samplax.data_sampling import gvm
 from samplax.experiment import results as store
 from samplax.experiment.checkpoints import Checkpoints, state_checksum
-from samplax.experiment.config import ConfigError
+from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of
 from samplax.experiment.identity import identity
 from samplax.experiment.trainer import _rewrite_log   # keeps the rows whose "step" <= the checkpoint's
 
@@ -64,69 +64,37 @@ PAUSE_ENV = "SAMPLAX_RAFT_TEST_PAUSE_AT"
 # ---------------------------------------------------------------------------------------
 # Config: schema and validation (one ConfigError naming the field)
 # ---------------------------------------------------------------------------------------
-def _int(lo, hi=None):
-    def check(path, v):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-            raise ConfigError(path, f"must be an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-                              + f", got {v!r}")
-    return check
-
-
-def _float(lo, hi=None, lo_open=False):
-    def check(path, v):
-        ok = not isinstance(v, bool) and isinstance(v, (int, float, np.floating)) and np.isfinite(v)
-        ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
-        if not ok:
-            rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
-            raise ConfigError(path, f"must be a finite number {rng}, got {v!r}")
-    return check
-
-
-def _choice(allowed):
-    def check(path, v):
-        if v not in allowed:
-            raise ConfigError(path, f"must be one of {list(allowed)}, got {v!r}")
-    return check
-
-
-SCHEMA = {
-    "kind": _choice(("raft",)),
-    "seed": _int(0),
-    "task": {"name": _choice(("sum_mod",)), "modulus": _int(2, 8), "n_digits": _int(2, 4),
-             "train_prompts": _int(1), "split_seed": _int(0)},
-    "model": {"width": _int(1), "depth": _int(1), "heads": _int(1), "mlp_ratio": _int(1)},
-    "warmup": {"steps": _int(0), "batch_size": _int(1), "learning_rate": _float(0, lo_open=True)},
-    "raft": {"allocation": _choice(gvm.ALLOCATIONS), "iterations": _int(1), "budget_per_iteration": _int(1),
-             "min_per_prompt": _int(0), "presample_per_prompt": _int(0), "alpha": _float(0.0),
-             "beta": _float(0.0), "rounding": _choice(gvm.ROUNDINGS), "decay": _float(0.0, 1.0),
-             "prior_a": _float(0.0), "prior_b": _float(0.0), "grad_prior_count": _float(0.0),
-             "sft_steps": _int(1), "learning_rate": _float(0, lo_open=True),
-             "loss_weighting": _choice(LOSS_WEIGHTINGS)},
-    "train": {"log_every": _int(1), "checkpoint_every": _int(1), "keep_checkpoints": _int(1)},
-}
-
-
-def _check(schema: dict, values, prefix: str) -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(prefix.rstrip(".") or "config", f"must be a mapping, got {type(values).__name__}")
-    for key in values:
-        if key not in schema:
-            raise ConfigError(prefix + key, f"unknown field; allowed: {sorted(schema)}")
-    for key, rule in schema.items():
-        path = prefix + key
-        if key not in values:
-            raise ConfigError(path, "missing")
-        if isinstance(rule, dict):
-            _check(rule, values[key], path + ".")
-        else:
-            rule(path, values[key])
+def _schema() -> dict:
+    i, f, st = "int", "float", "str"
+    pos, nonneg = int_range(1), int_range(0)
+    return {
+        "kind": Field(st, check=one_of(("raft",))),
+        "seed": Field(i, check=nonneg),
+        "task": {"name": Field(st, check=one_of(("sum_mod",))), "modulus": Field(i, check=int_range(2, 8)),
+                 "n_digits": Field(i, check=int_range(2, 4)), "train_prompts": Field(i, check=pos),
+                 "split_seed": Field(i, check=nonneg)},
+        "model": {"width": Field(i, check=pos), "depth": Field(i, check=pos), "heads": Field(i, check=pos),
+                  "mlp_ratio": Field(i, check=pos)},
+        "warmup": {"steps": Field(i, check=nonneg), "batch_size": Field(i, check=pos),
+                   "learning_rate": Field(f, check=float_range(0.0, lo_open=True))},
+        "raft": {"allocation": Field(st, check=one_of(gvm.ALLOCATIONS)), "iterations": Field(i, check=pos),
+                 "budget_per_iteration": Field(i, check=pos), "min_per_prompt": Field(i, check=nonneg),
+                 "presample_per_prompt": Field(i, check=nonneg), "alpha": Field(f, check=float_range(0.0)),
+                 "beta": Field(f, check=float_range(0.0)), "rounding": Field(st, check=one_of(gvm.ROUNDINGS)),
+                 "decay": Field(f, check=float_range(0.0, 1.0)), "prior_a": Field(f, check=float_range(0.0)),
+                 "prior_b": Field(f, check=float_range(0.0)), "grad_prior_count": Field(f, check=float_range(0.0)),
+                 "sft_steps": Field(i, check=pos), "learning_rate": Field(f, check=float_range(0.0, lo_open=True)),
+                 "loss_weighting": Field(st, check=one_of(LOSS_WEIGHTINGS))},
+        "train": {"log_every": Field(i, check=pos), "checkpoint_every": Field(i, check=pos),
+                  "keep_checkpoints": Field(i, check=pos)},
+    }
 
 
 def validate_raft(config) -> dict:
     """The config as a plain dict, every field checked (ConfigError naming ``config.<field>``),
     including the cross-field constraints; touches no file."""
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    _check(SCHEMA, cfg, "config.")
+    check_tree(_schema(), cfg, "config")
     t, m, r = cfg["task"], cfg["model"], cfg["raft"]
     n_questions = t["modulus"] ** t["n_digits"]
     if t["modulus"] ** (2 * t["n_digits"]) > 2 ** 20:
@@ -453,4 +421,4 @@ def _run_raft(config, workdir, restart: bool, holder: dict) -> dict:
 
 
 __all__ = ["run_raft", "validate_raft", "setup", "fresh_state", "warmup_params", "make_iteration",
-           "exact_accuracy_fn", "RaftState", "SCHEMA"]
+           "exact_accuracy_fn", "RaftState"]
