@@ -149,17 +149,23 @@ def trajectory_sampler(probs, lengths, max_len: int, batch_size: int, name: str 
     """Draw ``batch_size`` transitions: trajectory ``i ~ probs`` (categorical), then step
     ``t`` uniform in ``[0, L_i)``; the index is ``i * max_len + t`` (a row of the
     trajectories flattened to ``(N * max_len, ...)``).  The state counts the draws of each
-    trajectory (int32 (N,)); ``stats`` is ignored."""
-    probs = np.asarray(probs, np.float64)
-    n = len(probs)
-    lengths_np = np.asarray(lengths, np.int64)
-    if lengths_np.shape != (n,) or np.any(lengths_np < 1) or np.any(lengths_np > max_len):
-        raise ValueError(f"trajectory_sampler: lengths must be {n} ints in [1, {max_len}]")
+    trajectory (int32 (N,)); ``stats`` is ignored.  ``probs`` and ``lengths`` may be traced
+    arrays (a sampler built inside ``jit`` / ``vmap``, e.g. one compiled training function
+    for many data sets); concrete ones are checked."""
+    if isinstance(probs, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer):  # built inside a jit / vmap
+        logp, lens = jnp.log(jnp.asarray(probs, jnp.float32)), jnp.asarray(lengths, jnp.int32)
+        n = int(logp.shape[-1])
+    else:
+        probs = np.asarray(probs, np.float64)
+        n = len(probs)
+        lengths_np = np.asarray(lengths, np.int64)
+        if lengths_np.shape != (n,) or np.any(lengths_np < 1) or np.any(lengths_np > max_len):
+            raise ValueError(f"trajectory_sampler: lengths must be {n} ints in [1, {max_len}]")
+        with np.errstate(divide="ignore"):
+            logp = jnp.asarray(np.log(probs), jnp.float32)
+        lens = jnp.asarray(lengths_np, jnp.int32)
     if int(batch_size) < 1:
         raise ValueError(f"trajectory_sampler: batch_size must be >= 1, got {batch_size!r}")
-    with np.errstate(divide="ignore"):
-        logp = jnp.asarray(np.log(probs), jnp.float32)
-    lens = jnp.asarray(lengths_np, jnp.int32)
     b = int(batch_size)
 
     def init():
