@@ -12,8 +12,8 @@ and the rest of a uniformly random policy (return about 22), generated with the 
 evaluation key 10_000 + s).  Every (fraction, seed) run of one learner and weighting is one
 vmapped, jitted training function (the sampler is built from traced probabilities), then
 the greedy policy is evaluated over ``episodes`` episodes.  "behaviour" is the exact
-expected return of the trajectories the sampler draws, ``sum_i p_i G_i`` (Sec. 3 of the
-paper); "good share" the probability that a draw comes from a good trajectory.
+expected return of the trajectories the sampler draws, ``sum_i p_i G_i`` (the return of the
+resampled data set's behaviour policy in a deterministic MDP, the paper's argument); "good share" the probability that a draw comes from a good trajectory.
 """
 from __future__ import annotations
 

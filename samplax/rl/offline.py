@@ -5,10 +5,12 @@ discrete actions: behaviour cloning and discrete CQL.
 
 **Weights.**  A data set of ``N`` trajectories with returns ``G_i`` and lengths ``L_i``.
 The paper resamples trajectories with a distribution ``W`` over them; in a deterministic
-MDP the resampled data set is the data of a behaviour policy whose return is
-``sum_i W_i G_i`` (Sec. 3), which exceeds the data set's mean return whenever ``W`` moves
-mass to high-return trajectories.  Its practical rules (Sec. 4) are softmaxes with
-temperature ``alpha`` of a max-min normalised score:
+MDP with stochastic initial states the resampled data set is the data of a behaviour
+policy whose return is ``sum_i W_i G_i`` (its central argument), which exceeds the data
+set's mean return whenever ``W`` moves mass to high-return trajectories.  Its practical
+rules are softmaxes with temperature ``alpha`` of a max-min normalised score (written here
+as in the authors' public code, ``RW`` and ``AW`` of Improbable-AI/harness-offline-rl; the
+paper's full text was not reachable from this session, so no equation numbers are cited):
 
 * return weighting (RW): ``w_i = exp(Ghat_i / alpha)``, ``Ghat_i = (G_i - min G) /
   (max G - min G)``;
@@ -36,8 +38,8 @@ probability ``p_i / L_i``.  It has the shape of a :mod:`samplax.data_sampling` s
 (flat indices i * T + t, state)``, pure and jit-able.
 
 **Learners** (:func:`make_learner`): ``"bc"`` (cross-entropy of policy logits on the data
-actions) and ``"cql"`` (discrete CQL(H), Kumar et al. 2020, eq. (4) with the log-sum-exp
-regulariser of Sec. 3.2: ``cql_alpha * E[logsumexp_a Q(s, a) - Q(s, a_data)]`` plus the
+actions) and ``"cql"`` (discrete CQL(H) of Kumar et al. 2020, "Conservative Q-Learning for
+Offline Reinforcement Learning", the log-sum-exp variant: ``cql_alpha * E[logsumexp_a Q(s, a) - Q(s, a_data)]`` plus the
 TD error to ``r + gamma (1 - terminal) max_a' Q_target(s', a')``, with a Polyak-averaged
 target network).  We pick CQL as the offline RL learner because its discrete-action form
 is exact (the log-sum-exp runs over the action set, no action sampling), it is one of the
@@ -59,7 +61,7 @@ LEARNERS = ("bc", "cql")
 
 
 # ---------------------------------------------------------------------------------------
-# Weights (Hong et al. 2023, Sec. 3-4)
+# Weights (Hong et al. 2023: RW and AW)
 # ---------------------------------------------------------------------------------------
 def max_min_normalise(x) -> np.ndarray:
     """``(x - min x) / (max x - min x)`` in float64; a constant ``x`` gives zeros."""
@@ -124,7 +126,7 @@ def trajectory_probabilities(returns, lengths, method: str = "return", alpha: fl
 
 def behaviour_return(probs, returns) -> float:
     """``sum_i p_i G_i``: the expected return of a trajectory the sampler draws, the return
-    of the resampled data set's behaviour policy in a deterministic MDP (Sec. 3)."""
+    of the resampled data set's behaviour policy in a deterministic MDP (Hong et al.)."""
     return float(np.dot(np.asarray(probs, np.float64), np.asarray(returns, np.float64)))
 
 
