@@ -13,7 +13,8 @@ evaluation key 10_000 + s).  Every (fraction, seed) run of one learner and weigh
 vmapped, jitted training function (the sampler is built from traced probabilities), then
 the greedy policy is evaluated over ``episodes`` episodes.  "behaviour" is the exact
 expected return of the trajectories the sampler draws, ``sum_i p_i G_i`` (the return of the
-resampled data set's behaviour policy in a deterministic MDP, the paper's argument); "good share" the probability that a draw comes from a good trajectory.
+resampled data set's behaviour policy in a deterministic MDP, the paper's argument);
+"good share" the probability that a draw comes from a good trajectory.
 """
 from __future__ import annotations
 
