@@ -1,13 +1,14 @@
-"""Trajectory weighting (Hong et al., ICLR 2023) on CartPole-v1: the learned policy's return
+"""Trajectory weighting (Hong et al., ICLR 2023) on CartPole-v1 or Acrobot-v1: the learned policy's return
 against the fraction of good trajectories in a mixed offline data set, return-weighted
 sampling against uniform transition sampling, for behaviour cloning and discrete CQL.
 
     python -m benchmarks.training_sampling_offline_rl            # full (prints a markdown table)
     python -m benchmarks.training_sampling_offline_rl --quick    # a fast run
     python -m benchmarks.training_sampling_offline_rl --write    # writes docs/benchmarks/training_sampling_offline_rl.md
+    python -m benchmarks.training_sampling_offline_rl --env=Acrobot-v1 --write   # ..._acrobot.md
 
-Each data set has N trajectories: round(f N) of the hand-written controller (return 500)
-and the rest of a uniformly random policy (return about 22), generated with the library's
+Each data set has N trajectories: round(f N) of the hand-written controller and the rest
+of a uniformly random policy, generated with the library's
 :func:`samplax.rl.envs.mixed_dataset` episode keys (seed s: data seed s, training seed s,
 evaluation key 10_000 + s).  Every (fraction, seed) run of one learner and weighting is one
 vmapped, jitted training function (the sampler is built from traced probabilities), then
@@ -35,13 +36,27 @@ from samplax.rl import offline as off
 OUT = os.path.join(_common.REPO_ROOT, "docs", "benchmarks", "training_sampling_offline_rl")
 
 
-def settings(quick: bool) -> dict:
+ENV_NOTES = {
+    "CartPole-v1": "the controller holds the pole for all 500 steps (return 500, episodes of 500 steps); a random "
+                   "policy drops it after about 22 steps (return about 22): good episodes are the LONG ones",
+    "Acrobot-v1": "the controller swings the tip up in about 80 steps (return about -80); a random policy mostly "
+                  "does not within the 500-step cap (return about -500): good episodes are the SHORT ones",
+}
+
+
+def settings(quick: bool, env: str = "CartPole-v1") -> dict:
     if quick:
-        return dict(fractions=(0.01, 0.1), seeds=(0, 1, 2), num_trajectories=200, max_steps=500, num_steps=1000,
-                    batch_size=256, episodes=10, alpha=0.1, learners=("bc", "cql"), weightings=("uniform", "return"))
-    return dict(fractions=(0.01, 0.05, 0.1, 0.25, 0.5), seeds=(0, 1, 2), num_trajectories=200, max_steps=500,
+        return dict(env=env, fractions=(0.01, 0.1), seeds=(0, 1, 2), num_trajectories=200, max_steps=500,
+                    num_steps=1000, batch_size=256, episodes=10, alpha=0.1, learners=("bc", "cql"),
+                    weightings=("uniform", "return"))
+    return dict(env=env, fractions=(0.01, 0.05, 0.1, 0.25, 0.5), seeds=(0, 1, 2), num_trajectories=200, max_steps=500,
                 num_steps=3000, batch_size=256, episodes=20, alpha=0.1, learners=("bc", "cql"),
                 weightings=("uniform", "return"))
+
+
+def out_path(env: str) -> str:
+    """docs/benchmarks/training_sampling_offline_rl[_<env>] (CartPole-v1: no suffix)."""
+    return OUT if env == "CartPole-v1" else f"{OUT}_{env.split('-')[0].lower()}"
 
 
 def pools(env, seeds, n):
@@ -67,7 +82,7 @@ def dataset(pool, fraction, n):
 
 
 def run(cfg: dict, log=print) -> dict:
-    env = envs.make_env("CartPole-v1", cfg["max_steps"])
+    env = envs.make_env(cfg.get("env", "CartPole-v1"), cfg["max_steps"])
     n, t_max = cfg["num_trajectories"], cfg["max_steps"]
     t0 = time.time()
     pool = pools(env, cfg["seeds"], n)
@@ -136,8 +151,9 @@ def render(out: dict) -> str:
             for w in cfg["weightings"]:
                 row.append(cell([r for r in sel if r["learner"] == ln and r["weighting"] == w], "eval_return"))
         rows.append(row)
+    env = cfg.get("env", "CartPole-v1")
     lines = [
-        "# Trajectory weighting on CartPole-v1 (offline RL, mixed data sets)",
+        f"# Trajectory weighting on {env} (offline RL, mixed data sets)",
         "",
         "Hong et al., \"Harnessing Mixed Offline Reinforcement Learning Datasets via Trajectory Weighting\" "
         "(ICLR 2023). Page: [docs/training_sampling_offline_rl.md](../training_sampling_offline_rl.md).",
@@ -145,14 +161,14 @@ def render(out: dict) -> str:
         _common.machine_md(out["machine"], out["command"], out["date"]),
         "* Machine load: 2-core CPU container, shared with other sessions, noisy (timings are not the point here).",
         "",
-        f"{cfg['num_trajectories']} trajectories (cap {cfg['max_steps']} steps): a fraction from the controller "
-        f"(return {cfg['max_steps']}), the rest random (return about 22). Learners: an MLP (64, 64), Adam 1e-3, "
-        f"{cfg['num_steps']} steps of batch {cfg['batch_size']}; `uniform` = uniform over transitions (the usual "
-        f"baseline), `return` = return weighting RW, alpha = {cfg['alpha']}, transition level (the authors' code). "
-        f"Cells: mean ± std over seeds {list(cfg['seeds'])} (each seed: its own data set, initialisation and "
-        f"draws) of the greedy policy's mean return over {cfg['episodes']} evaluation episodes (max "
-        f"{cfg['max_steps']}). \"behaviour\": the exact expected return of a drawn trajectory, sum_i p_i G_i; "
-        "\"good share\": the probability that a draw comes from a controller trajectory.",
+        f"{cfg['num_trajectories']} trajectories (cap {cfg['max_steps']} steps): a fraction from the hand-written "
+        f"controller, the rest from a uniformly random policy; {ENV_NOTES.get(env, '')}. Learners: an MLP (64, 64), "
+        f"Adam 1e-3, {cfg['num_steps']} steps of batch {cfg['batch_size']}; `uniform` = uniform over transitions "
+        f"(the usual baseline), `return` = return weighting RW, alpha = {cfg['alpha']}, transition level (the "
+        f"authors' code). Cells: mean ± std over seeds {list(cfg['seeds'])} (each seed: its own data set, "
+        f"initialisation and draws) of the greedy policy's mean return over {cfg['episodes']} evaluation episodes "
+        f"(cap {cfg['max_steps']} steps). \"behaviour\": the exact expected return of a drawn trajectory, "
+        "sum_i p_i G_i; \"good share\": the probability that a draw comes from a controller trajectory.",
         "",
         _common.md_table(header, rows, ["l"] + ["r"] * (len(header) - 1)),
         "",
@@ -163,17 +179,22 @@ def render(out: dict) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="two fractions, 1000 steps")
-    ap.add_argument("--write", action="store_true", help=f"write {OUT}.md and .json")
+    ap.add_argument("--env", default="CartPole-v1", choices=sorted(ENV_NOTES), help="the gymnax env")
+    ap.add_argument("--write", action="store_true", help=f"write {OUT}[_<env>].md and .json")
+    ap.add_argument("--from-json", action="store_true", help="re-render the written .json of --env (no measurement)")
     args = ap.parse_args()
+    if args.from_json:
+        print(_common.rerender_from_json(out_path(args.env) + ".json", out_path(args.env) + ".md", render))
+        return
     _common.enable_compilation_cache()
-    out = run(settings(args.quick))
+    out = run(settings(args.quick, args.env))
     out.update(machine=_common.machine_info(), command=_common.command_line("benchmarks.training_sampling_offline_rl"),
                date=_common.utc_now())
     text = render(out)
     print(text)
     if args.write:
-        _common.atomic_write_json(OUT + ".json", out)
-        _common.atomic_write_text(OUT + ".md", text)
+        _common.atomic_write_json(out_path(args.env) + ".json", out)
+        _common.atomic_write_text(out_path(args.env) + ".md", text)
 
 
 if __name__ == "__main__":

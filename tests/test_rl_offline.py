@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
@@ -208,7 +207,7 @@ def tiny_config(**train):
     c.rl.learner.name = "cql"
     c.rl.learner.hidden = (16,)
     c.train.batch_size = 32
-    c.train.num_steps = 300
+    c.train.num_steps = 500
     c.train.log_every = 1
     c.train.checkpoint_every = 100
     c.eval.num_episodes = 2
@@ -256,28 +255,22 @@ def test_kill_minus_nine_and_resume(tmp_path):
     cmd = [sys.executable, "-m", "experiments.train", "--config=configs/train_offline_rl.py", f"--workdir={wd}",
            "--config.rl.max_steps=40", "--config.rl.data.num_trajectories=10", "--config.rl.data.good_fraction=0.2",
            "--config.rl.learner.name=cql", "--config.rl.learner.hidden=(16,)", "--config.train.batch_size=32",
-           "--config.train.num_steps=300", "--config.train.log_every=1", "--config.train.checkpoint_every=100",
+           "--config.train.num_steps=500", "--config.train.log_every=1", "--config.train.checkpoint_every=100",
            "--config.eval.num_episodes=2"]
+    ref = str(tmp_path / "ref")
+    summary = run_offline_rl(c, ref)  # the uninterrupted run (its programs go to the compilation cache)
+    assert summary["sampler_draws"] == c.train.num_steps * c.train.batch_size
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir = os.path.join(wd, "checkpoints")
     killed = []
-
-    def watch():  # kill -9 as soon as a complete checkpoint exists (Orbax renames a finished step into place)
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            steps = [int(s) for s in os.listdir(ckdir) if s.isdigit()] if os.path.isdir(ckdir) else []
-            if steps:
-                proc.send_signal(signal.SIGKILL)
-                killed.append(max(steps))
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    ref = str(tmp_path / "ref")
-    summary = run_offline_rl(c, ref)  # the uninterrupted run, while the subprocess starts
-    assert summary["sampler_draws"] == c.train.num_steps * c.train.batch_size
-    watcher.join()
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # kill -9 once a complete checkpoint exists
+        steps = [int(s) for s in os.listdir(ckdir) if s.isdigit()] if os.path.isdir(ckdir) else []
+        if steps:  # Orbax renames a finished step into place: a numeric directory is complete
+            proc.send_signal(signal.SIGKILL)
+            killed.append(max(steps))
+            break
+        time.sleep(0.005)
     proc.wait()
     assert killed and proc.returncode == -signal.SIGKILL, "the run was not killed mid-way"
     assert 0 < killed[0] < c.train.num_steps

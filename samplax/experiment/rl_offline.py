@@ -275,15 +275,12 @@ def run_offline_rl(config, workdir, restart: bool = False) -> dict:
         log_path = wd / LOG_FILE
         with Checkpoints(ckpt_dir, mid, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
                          final_step=t["num_steps"]) as ckpt, _SigtermFlag() as sigterm:
-            for step, _ in damaged:
+            for step in sorted(s for s, _ in damaged):  # newer damaged steps go aside (<step>.damaged)
                 ckpt.set_aside(step)
             if damaged:
                 ckpt.reload()
-            if restored is None:
-                state, start = fresh, 0
-            else:
-                state, start = restored[0], int(restored[1]["step"])
-                logging.info("offline_rl: resuming from the checkpoint of step %d in %s", start, ckpt.directory)
+            state, start = (fresh, 0) if restored is None else (restored[0], int(restored[1]["step"]))
+            logging.info("offline_rl: starting at step %d in %s", start, wd)
             _rewrite_log(log_path, start)
             window, t0 = [], time.perf_counter()
             for a, b in _chunk_bounds(start, t["num_steps"], every):
