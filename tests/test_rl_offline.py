@@ -276,6 +276,7 @@ def test_kill_minus_nine_and_resume(tmp_path):
     assert 0 < killed[0] < c.train.num_steps
     resumed = run_offline_rl(tiny_config(), wd)
     assert resumed["resumed_from"] >= killed[0]
+    assert resumed["sampler_draws"] == summary["sampler_draws"]  # the draw counts came back from the checkpoint
     assert _final_sha(wd, c.train.num_steps) == _final_sha(ref, c.train.num_steps)  # bitwise: every state leaf
     assert _log(wd) == _log(ref)
     assert resumed["eval_returns"] == summary["eval_returns"]
