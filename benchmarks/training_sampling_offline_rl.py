@@ -4,7 +4,7 @@ sampling against uniform transition sampling, for behaviour cloning and discrete
 
     python -m benchmarks.training_sampling_offline_rl            # full (prints a markdown table)
     python -m benchmarks.training_sampling_offline_rl --quick    # a fast run
-    python -m benchmarks.training_sampling_offline_rl --write    # writes docs/benchmarks/training_sampling_offline_rl.md
+    python -m benchmarks.training_sampling_offline_rl --write    # docs/benchmarks/training_sampling_offline_rl.md
     python -m benchmarks.training_sampling_offline_rl --env=Acrobot-v1 --write   # ..._acrobot.md
 
 Each data set has N trajectories: round(f N) of the hand-written controller and the rest
@@ -20,7 +20,6 @@ resampled data set's behaviour policy in a deterministic MDP, the paper's argume
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
