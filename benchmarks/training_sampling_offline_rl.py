@@ -6,6 +6,7 @@ sampling against uniform transition sampling, for behaviour cloning and discrete
     python -m benchmarks.training_sampling_offline_rl --quick    # a fast run
     python -m benchmarks.training_sampling_offline_rl --write    # docs/benchmarks/training_sampling_offline_rl.md
     python -m benchmarks.training_sampling_offline_rl --env=Acrobot-v1 --write   # ..._acrobot.md
+    python -m benchmarks.training_sampling_offline_rl --env=Acrobot-v1 --alpha-sweep --write   # ..._acrobot_alpha.md
 
 Each data set has N trajectories: round(f N) of the hand-written controller and the rest
 of a uniformly random policy, generated with the library's
@@ -53,9 +54,18 @@ def settings(quick: bool, env: str = "CartPole-v1") -> dict:
                 weightings=("uniform", "return"))
 
 
-def out_path(env: str) -> str:
-    """docs/benchmarks/training_sampling_offline_rl[_<env>] (CartPole-v1: no suffix)."""
-    return OUT if env == "CartPole-v1" else f"{OUT}_{env.split('-')[0].lower()}"
+ALPHAS = (0.05, 0.1, 0.2, 0.3, 1.0)
+
+
+def alpha_settings(env: str = "Acrobot-v1") -> dict:
+    """The temperature sweep: RW at several alphas, 5 % good trajectories."""
+    return dict(settings(False, env), fractions=(0.05,), weightings=tuple(f"return:{a:g}" for a in ALPHAS))
+
+
+def out_path(env: str, alpha_sweep: bool = False) -> str:
+    """docs/benchmarks/training_sampling_offline_rl[_<env>][_alpha] (CartPole-v1: no env suffix)."""
+    base = OUT if env == "CartPole-v1" else f"{OUT}_{env.split('-')[0].lower()}"
+    return base + ("_alpha" if alpha_sweep else "")
 
 
 def pools(env, seeds, n):
@@ -109,9 +119,10 @@ def run(cfg: dict, log=print) -> dict:
             return ret, metrics["loss"][-100:].mean()
 
         fn = jax.jit(jax.vmap(train_eval))
-        for weighting in cfg["weightings"]:
-            probs = np.stack([off.trajectory_probabilities(np.asarray(tr.returns), np.asarray(tr.length), weighting,
-                                                           cfg["alpha"]) for tr, _ in data])
+        for weighting in cfg["weightings"]:  # "name" (alpha = cfg["alpha"]) or "name:alpha"
+            name, _, alpha = weighting.partition(":")
+            probs = np.stack([off.trajectory_probabilities(np.asarray(tr.returns), np.asarray(tr.length), name,
+                                                           float(alpha or cfg["alpha"])) for tr, _ in data])
             t0 = time.time()
             rets, losses = jax.device_get(fn(jnp.asarray(probs, jnp.float32), jnp.asarray(lengths), flat, seeds))
             log(f"{learner_name} {weighting}: {time.time() - t0:.1f}s for {len(cells)} runs")
@@ -163,8 +174,8 @@ def render(out: dict) -> str:
         f"{cfg['num_trajectories']} trajectories (cap {cfg['max_steps']} steps): a fraction from the hand-written "
         f"controller, the rest from a uniformly random policy; {ENV_NOTES.get(env, '')}. Learners: an MLP (64, 64), "
         f"Adam 1e-3, {cfg['num_steps']} steps of batch {cfg['batch_size']}; `uniform` = uniform over transitions "
-        f"(the usual baseline), `return` = return weighting RW, alpha = {cfg['alpha']}, transition level (the "
-        f"authors' code). Cells: mean ± std over seeds {list(cfg['seeds'])} (each seed: its own data set, "
+        f"(the usual baseline), `return` = return weighting RW, alpha = {cfg['alpha']} (`return:a`: alpha = a), "
+        f"transition level (the authors' code). Cells: mean ± std over seeds {list(cfg['seeds'])} (each seed: its own data set, "
         f"initialisation and draws) of the greedy policy's mean return over {cfg['episodes']} evaluation episodes "
         f"(cap {cfg['max_steps']} steps). \"behaviour\": the exact expected return of a drawn trajectory, "
         "sum_i p_i G_i; \"good share\": the probability that a draw comes from a controller trajectory.",
@@ -180,20 +191,22 @@ def main():
     ap.add_argument("--quick", action="store_true", help="two fractions, 1000 steps")
     ap.add_argument("--env", default="CartPole-v1", choices=sorted(ENV_NOTES), help="the gymnax env")
     ap.add_argument("--write", action="store_true", help=f"write {OUT}[_<env>].md and .json")
+    ap.add_argument("--alpha-sweep", action="store_true", help=f"RW at alpha in {ALPHAS}, 5 %% good trajectories")
     ap.add_argument("--from-json", action="store_true", help="re-render the written .json of --env (no measurement)")
     args = ap.parse_args()
+    path = out_path(args.env, args.alpha_sweep)
     if args.from_json:
-        print(_common.rerender_from_json(out_path(args.env) + ".json", out_path(args.env) + ".md", render))
+        print(_common.rerender_from_json(path + ".json", path + ".md", render))
         return
     _common.enable_compilation_cache()
-    out = run(settings(args.quick, args.env))
+    out = run(alpha_settings(args.env) if args.alpha_sweep else settings(args.quick, args.env))
     out.update(machine=_common.machine_info(), command=_common.command_line("benchmarks.training_sampling_offline_rl"),
                date=_common.utc_now())
     text = render(out)
     print(text)
     if args.write:
-        _common.atomic_write_json(out_path(args.env) + ".json", out)
-        _common.atomic_write_text(out_path(args.env) + ".md", text)
+        _common.atomic_write_json(path + ".json", out)
+        _common.atomic_write_text(path + ".md", text)
 
 
 if __name__ == "__main__":
