@@ -176,8 +176,8 @@ def render(out: dict) -> str:
         f"Adam 1e-3, {cfg['num_steps']} steps of batch {cfg['batch_size']}; `uniform` = uniform over transitions "
         f"(the usual baseline), `return` = return weighting RW, alpha = {cfg['alpha']} (`return:a`: alpha = a), "
         f"transition level (the authors' code). Cells: mean ± std over seeds {list(cfg['seeds'])} (each seed: its "
-        f"own data set, initialisation and draws) of the greedy policy's mean return over {cfg['episodes']} evaluation episodes "
-        f"(cap {cfg['max_steps']} steps). \"behaviour\": the exact expected return of a drawn trajectory, "
+        f"own data set, initialisation and draws) of the greedy policy's mean return over {cfg['episodes']} "
+        f"evaluation episodes (cap {cfg['max_steps']} steps). \"behaviour\": the exact expected return of a drawn trajectory, "
         "sum_i p_i G_i; \"good share\": the probability that a draw comes from a controller trajectory.",
         "",
         _common.md_table(header, rows, ["l"] + ["r"] * (len(header) - 1)),
