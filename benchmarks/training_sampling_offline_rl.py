@@ -177,8 +177,9 @@ def render(out: dict) -> str:
         f"(the usual baseline), `return` = return weighting RW, alpha = {cfg['alpha']} (`return:a`: alpha = a), "
         f"transition level (the authors' code). Cells: mean ± std over seeds {list(cfg['seeds'])} (each seed: its "
         f"own data set, initialisation and draws) of the greedy policy's mean return over {cfg['episodes']} "
-        f"evaluation episodes (cap {cfg['max_steps']} steps). \"behaviour\": the exact expected return of a drawn trajectory, "
-        "sum_i p_i G_i; \"good share\": the probability that a draw comes from a controller trajectory.",
+        f"evaluation episodes (cap {cfg['max_steps']} steps). \"behaviour\": the exact expected return of a "
+        "drawn trajectory, sum_i p_i G_i; \"good share\": the probability that a draw comes from a controller "
+        "trajectory.",
         "",
         _common.md_table(header, rows, ["l"] + ["r"] * (len(header) - 1)),
         "",
