@@ -344,7 +344,7 @@ def int_range(lo: int, hi: Optional[int] = None):
     """A Field check: an integer in [lo, hi] (hi None: no upper bound)."""
     def check(path, v):
         if v < lo or (hi is not None and v > hi):
-            raise ConfigError(path, f"must be an integer in [{lo}, {hi if hi is not None else 'inf'}], got {v!r}")
+            raise ConfigError(path, f"got {v!r}; allowed: an integer in [{lo}, {hi if hi is not None else 'inf'}]")
     return check
 
 
@@ -356,8 +356,8 @@ def float_range(lo: Optional[float] = None, hi: Optional[float] = None, lo_open:
             hi is None or (v < hi if hi_open else v <= hi))
         if not ok:
             left, right = "(" if lo_open or lo is None else "[", ")" if hi_open or hi is None else "]"
-            raise ConfigError(path, f"must be a finite number in {left}{'-inf' if lo is None else lo}, "
-                                    f"{'inf' if hi is None else hi}{right}, got {v!r}")
+            raise ConfigError(path, f"got {v!r}; allowed: a finite number in {left}{'-inf' if lo is None else lo}, "
+                                    f"{'inf' if hi is None else hi}{right}")
     return check
 
 
@@ -373,7 +373,8 @@ def one_of(allowed):
 
 def positive_tuple(path, v):
     """A Field check: a non-empty tuple of positive integers (layer widths)."""
-    _positive_tuple(path, v)
+    if len(v) == 0 or any(e < 1 for e in v):
+        raise ConfigError(path, f"got {tuple(v)!r}; allowed: a non-empty tuple of positive integers")
 
 
 def config_kind(cfg) -> str:

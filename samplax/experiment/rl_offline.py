@@ -37,7 +37,7 @@ from absl import logging
 from samplax import io
 from samplax.experiment import results as store
 from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints
-from samplax.experiment.errors import ConfigError
+from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of, positive_tuple
 from samplax.experiment.identity import identity
 
 CHECKPOINT_DIR = "checkpoints"
@@ -71,73 +71,31 @@ def offline_rl_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------
 # Validation: every field, before anything is written
 # ---------------------------------------------------------------------------------------
-def _int(lo=None):
-    def check(v):
-        ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and (lo is None or v >= lo)
-        return ok, f"an int >= {lo}" if lo is not None else "an int"
-    return check
-
-
-def _float(lo=None, hi=None, lo_open=False, hi_open=False):
-    def check(v):
-        ok = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
-        if ok and lo is not None:
-            ok = v > lo if lo_open else v >= lo
-        if ok and hi is not None:
-            ok = v < hi if hi_open else v <= hi
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        return ok, f"a number in {left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
-    return check
-
-
-def _choice(options):
-    def check(v):
-        return v in options, f"one of {list(options)}"
-    return check
-
-
-def _hidden(v):
-    ok = isinstance(v, (tuple, list)) and len(v) >= 1 and all(
-        isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in v)
-    return ok, "a non-empty tuple of positive ints"
-
-
 def _schema():
     from samplax.rl.envs import ENVS
     from samplax.rl.offline import LEARNERS, LEVELS, WEIGHTINGS
 
+    i, f, st = "int", "float", "str"
+    pos, nonneg, unit = int_range(1), int_range(0), float_range(0.0, 1.0)
     return dict(
-        kind=_choice(("offline_rl",)),
-        rl=dict(env=_choice(ENVS), max_steps=_int(1),
-                data=dict(num_trajectories=_int(1), good_fraction=_float(0, 1), good_epsilon=_float(0, 1),
-                          bad_epsilon=_float(0, 1), seed=_int(0)),
-                weighting=dict(name=_choice(WEIGHTINGS), alpha=_float(0, lo_open=True), level=_choice(LEVELS),
-                               uniform_mix=_float(0, 1)),
-                learner=dict(name=_choice(LEARNERS), hidden=_hidden, gamma=_float(0, 1), cql_alpha=_float(0),
-                             target_tau=_float(0, 1, lo_open=True))),
-        optim=dict(learning_rate=_float(0, lo_open=True), grad_clip=_float(0)),
-        train=dict(num_steps=_int(1), batch_size=_int(1), seed=_int(0), log_every=_int(1),
-                   checkpoint_every=_int(1), keep_checkpoints=_int(1)),
-        eval=dict(num_episodes=_int(1), seed=_int(0)),
+        kind=Field(st, check=one_of(("offline_rl",))),
+        rl=dict(env=Field(st, check=one_of(ENVS)), max_steps=Field(i, check=pos),
+                data=dict(num_trajectories=Field(i, check=pos), good_fraction=Field(f, check=unit),
+                          good_epsilon=Field(f, check=unit), bad_epsilon=Field(f, check=unit),
+                          seed=Field(i, check=nonneg)),
+                weighting=dict(name=Field(st, check=one_of(WEIGHTINGS)),
+                               alpha=Field(f, check=float_range(0.0, lo_open=True)),
+                               level=Field(st, check=one_of(LEVELS)), uniform_mix=Field(f, check=unit)),
+                learner=dict(name=Field(st, check=one_of(LEARNERS)), hidden=Field("tuple[int]", check=positive_tuple),
+                             gamma=Field(f, check=unit), cql_alpha=Field(f, check=float_range(0.0)),
+                             target_tau=Field(f, check=float_range(0.0, 1.0, lo_open=True)))),
+        optim=dict(learning_rate=Field(f, check=float_range(0.0, lo_open=True)),
+                   grad_clip=Field(f, check=float_range(0.0))),
+        train=dict(num_steps=Field(i, check=pos), batch_size=Field(i, check=pos), seed=Field(i, check=nonneg),
+                   log_every=Field(i, check=pos), checkpoint_every=Field(i, check=pos),
+                   keep_checkpoints=Field(i, check=pos)),
+        eval=dict(num_episodes=Field(i, check=pos), seed=Field(i, check=nonneg)),
     )
-
-
-def _check(value, schema, path):
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            raise ConfigError(path, f"must be a section with fields {sorted(schema)}, got {value!r}")
-        unknown = sorted(set(value) - set(schema))
-        if unknown:
-            raise ConfigError(f"{path}.{unknown[0]}", f"unknown field; allowed fields of {path}: {sorted(schema)}")
-        for name, sub in schema.items():
-            if name not in value:
-                raise ConfigError(f"{path}.{name}", "missing")
-            _check(value[name], sub, f"{path}.{name}")
-        return
-    ok, allowed = schema(value)
-    if not ok:
-        raise ConfigError(path, f"got {value!r}; allowed: {allowed}")
 
 
 def validate_offline_rl(config) -> dict:
@@ -145,7 +103,7 @@ def validate_offline_rl(config) -> dict:
     field and what is allowed).  Touches no file."""
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     cfg = json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-    _check(cfg, _schema(), "config")
+    check_tree(_schema(), cfg, "config")
     cfg["rl"]["learner"]["hidden"] = [int(h) for h in cfg["rl"]["learner"]["hidden"]]
     return cfg
 
