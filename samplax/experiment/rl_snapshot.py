@@ -9,8 +9,9 @@ A workdir holds::
     checkpoints/<update>/  Orbax: the whole PPOState -- params, optimiser, the running
                            environments' states and observations, the snapshot buffer and its
                            counters, the base key and the update counter
-    train_log.jsonl        one row per chunk: update, env_steps, eval_return (greedy, original
-                           env), train_return, snapshot starts, losses, elapsed_s
+    train_log.jsonl        one row per chunk: update, env_steps, eval_return (the sampled
+                           policy in the original env; eval_return_greedy: its argmax),
+                           train_return, snapshot starts, losses, elapsed_s
     train_summary.json     the final row, the number of updates, the final state's checksum
 
 The loop runs ``train.updates_per_chunk`` PPO updates per jitted call (a ``lax.scan``) and
@@ -56,7 +57,7 @@ def snapshot_rl_config() -> ml_collections.ConfigDict:
     c.rl.snapshot = ml_collections.ConfigDict(dict(
         enabled=True, teacher="ppo", teacher_epsilon=0.3, teacher_updates=15, teacher_episodes=8,
         selection="cluster", num_clusters=8, truncation=100, prob=0.5, until_fraction=0.5))
-    c.train = ml_collections.ConfigDict(dict(total_env_steps=61_440, updates_per_chunk=10, eval_episodes=16,
+    c.train = ml_collections.ConfigDict(dict(total_env_steps=61_440, updates_per_chunk=10, eval_episodes=32,
                                              keep_checkpoints=2))
     return c
 
@@ -226,12 +227,20 @@ def _rows_up_to(path, last_update: int) -> None:
     io.atomic_write_text(path, "".join(keep))
 
 
+def evaluate(cfg: dict, learner, params, update: int):
+    """(sampled-policy returns, greedy returns) of ``train.eval_episodes`` episodes in the
+    original environment; the key depends only on the seed and the update."""
+    key = jax.random.fold_in(jax.random.PRNGKey(cfg["seed"] + EVAL_STREAM), update)
+    n = cfg["train"]["eval_episodes"]
+    return (np.asarray(learner.evaluate(params, key, n, False)), np.asarray(learner.evaluate(params, key, n, True)))
+
+
 def _row(cfg, learner, state, metrics, done: int, batch: int, elapsed: float) -> dict:
     m = jax.device_get(metrics)
-    ev = np.asarray(learner.evaluate(state.params, jax.random.fold_in(
-        jax.random.PRNGKey(cfg["seed"] + EVAL_STREAM), done), cfg["train"]["eval_episodes"]))
+    ev, gr = evaluate(cfg, learner, state.params, done)
     eps = int(np.sum(m.episodes))
     return dict(update=done, env_steps=done * batch, eval_return=float(ev.mean()), eval_return_std=float(ev.std()),
+                eval_return_greedy=float(gr.mean()),
                 train_return=(float(np.sum(m.return_sum)) / eps) if eps else None, train_episodes=eps,
                 snapshot_starts=int(np.sum(m.snapshot_starts)), snapshot_episodes=int(np.sum(m.snapshot_episodes)),
                 loss=float(np.mean(m.loss)), entropy=float(np.mean(m.entropy)),
@@ -319,4 +328,4 @@ def _run(config, workdir, restart: bool, holder: dict) -> dict:
     return summary
 
 
-__all__ = ["snapshot_rl_config", "validate", "num_updates", "build_learner", "run_snapshot_rl"]
+__all__ = ["snapshot_rl_config", "validate", "num_updates", "build_learner", "evaluate", "run_snapshot_rl"]

@@ -181,7 +181,7 @@ class PPO(NamedTuple):
     init: Callable       # (key, sampler) -> PPOState
     rollout: Callable    # (state, key) -> (carry, transitions): one rollout of num_steps, no update
     run: Callable        # (state, n: static) -> (state, UpdateMetrics stacked over n)
-    evaluate: Callable   # (params, key, num_episodes: static) -> (num_episodes,) greedy returns
+    evaluate: Callable   # (params, key, num_episodes: static, greedy: static) -> (num_episodes,) returns
     network: ActorCritic
     env: Any
     env_params: Any
@@ -292,15 +292,16 @@ def make_ppo(env_name: str, cfg: PPOConfig, starter: Callable = None, horizon: i
     def run(state: PPOState, num: int):
         return jax.lax.scan(update, state, None, length=num)
 
-    def evaluate(params, key, num_episodes: int):
-        """Greedy returns of ``num_episodes`` episodes in the original environment (env.reset,
-        the env's own step limit)."""
+    def evaluate(params, key, num_episodes: int, greedy: bool = False):
+        """Returns of ``num_episodes`` episodes in the original environment (env.reset, the
+        env's own step limit) under the policy's sampled actions, or its argmax ones when
+        ``greedy``."""
         obs, st = jax.vmap(env.reset_env, in_axes=(0, None))(jax.random.split(key, num_episodes), env_params)
 
         def step(c, k):
             st, obs, total, alive = c
             logits, _ = net.apply(params, obs.astype(jnp.float32))
-            a = jnp.argmax(logits, axis=-1)
+            a = jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(jax.random.fold_in(k, 2), logits)
             obs, st2, r, term, _ = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))(
                 jax.random.split(k, num_episodes), st, a, env_params)
             total = total + jnp.where(alive, r, 0.0)
@@ -311,7 +312,7 @@ def make_ppo(env_name: str, cfg: PPOConfig, starter: Callable = None, horizon: i
         (_, _, total, _), _ = jax.lax.scan(step, c0, jax.random.split(jax.random.fold_in(key, 1), max_steps))
         return total
 
-    return PPO(jax.jit(init), jax.jit(rollout), jax.jit(run, static_argnums=1), jax.jit(evaluate, static_argnums=2), net, env,
+    return PPO(jax.jit(init), jax.jit(rollout), jax.jit(run, static_argnums=1), jax.jit(evaluate, static_argnums=(2, 3)), net, env,
                env_params, cfg)
 
 
