@@ -108,6 +108,14 @@ def _table(results: dict, field: str) -> str:
         a = np.array([np.mean(run[field]) for run in results[arm]])
         auc.append(f"**{a.mean():.1f} ± {a.std():.1f}**")
     rows.append(auc)
+    from scipy import stats
+
+    base = np.array([np.mean(run[field]) for run in results[arms[0]]])
+    test = ["paired t-test vs " + arms[0] + " (p)", "--"]
+    for arm in arms[1:]:
+        a = np.array([np.mean(run[field]) for run in results[arm]])
+        test.append(f"{stats.ttest_rel(a, base).pvalue:.2f}" if len(a) > 1 else "--")
+    rows.append(test)
     return _common.md_table(["env steps"] + arms, rows)
 
 
@@ -120,6 +128,8 @@ def render(res: dict) -> str:
             f"{cfg['train']['eval_episodes']} episodes of the *original* environment (env.reset, 500-step limit; "
             f"-500 = never swung up), mean ± std over {res['seeds']} seeds (0..{res['seeds'] - 1}; the seed sets "
             f"the student, the teacher and the buffer).\n\n{_table(results, 'returns')}\n\n"
+            f"The t-test pairs the arms by seed (same student initialisation and evaluation keys) on each "
+            f"seed's mean over the curve.\n\n"
             f"The same policies acting greedily (argmax):\n\n{_table(results, 'greedy')}\n\n"
             f"Snapshot arms: teacher = PPO with standard resets for {sn['teacher_updates']} updates "
             f"({teacher_steps:,} env steps of prior computation, not counted above), "

@@ -161,7 +161,7 @@ def test_ppo_learns_cartpole():
     st, m = learner.run(learner.init(jax.random.PRNGKey(0), jnp.zeros((), jnp.int32)), 30)
     ret = np.asarray(learner.evaluate(st.params, jax.random.PRNGKey(1), 16, True))  # greedy
     assert ret.mean() > 100, ret
-    assert np.isfinite(np.asarray(m.loss)).all()
+    assert np.isfinite(np.asarray(m.losses.loss)).all()
 
 
 @pytest.mark.parametrize("field,value,path", [

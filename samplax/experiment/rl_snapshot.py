@@ -9,7 +9,7 @@ A workdir holds::
     checkpoints/<update>/  Orbax: the whole PPOState -- params, optimiser, the running
                            environments' states and observations, the snapshot buffer and its
                            counters, the base key and the update counter
-    train_log.jsonl        one row per chunk: update, env_steps, eval_return (the sampled
+    train_log.jsonl        one row per chunk: step (updates done), env_steps, eval_return (the sampled
                            policy in the original env; eval_return_greedy: its argmax),
                            train_return, snapshot starts, losses, elapsed_s
     train_summary.json     the final row, the number of updates, the final state's checksum
@@ -211,22 +211,6 @@ def build_learner(cfg: dict):
 # ---------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------
-def _rows_up_to(path, last_update: int) -> None:
-    """Keep the log rows up to the restored checkpoint (later ones are recomputed)."""
-    if not io.exists(path):
-        return
-    io.cut_partial_line(path)
-    keep = []
-    for line in io.read_bytes(path).decode("utf-8", "replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("update"), int) and row["update"] <= last_update:
-            keep.append(line + "\n")
-    io.atomic_write_text(path, "".join(keep))
-
-
 def evaluate(cfg: dict, learner, params, update: int):
     """(sampled-policy returns, greedy returns) of ``train.eval_episodes`` episodes in the
     original environment; the key depends only on the seed and the update."""
@@ -239,12 +223,12 @@ def _row(cfg, learner, state, metrics, done: int, batch: int, elapsed: float) ->
     m = jax.device_get(metrics)
     ev, gr = evaluate(cfg, learner, state.params, done)
     eps = int(np.sum(m.episodes))
-    return dict(update=done, env_steps=done * batch, eval_return=float(ev.mean()), eval_return_std=float(ev.std()),
+    return dict(step=done, env_steps=done * batch, eval_return=float(ev.mean()), eval_return_std=float(ev.std()),
                 eval_return_greedy=float(gr.mean()),
                 train_return=(float(np.sum(m.return_sum)) / eps) if eps else None, train_episodes=eps,
                 snapshot_starts=int(np.sum(m.snapshot_starts)), snapshot_episodes=int(np.sum(m.snapshot_episodes)),
-                loss=float(np.mean(m.loss)), entropy=float(np.mean(m.entropy)),
-                approx_kl=float(np.mean(m.approx_kl)), elapsed_s=elapsed)
+                loss=float(np.mean(m.losses.loss)), entropy=float(np.mean(m.losses.entropy)),
+                approx_kl=float(np.mean(m.losses.approx_kl)), elapsed_s=elapsed)
 
 
 def run_snapshot_rl(config, workdir, restart: bool = False) -> dict:
@@ -262,7 +246,7 @@ def run_snapshot_rl(config, workdir, restart: bool = False) -> dict:
 
 
 def _run(config, workdir, restart: bool, holder: dict) -> dict:
-    from samplax.experiment.trainer import TrainingPreempted, _SigtermFlag
+    from samplax.experiment.trainer import TrainingPreempted, _rewrite_log, _SigtermFlag
 
     cfg = validate(config)
     wd = store.check_workdir(workdir)
@@ -296,7 +280,7 @@ def _run(config, workdir, restart: bool, holder: dict) -> dict:
     batch = cfg["rl"]["num_envs"] * cfg["rl"]["num_steps"]
     log_path = wd / LOG_FILE
     state, start = (fresh, 0) if restored is None else restored
-    _rows_up_to(log_path, start)
+    _rewrite_log(log_path, start)  # keep the rows up to the restored update (later ones are recomputed)
     last = None
     with Checkpoints(ckpt_dir, model_ident, ident, keep=cfg["train"]["keep_checkpoints"], every=None,
                      final_step=total) as ckpt, _SigtermFlag() as sigterm:

@@ -165,12 +165,7 @@ class PPOState(NamedTuple):
 
 class UpdateMetrics(NamedTuple):
     """Per-update diagnostics (the scan's output)."""
-    loss: jax.Array
-    policy_loss: jax.Array
-    value_loss: jax.Array
-    entropy: jax.Array
-    approx_kl: jax.Array
-    clip_fraction: jax.Array
+    losses: LossInfo             # the loss terms, averaged over the update's minibatches
     return_sum: jax.Array        # sum of returns of the episodes that began at env.reset and ended
     episodes: jax.Array          # how many such episodes ended
     snapshot_episodes: jax.Array  # episodes that began at a snapshot and ended
@@ -283,8 +278,7 @@ def make_ppo(env_name: str, cfg: PPOConfig, starter: Callable = None, horizon: i
                                             jax.random.split(k_perm, cfg.update_epochs))
         info = jax.tree.map(jnp.mean, infos)
         env_state, obs, ep_ret, snap, sampler = carry
-        m = UpdateMetrics(info.loss, info.policy_loss, info.value_loss, info.entropy, info.approx_kl,
-                          info.clip_fraction, jnp.sum(jnp.where(tr["std_done"], tr["ret"], 0.0)),
+        m = UpdateMetrics(info, jnp.sum(jnp.where(tr["std_done"], tr["ret"], 0.0)),
                           jnp.sum(tr["std_done"]).astype(jnp.int32), jnp.sum(tr["snap_done"]).astype(jnp.int32),
                           jnp.sum(tr["snap_start"]).astype(jnp.int32))
         return PPOState(params, opt, env_state, obs, ep_ret, snap, sampler, state.key, state.update + 1), m
