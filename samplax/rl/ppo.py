@@ -24,7 +24,7 @@ auto-reset) and, for each environment whose episode ended, a new start from a *s
 ``start(key, sampler, mask, active) -> (env_state, obs, from_snapshot, sampler)`` -- the
 standard ``env.reset`` (``starter=None``) or a snapshot from a buffer
 (:func:`samplax.rl.snapshot.snapshot_starter`); None means env.reset.  An episode that began from a snapshot is
-truncated when its state's ``time`` reaches ``horizon`` (the starter resets ``time`` to 0
+truncated when its state's ``time`` reaches ``min(horizon, max_steps_in_episode)`` (the starter resets ``time`` to 0
 when it restores a snapshot, so ``time`` counts the student's own steps); a standard one at
 the env's ``max_steps_in_episode``.
 
@@ -196,6 +196,7 @@ def make_ppo(env_name: str, cfg: PPOConfig, starter: Callable = None, horizon: i
         raise ValueError(f"make_ppo: num_envs*num_steps={batch} must be divisible by num_minibatches="
                          f"{cfg.num_minibatches}")
     max_steps = int(env_params.max_steps_in_episode)
+    snap_limit = min(horizon, max_steps) if horizon > 0 else max_steps  # STT: episodes begun at a snapshot
     net = ActorCritic(env.num_actions, tuple(cfg.hidden))
 
     def std_start(key, sampler, mask, active):
@@ -226,7 +227,7 @@ def make_ppo(env_name: str, cfg: PPOConfig, starter: Callable = None, horizon: i
         next_obs, next_state, reward, terminated, _ = jax.vmap(env.step_env, in_axes=(0, 0, 0, None))(
             jax.random.split(k_step, n), env_state, action, env_params)
         next_obs = next_obs.astype(jnp.float32)
-        limit = jnp.where(snap & (horizon > 0), horizon, max_steps)
+        limit = jnp.where(snap, snap_limit, max_steps)
         truncated = (next_state.time >= limit) & ~terminated
         ended = terminated | truncated
         ret = ep_ret + reward
