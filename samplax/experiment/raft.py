@@ -49,7 +49,7 @@ from samplax.experiment import results as store
 from samplax.experiment.checkpoints import Checkpoints, state_checksum
 from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of
 from samplax.experiment.identity import identity
-from samplax.experiment.trainer import _rewrite_log   # keeps the rows whose "step" <= the checkpoint's
+from samplax.experiment.trainer import rewrite_log   # keeps the rows whose "step" <= the checkpoint's
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train_log.jsonl"
@@ -394,7 +394,7 @@ def _run_raft(config, workdir, restart: bool, holder: dict) -> dict:
             state, meta = restored
             start = int(meta["step"])
             logging.info("raft: resuming from iteration %d in %s", start, ckpt.directory)
-            _rewrite_log(log_path, start)      # rows after the checkpoint are recomputed
+            rewrite_log(log_path, start)      # rows after the checkpoint are recomputed
             last = None
         t0 = time.perf_counter()
         step = make_iteration(s).lower(state).compile()

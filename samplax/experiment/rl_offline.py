@@ -180,7 +180,7 @@ def run_offline_rl(config, workdir, restart: bool = False) -> dict:
 
     ConfigError (bad field, bad workdir), WorkdirConflict (a workdir of another config or
     locked) or CheckpointMismatch / CheckpointDamaged are raised before anything is written."""
-    from samplax.experiment.trainer import TrainingPreempted, _rewrite_log, _SigtermFlag
+    from samplax.experiment.trainer import SigtermFlag, TrainingPreempted, rewrite_log
     from samplax.rl.offline import behaviour_return, flat_transitions, init_state, make_train_chunk
     from samplax.rl.offline import trajectory_probabilities, trajectory_sampler
 
@@ -231,14 +231,14 @@ def run_offline_rl(config, workdir, restart: bool = False) -> dict:
 
         log_path = wd / LOG_FILE
         with Checkpoints(ckpt_dir, mid, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
-                         final_step=t["num_steps"]) as ckpt, _SigtermFlag() as sigterm:
+                         final_step=t["num_steps"]) as ckpt, SigtermFlag() as sigterm:
             for step in sorted(s for s, _ in damaged):  # newer damaged steps go aside (<step>.damaged)
                 ckpt.set_aside(step)
             if damaged:
                 ckpt.reload()
             state, start = (fresh, 0) if restored is None else (restored[0], int(restored[1]["step"]))
             logging.info("offline_rl: starting at step %d in %s", start, wd)
-            _rewrite_log(log_path, start)
+            rewrite_log(log_path, start)
             window, t0 = [], time.perf_counter()
             for a, b in _chunk_bounds(start, t["num_steps"], every):
                 state, metrics = chunk_fn(b - a)(state, data, t["seed"])

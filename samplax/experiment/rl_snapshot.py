@@ -34,7 +34,7 @@ from absl import logging
 from samplax import io
 from samplax.experiment import results as store
 from samplax.experiment.checkpoints import Checkpoints, state_checksum
-from samplax.experiment.config import Field, _check_tree
+from samplax.experiment.config import Field, check_tree, float_range, int_range, one_of, positive_tuple
 from samplax.experiment.errors import ConfigError
 from samplax.experiment.identity import identity
 
@@ -65,75 +65,49 @@ def snapshot_rl_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------
 # Validation (before anything is written)
 # ---------------------------------------------------------------------------------------
-def _choice(allowed):
-    def check(path, v):
-        if v not in allowed:
-            raise ConfigError(path, f"unknown value {v!r}; allowed: {list(allowed)}")
-    return check
-
-
-def _int_range(lo, hi=None):
-    def check(path, v):
-        if v < lo or (hi is not None and v > hi):
-            raise ConfigError(path, f"must be an integer in [{lo}, {hi if hi is not None else 'inf'}], got {v!r}")
-    return check
-
-
-def _float_range(lo, hi, lo_open=False):
-    def check(path, v):
-        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-            raise ConfigError(path, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
-    return check
-
-
-def _hidden(path, v):
-    if not v or any(h < 1 for h in v):
-        raise ConfigError(path, f"must be a non-empty tuple of positive layer widths, got {v!r}")
-
-
 def _schema():
     from samplax.rl.ppo import ENVS
     from samplax.rl.snapshot import SELECTIONS, TEACHERS
 
     f, i, b, s = "float", "int", "bool", "str"
     return {
-        "kind": Field(s, check=_choice(("snapshot_rl",))),
-        "seed": Field(i, check=_int_range(0, 2**31 - 1)),
+        "kind": Field(s, check=one_of(("snapshot_rl",))),
+        "seed": Field(i, check=int_range(0, 2**31 - 1)),
         "rl": {
-            "env": Field(s, check=_choice(ENVS)),
-            "num_envs": Field(i, check=_int_range(1, 4096)),
-            "num_steps": Field(i, check=_int_range(1, 100_000)),
-            "hidden": Field("tuple[int]", check=_hidden),
+            "env": Field(s, check=one_of(ENVS)),
+            "num_envs": Field(i, check=int_range(1, 4096)),
+            "num_steps": Field(i, check=int_range(1, 100_000)),
+            "hidden": Field("tuple[int]", check=positive_tuple),
             "ppo": {
-                "learning_rate": Field(f, check=_float_range(0.0, 1.0, lo_open=True)),
+                "learning_rate": Field(f, check=float_range(0.0, 1.0, lo_open=True)),
                 "anneal_lr": Field(b),
-                "gamma": Field(f, check=_float_range(0.0, 1.0)),
-                "gae_lambda": Field(f, check=_float_range(0.0, 1.0)),
-                "clip_eps": Field(f, check=_float_range(0.0, 10.0, lo_open=True)),
-                "vf_coef": Field(f, check=_float_range(0.0, 1e3)),
-                "ent_coef": Field(f, check=_float_range(0.0, 1e3)),
-                "max_grad_norm": Field(f, check=_float_range(0.0, 1e6, lo_open=True)),
-                "update_epochs": Field(i, check=_int_range(1, 1000)),
-                "num_minibatches": Field(i, check=_int_range(1, 10**6)),
+                "gamma": Field(f, check=float_range(0.0, 1.0)),
+                "gae_lambda": Field(f, check=float_range(0.0, 1.0)),
+                "clip_eps": Field(f, check=float_range(0.0, 10.0, lo_open=True)),
+                "vf_coef": Field(f, check=float_range(0.0, 1e3)),
+                "ent_coef": Field(f, check=float_range(0.0, 1e3)),
+                "max_grad_norm": Field(f, check=float_range(0.0, 1e6, lo_open=True)),
+                "update_epochs": Field(i, check=int_range(1, 1000)),
+                "num_minibatches": Field(i, check=int_range(1, 10**6)),
             },
             "snapshot": {
                 "enabled": Field(b),
-                "teacher": Field(s, check=_choice(TEACHERS)),
-                "teacher_epsilon": Field(f, check=_float_range(0.0, 1.0)),
-                "teacher_updates": Field(i, check=_int_range(1, 10**6)),
-                "teacher_episodes": Field(i, check=_int_range(1, 4096)),
-                "selection": Field(s, check=_choice(SELECTIONS)),
-                "num_clusters": Field(i, check=_int_range(1, 1024)),
-                "truncation": Field(i, check=_int_range(0, 10**6)),
-                "prob": Field(f, check=_float_range(0.0, 1.0)),
-                "until_fraction": Field(f, check=_float_range(0.0, 1.0)),
+                "teacher": Field(s, check=one_of(TEACHERS)),
+                "teacher_epsilon": Field(f, check=float_range(0.0, 1.0)),
+                "teacher_updates": Field(i, check=int_range(1, 10**6)),
+                "teacher_episodes": Field(i, check=int_range(1, 4096)),
+                "selection": Field(s, check=one_of(SELECTIONS)),
+                "num_clusters": Field(i, check=int_range(1, 1024)),
+                "truncation": Field(i, check=int_range(0, 10**6)),
+                "prob": Field(f, check=float_range(0.0, 1.0)),
+                "until_fraction": Field(f, check=float_range(0.0, 1.0)),
             },
         },
         "train": {
-            "total_env_steps": Field(i, check=_int_range(1, MAX_ENV_STEPS)),
-            "updates_per_chunk": Field(i, check=_int_range(1, 10**6)),
-            "eval_episodes": Field(i, check=_int_range(1, 4096)),
-            "keep_checkpoints": Field(i, check=_int_range(1, 1000)),
+            "total_env_steps": Field(i, check=int_range(1, MAX_ENV_STEPS)),
+            "updates_per_chunk": Field(i, check=int_range(1, 10**6)),
+            "eval_episodes": Field(i, check=int_range(1, 4096)),
+            "keep_checkpoints": Field(i, check=int_range(1, 1000)),
         },
     }
 
@@ -146,7 +120,7 @@ def validate(config) -> dict:
         cfg = json.loads(json.dumps(config, default=list))
     else:
         raise ConfigError("config", f"must be an ml_collections.ConfigDict, got {type(config).__name__}")
-    _check_tree(_schema(), cfg, "config")
+    check_tree(_schema(), cfg, "config")
     rl = cfg["rl"]
     batch = rl["num_envs"] * rl["num_steps"]
     if batch % rl["ppo"]["num_minibatches"]:
@@ -246,7 +220,7 @@ def run_snapshot_rl(config, workdir, restart: bool = False) -> dict:
 
 
 def _run(config, workdir, restart: bool, holder: dict) -> dict:
-    from samplax.experiment.trainer import TrainingPreempted, _rewrite_log, _SigtermFlag
+    from samplax.experiment.trainer import SigtermFlag, TrainingPreempted, rewrite_log
 
     cfg = validate(config)
     wd = store.check_workdir(workdir)
@@ -280,10 +254,10 @@ def _run(config, workdir, restart: bool, holder: dict) -> dict:
     batch = cfg["rl"]["num_envs"] * cfg["rl"]["num_steps"]
     log_path = wd / LOG_FILE
     state, start = (fresh, 0) if restored is None else restored
-    _rewrite_log(log_path, start)  # keep the rows up to the restored update (later ones are recomputed)
+    rewrite_log(log_path, start)  # keep the rows up to the restored update (later ones are recomputed)
     last = None
     with Checkpoints(ckpt_dir, model_ident, ident, keep=cfg["train"]["keep_checkpoints"], every=None,
-                     final_step=total) as ckpt, _SigtermFlag() as sigterm:
+                     final_step=total) as ckpt, SigtermFlag() as sigterm:
         logging.info("snapshot_rl: %s at update %d of %d in %s", "resuming" if start else "starting", start,
                      total, wd)
         t0 = time.perf_counter()
