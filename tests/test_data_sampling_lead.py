@@ -59,13 +59,14 @@ def test_paper_loss_change_matches_minimum_over_beta():
     assert float(beta) == pytest.approx((d2 - a) / (d1 + d2 - 2 * a), rel=1e-6)
 
 
-@pytest.mark.parametrize("reward", ["example", "cluster"])
-def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward):
-    """Drive the sampler with known losses / grad norms / learning rates and recompute every
-    IDU value and the bandit's probabilities with plain numpy, step by step."""
-    n, b, m = 12, 2, 4  # 3 clusters of 4
+@pytest.mark.parametrize("reward,arms_per_step", [("example", 1), ("cluster", 1), ("example", 2)])
+def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward, arms_per_step):
+    """Drive the sampler with known losses / grad norms / learning rates and recompute the
+    selection, every IDU value and the bandit's probabilities with plain numpy, step by step."""
+    n, b, m = 12, 4, 4  # 3 clusters of 4
+    per = b // arms_per_step
     b_s, gamma = 0.3, 0.2
-    s = L.lead(n, b, cluster_size=m, smoothing=b_s, gamma=gamma, reward=reward)
+    s = L.lead(n, b, cluster_size=m, smoothing=b_s, gamma=gamma, reward=reward, arms_per_step=arms_per_step)
     rng = np.random.default_rng(0)
     steps = 14
     losses = rng.uniform(0.1, 3.0, size=(steps, n)).astype(np.float32)
@@ -81,27 +82,30 @@ def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward):
     for k in range(steps):
         idx, state = step_fn(base.sampler_key(3, k), state, stats)
         idx = np.asarray(idx)
-        arm = int(state["arm"])
-        assert set(idx // m) == {arm}
-        # the selection: the top-b IDU examples of the chosen cluster (unseen = +inf first)
-        members = np.arange(arm * m, (arm + 1) * m)
-        top = np.sort(idu[members])[::-1][:b]
-        np.testing.assert_allclose(np.sort(idu[idx])[::-1], top)
+        drawn = np.asarray(state["arms"])
+        assert list(drawn) == sorted(drawn) and list(idx // m) == list(np.repeat(drawn, per))
+        # the selection: the top (multiplicity x per) IDU examples of each drawn cluster (unseen = +inf first)
+        for arm in np.unique(drawn):
+            members = np.arange(arm * m, (arm + 1) * m)
+            top = np.sort(idu[members])[::-1][:per * int(np.sum(drawn == arm))]
+            np.testing.assert_allclose(np.sort(idu[idx[idx // m == arm]])[::-1], top)
         # this step's stats, then the reference update
         obs = losses[k, idx] - lrs[k] * gnorms[k] ** 2
         was_seen, before = seen[idx].copy(), idu[idx].copy()
         for i, o in zip(idx, obs):
             idu[i] = o if not seen[i] else b_s * idu[i] + (1 - b_s) * o
             seen[i] = True
-        u = float(np.mean(obs))
-        if reward == "cluster" and visits[arm] > 0:  # the cluster's utility now vs at its last visit
-            arms.append(arm)
-            rewards.append(cluster_u[arm] - u)
-        if reward == "example" and was_seen.any():  # utility change of the batch's revisited examples
-            arms.append(arm)
-            rewards.append(float(np.mean((before - obs)[was_seen])))
-        cluster_u[arm] = u
-        visits[arm] += 1
+        for j, arm in enumerate(drawn):  # one bandit round per group of the batch, in order
+            g = slice(j * per, (j + 1) * per)
+            u = float(np.mean(obs[g]))
+            if reward == "cluster" and visits[arm] > 0:  # the cluster's utility now vs at its last visit
+                arms.append(arm)
+                rewards.append(cluster_u[arm] - u)
+            if reward == "example" and was_seen[g].any():  # utility change of the group's revisited examples
+                arms.append(arm)
+                rewards.append(float(np.mean((before[g] - obs[g])[was_seen[g]])))
+            cluster_u[arm] = u
+            visits[arm] += 1
         stats = dict(indices=jnp.asarray(idx, jnp.int32), loss=jnp.asarray(losses[k, idx]),
                      grad_norm=jnp.float32(gnorms[k]), learning_rate=jnp.float32(lrs[k]),
                      step=jnp.int32(k), valid=jnp.asarray(True))
@@ -113,23 +117,27 @@ def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward):
     assert int(final["rewards"]) == len(rewards) and len(rewards) >= 5
 
 
-
 def test_selection_is_the_top_utility_examples_of_the_chosen_cluster():
     ids = jnp.asarray(np.repeat(np.arange(3), 6))
     u = jnp.asarray(np.random.default_rng(1).permutation(18).astype(np.float32))
     uses = jnp.zeros(18, jnp.int32)
     for arm in range(3):
-        idx = np.asarray(L.top_in_cluster(jax.random.PRNGKey(arm), ids, arm, u, uses, 4, 0))
+        idx = np.asarray(L.top_in_clusters(jax.random.PRNGKey(arm), ids, jnp.array([arm]), u, uses, 4, 0, 3))
         members = np.arange(6 * arm, 6 * arm + 6)
         assert list(idx) == list(members[np.argsort(-np.asarray(u)[members])][:4])
     # max_uses: examples used that often come after every other member of the cluster
     spent = uses.at[jnp.argmax(jnp.where(ids == 1, u, -1.0))].set(2)
-    idx = np.asarray(L.top_in_cluster(jax.random.PRNGKey(0), ids, 1, u, spent, 5, 2))
+    idx = np.asarray(L.top_in_clusters(jax.random.PRNGKey(0), ids, jnp.array([1]), u, spent, 5, 2, 3))
     members = np.arange(6, 12)
     top = members[np.argsort(-np.asarray(u)[members])]
     assert list(idx) == list(top[1:6])
+    # two arms, one drawn twice: quotas 2 x 2 from cluster 0 and 2 from cluster 2, grouped by cluster
+    idx = np.asarray(L.top_in_clusters(jax.random.PRNGKey(1), ids, jnp.array([0, 0, 2]), u, uses, 6, 0, 3))
+    for arm, q, got in ((0, 4, idx[:4]), (2, 2, idx[4:])):
+        members = np.arange(6 * arm, 6 * arm + 6)
+        assert sorted(got) == sorted(members[np.argsort(-np.asarray(u)[members])][:q])
     # equal utilities: the tie break is random but stays inside the cluster and without repeats
-    idx = np.asarray(L.top_in_cluster(jax.random.PRNGKey(5), ids, 2, jnp.zeros(18), uses, 6, 0))
+    idx = np.asarray(L.top_in_clusters(jax.random.PRNGKey(5), ids, jnp.array([2]), jnp.zeros(18), uses, 6, 0, 3))
     assert sorted(idx) == list(range(12, 18))
 
 
@@ -193,7 +201,7 @@ def test_a_tiny_training_run_from_the_config_resumes_bitwise_equal(tmp_path, mon
     sampler, stats = st.data.sampler, st.data.stats
     assert int(np.asarray(sampler["uses"]).sum()) == 16 * 32  # every drawn example counted once
     assert int(np.asarray(sampler["visits"]).sum()) == 15  # the stats of steps 1..15 are folded in
-    assert set(np.asarray(stats["indices"]) // 256) == {int(sampler["arm"])}  # the last batch: one cluster
+    assert set(np.asarray(stats["indices"]) // 256) == {int(sampler["arms"][0])}  # the last batch: one cluster
     # stopped right after the save of step 8, rerun: bitwise the uninterrupted run
     real = Checkpoints.save
 

@@ -44,19 +44,25 @@ jitted train step here (no model call beyond the step's own forward/backward pas
    round on arm ``a`` with reward ``r``, the reward is rescaled with the min/max of all rewards
    so far, ``r' = 2 (r - lo) / (hi - lo) - 1`` (raw ``r`` while fewer than two rewards), and
    ``w_a <- w_a exp(gamma / K * r' / p_a)``.  We keep ``log w``.  The reward is the cluster's
-   *utility change*: the mean utility IU + Delta L' of the batch drawn from the cluster at its
-   previous visit minus that of the batch drawn now (learning progress on the cluster; no
-   reward at a cluster's first visit).  Within the chosen cluster the batch is the
+   *utility change* (the released code leaves the reward at 0, so this is our reading of the
+   paper's text): by default (``reward="example"``) the mean decrease of the IDU of the
+   batch's examples since their previous visit, ``IDU_before(x) - (IU + Delta L')``, over the
+   examples seen before (no round when none was); ``reward="cluster"``: the mean utility of
+   the batch drawn from the cluster at its previous visit minus that of the batch drawn now.
+   Within the chosen cluster the batch is the
    ``batch_size`` examples of highest IDU (ties broken at random), optionally skipping
    examples already used ``max_uses`` times (the authors' code excludes examples used 4
    times).
 
 **Our mapping of an "iteration".**  The paper's iteration trains one pass over a
 ``sample_rate`` fraction of the chosen cluster, then updates utilities and the bandit.  Here
-one iteration is one train step: each step picks a cluster and its top-``batch_size``
-examples; the stats of step k (per-example losses, gradient norm, learning rate) update the
-utilities and the bandit at step k + 1.  Every cluster must hold at least ``batch_size``
-examples.
+one iteration is one train step: each step draws ``arms_per_step`` clusters from the bandit
+(default 1: the whole batch from one cluster, as in the paper) and takes the top
+``batch_size / arms_per_step`` examples of each (an arm drawn twice gets twice the quota);
+the stats of step k (per-example losses, gradient norm, learning rate) update the utilities
+and the bandit -- one EXP3 round per drawn arm, rewarded by its group of the batch -- at step
+k + 1.  ``arms_per_step > 1`` is our extension (mixed batches).  Every cluster must hold at
+least ``batch_size`` examples.
 
 **Clusters.**  The paper clusters instructions offline (embeddings + difficulty).  Here the
 assignment is given: ``cluster_ids`` (one id per example), ``cluster_size`` (contiguous blocks
@@ -121,15 +127,22 @@ def exp3_update(log_w, lo, hi, count, arm, reward, gamma):
     return log_w, lo, hi, count, scaled
 
 
-def top_in_cluster(key, cluster_ids, arm, utility, uses, batch_size: int, max_uses: int):
-    """The ``batch_size`` examples of cluster ``arm`` with the highest ``utility`` (random tie
-    break); with ``max_uses > 0`` examples used that often come last.  Examples outside the
-    cluster come only if it is too small (never, for validated clusters)."""
-    outside = (cluster_ids != arm).astype(jnp.int32)
-    spent = (uses >= max_uses).astype(jnp.int32) if max_uses > 0 else jnp.zeros_like(outside)
+def top_in_clusters(key, cluster_ids, arms, utility, uses, batch_size: int, max_uses: int, num_clusters: int):
+    """Fine-grained selection: for each drawn arm (cluster) in ``arms`` (c,), the
+    ``batch_size / c`` examples of that cluster with the highest ``utility`` (random tie break;
+    an arm drawn twice gets twice the quota; with ``max_uses > 0`` examples used that often
+    come last).  One sort of the data set by (cluster, spent, -utility, tie).  The result is
+    grouped by cluster in increasing id: group j (positions ``[j B/c, (j+1) B/c)``) belongs to
+    ``sort(arms)[j]``.  Every cluster must hold >= batch_size examples."""
+    quota = jnp.bincount(arms, length=num_clusters) * (batch_size // arms.shape[0])
+    counts = jnp.bincount(cluster_ids, length=num_clusters)
+    starts = jnp.cumsum(counts) - counts
+    spent = (uses >= max_uses).astype(jnp.int32) if max_uses > 0 else jnp.zeros_like(cluster_ids)
     tie = jax.random.uniform(key, utility.shape)
-    order = jnp.lexsort((tie, -utility, spent, outside))  # last key is the primary one
-    return order[:batch_size].astype(jnp.int32)
+    order = jnp.lexsort((tie, -utility, spent, cluster_ids))  # the last key is the primary one
+    cl = cluster_ids[order]
+    chosen = jnp.arange(order.shape[0]) - starts[cl] < quota[cl]
+    return order[jnp.nonzero(chosen, size=batch_size)[0]].astype(jnp.int32)
 
 
 def kmeans(key, features, num_clusters: int, iters: int = 25) -> Tuple[jax.Array, jax.Array]:
@@ -237,7 +250,8 @@ def resolve_clusters(size: int, batch_size: int, cluster_size: int = 0, cluster_
 def lead(size: int, batch_size: int, cluster_size: int = 0, cluster_ids=None, features=None,
          num_clusters: int = 0, kmeans_iters: int = 25, kmeans_seed: int = 0, smoothing: float = 0.5,
          gamma: float = 0.1, loss_change: str = "batch", cos_phi: float = 0.0,
-         initial_utility: float = float("inf"), max_uses: int = 0, reward: str = "example") -> DataSampler:
+         initial_utility: float = float("inf"), max_uses: int = 0, reward: str = "example",
+         arms_per_step: int = 1) -> DataSampler:
     """LEAD (module docstring): per-example IDU state, an EXP3 bandit over clusters and
     top-IDU selection within the chosen cluster, all in ``next_indices`` (pure, jit-able).
 
@@ -245,7 +259,11 @@ def lead(size: int, batch_size: int, cluster_size: int = 0, cluster_ids=None, fe
     ``num_clusters``, ``kmeans_iters``, ``kmeans_seed``); ``smoothing`` b in [0, 1) (weight of
     the history in IDU); ``gamma`` in (0, 1] (EXP3 exploration); ``loss_change`` in
     ("batch", "paper", "none") and ``cos_phi`` in [-1, 1] (for "paper"); ``initial_utility``
-    (IDU of a never-seen example; +inf: unseen first); ``max_uses`` (0: no cap)."""
+    (IDU of a never-seen example; +inf: unseen first); ``max_uses`` (0: no cap); ``reward`` in
+    ("example", "cluster"): the bandit's reward, the utility change of the group's revisited
+    examples since their last visit (``IDU_before - (IU + Delta L')``, mean; no round when none
+    was seen before) or the change of the cluster's group-mean utility since the cluster's last
+    visit; ``arms_per_step`` (a divisor of batch_size)."""
     ids = resolve_clusters(size, batch_size, cluster_size, cluster_ids, features, num_clusters, kmeans_iters,
                            kmeans_seed)
     k = int(ids.max()) + 1
@@ -261,75 +279,84 @@ def lead(size: int, batch_size: int, cluster_size: int = 0, cluster_ids=None, fe
     max_uses = _nonneg_int("max_uses", max_uses)
     if reward not in REWARDS:
         raise _err("reward", f"must be one of {REWARDS}, got {reward!r}")
+    arms_per_step = _nonneg_int("arms_per_step", arms_per_step)
+    if arms_per_step < 1 or batch_size % arms_per_step:
+        raise _err("arms_per_step", f"must be a positive divisor of batch_size ({batch_size}), got {arms_per_step}")
     cid = jnp.asarray(ids)
+
+    per = batch_size // arms_per_step
 
     def init() -> Dict[str, jax.Array]:
         f32, i32 = jnp.float32, jnp.int32
         return dict(idu=jnp.full((size,), initial_utility, f32), last_step=jnp.full((size,), -1, i32),
-                    uses=jnp.zeros((size,), i32), log_w=jnp.zeros((k,), f32), arm=jnp.asarray(-1, i32),
+                    uses=jnp.zeros((size,), i32), log_w=jnp.zeros((k,), f32),
+                    arms=jnp.full((arms_per_step,), -1, i32),
                     reward_lo=jnp.asarray(jnp.inf, f32), reward_hi=jnp.asarray(-jnp.inf, f32),
                     rewards=jnp.zeros((), i32), last_reward=jnp.zeros((), f32),
                     cluster_utility=jnp.zeros((k,), f32), visits=jnp.zeros((k,), i32),
                     g2_first=jnp.zeros((k,), f32), g2_prev=jnp.zeros((), f32))
 
     def observe(state, stats):
-        """Fold the previous step's stats into the utilities and the bandit."""
+        """Fold the previous step's stats into the utilities and the bandit (one EXP3 round per
+        drawn arm, in the order of the batch's groups)."""
         idx, loss = stats["indices"].astype(jnp.int32), stats["loss"].astype(jnp.float32)
         lr = stats["learning_rate"].astype(jnp.float32)
         g2 = jnp.square(stats["grad_norm"].astype(jnp.float32))
-        arm = jnp.maximum(state["arm"], 0)
-        first_visit_cluster = state["visits"][arm] == 0
+        arms = jnp.maximum(state["arms"], 0)
+        first_visit = state["visits"][arms] == 0  # (c,)
         if loss_change == "batch":
-            dl = -lr * g2
+            dl = jnp.broadcast_to(-lr * g2, arms.shape)
         elif loss_change == "paper":
-            later, _ = paper_loss_change(lr, state["g2_first"][arm], state["g2_prev"], cos_phi)
-            dl = jnp.where(first_visit_cluster, -lr * state["g2_prev"], later)
+            later, _ = paper_loss_change(lr, state["g2_first"][arms], state["g2_prev"], cos_phi)
+            dl = jnp.where(first_visit, -lr * state["g2_prev"], later)
         else:
-            dl = jnp.zeros((), jnp.float32)
-        observed = loss + dl
-        old = state["idu"][idx]
-        new = smooth_utility(old, observed, state["last_step"][idx] < 0, smoothing)
+            dl = jnp.zeros(arms.shape, jnp.float32)
+        observed = loss + jnp.repeat(dl, per)
+        old, was_seen = state["idu"][idx], state["last_step"][idx] >= 0
         s = dict(state)
-        s["idu"] = state["idu"].at[idx].set(new)
+        s["idu"] = state["idu"].at[idx].set(smooth_utility(old, observed, ~was_seen, smoothing))
         s["last_step"] = state["last_step"].at[idx].set(stats["step"].astype(jnp.int32))
-        utility = jnp.mean(observed)
-        if reward == "cluster":
-            value, rewarded = state["cluster_utility"][arm] - utility, ~first_visit_cluster
-        else:
-            seen = state["last_step"][idx] >= 0
-            n_seen = jnp.sum(seen)
-            value = jnp.sum(jnp.where(seen, old - observed, 0.0)) / jnp.maximum(n_seen, 1)
-            rewarded = n_seen > 0
-        log_w, lo, hi, cnt, scaled = exp3_update(state["log_w"], state["reward_lo"], state["reward_hi"],
-                                                 state["rewards"], arm, value, gamma)
-        s["log_w"] = jnp.where(rewarded, log_w, state["log_w"])
-        s["reward_lo"] = jnp.where(rewarded, lo, state["reward_lo"])
-        s["reward_hi"] = jnp.where(rewarded, hi, state["reward_hi"])
-        s["rewards"] = jnp.where(rewarded, cnt, state["rewards"])
-        s["last_reward"] = jnp.where(rewarded, scaled, 0.0)
-        s["cluster_utility"] = state["cluster_utility"].at[arm].set(utility)
-        s["visits"] = state["visits"].at[arm].add(1)
-        s["g2_first"] = jnp.where(first_visit_cluster, state["g2_first"].at[arm].set(g2), state["g2_first"])
+        obs_g, old_g, seen_g = (a.reshape(arms_per_step, per) for a in (observed, old, was_seen))
+
+        def one_round(j, c):
+            arm, utility = arms[j], jnp.mean(obs_g[j])
+            if reward == "cluster":
+                value, rewarded = c["cluster_utility"][arm] - utility, c["visits"][arm] > 0
+            else:
+                n_seen = jnp.sum(seen_g[j])
+                value = jnp.sum(jnp.where(seen_g[j], old_g[j] - obs_g[j], 0.0)) / jnp.maximum(n_seen, 1)
+                rewarded = n_seen > 0
+            upd = exp3_update(c["log_w"], c["reward_lo"], c["reward_hi"], c["rewards"], arm, value, gamma)
+            new = dict(c)
+            for name, v in zip(("log_w", "reward_lo", "reward_hi", "rewards", "last_reward"), upd):
+                new[name] = jnp.where(rewarded, v, c[name])
+            new["cluster_utility"] = c["cluster_utility"].at[arm].set(utility)
+            new["g2_first"] = jnp.where(c["visits"][arm] == 0, c["g2_first"].at[arm].set(g2), c["g2_first"])
+            new["visits"] = c["visits"].at[arm].add(1)
+            return new
+
+        names = ("log_w", "reward_lo", "reward_hi", "rewards", "last_reward", "cluster_utility", "visits", "g2_first")
+        s.update(jax.lax.fori_loop(0, arms_per_step, one_round, {n: state[n] for n in names}))
         s["g2_prev"] = g2
-        live = stats["valid"] & (state["arm"] >= 0)
+        live = stats["valid"] & (state["arms"][0] >= 0)
         return jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), s, state)
 
     def next_indices(key, state, stats):
         state = observe(state, stats)
         k_arm, k_tie = jax.random.split(key)
         p = exp3_probs(state["log_w"], gamma)
-        arm = jax.random.categorical(k_arm, jnp.log(p)).astype(jnp.int32)
-        idx = top_in_cluster(k_tie, cid, arm, state["idu"], state["uses"], batch_size, max_uses)
-        state = dict(state, arm=arm, uses=state["uses"].at[idx].add(1))
+        arms = jnp.sort(jax.random.categorical(k_arm, jnp.log(p), shape=(arms_per_step,)).astype(jnp.int32))
+        idx = top_in_clusters(k_tie, cid, arms, state["idu"], state["uses"], batch_size, max_uses, k)
+        state = dict(state, arms=arms, uses=state["uses"].at[idx].add(1))
         return idx, state
 
     options = dict(num_clusters=k, cluster_sizes=np.bincount(ids).tolist(), smoothing=smoothing, gamma=gamma,
                    loss_change=loss_change, cos_phi=cos_phi, initial_utility=initial_utility, max_uses=max_uses,
-                   reward=reward)
+                   reward=reward, arms_per_step=arms_per_step)
     return DataSampler("lead", init, next_indices, options, None, size, batch_size)
 
 
 register_sampler("lead", lead)
 
-__all__ = ["lead", "paper_loss_change", "smooth_utility", "exp3_probs", "exp3_update", "top_in_cluster", "kmeans",
-           "resolve_clusters", "LOSS_CHANGES"]
+__all__ = ["lead", "paper_loss_change", "smooth_utility", "exp3_probs", "exp3_update", "top_in_clusters", "kmeans",
+           "resolve_clusters", "LOSS_CHANGES", "REWARDS"]
