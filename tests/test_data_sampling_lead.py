@@ -59,14 +59,16 @@ def test_paper_loss_change_matches_minimum_over_beta():
     assert float(beta) == pytest.approx((d2 - a) / (d1 + d2 - 2 * a), rel=1e-6)
 
 
-@pytest.mark.parametrize("reward,arms_per_step", [("example", 1), ("cluster", 1), ("example", 2)])
-def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward, arms_per_step):
+@pytest.mark.parametrize("reward,arms_per_step,loss_change", [("example", 1, "batch"), ("cluster", 1, "batch"),
+                                                              ("example", 2, "paper")])
+def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward, arms_per_step, loss_change):
     """Drive the sampler with known losses / grad norms / learning rates and recompute the
     selection, every IDU value and the bandit's probabilities with plain numpy, step by step."""
     n, b, m = 12, 4, 4  # 3 clusters of 4
     per = b // arms_per_step
-    b_s, gamma = 0.3, 0.2
-    s = L.lead(n, b, cluster_size=m, smoothing=b_s, gamma=gamma, reward=reward, arms_per_step=arms_per_step)
+    b_s, gamma, cos_phi = 0.3, 0.2, 0.4
+    s = L.lead(n, b, cluster_size=m, smoothing=b_s, gamma=gamma, reward=reward, arms_per_step=arms_per_step,
+               loss_change=loss_change, cos_phi=cos_phi)
     rng = np.random.default_rng(0)
     steps = 14
     losses = rng.uniform(0.1, 3.0, size=(steps, n)).astype(np.float32)
@@ -79,6 +81,7 @@ def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward, arms_per_
     arms, rewards = [], []
     cluster_u = np.zeros(3)
     visits = np.zeros(3, int)
+    g2_first, g2_prev = np.zeros(3), 0.0
     for k in range(steps):
         idx, state = step_fn(base.sampler_key(3, k), state, stats)
         idx = np.asarray(idx)
@@ -90,7 +93,13 @@ def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward, arms_per_
             top = np.sort(idu[members])[::-1][:per * int(np.sum(drawn == arm))]
             np.testing.assert_allclose(np.sort(idu[idx[idx // m == arm]])[::-1], top)
         # this step's stats, then the reference update
-        obs = losses[k, idx] - lrs[k] * gnorms[k] ** 2
+        g2 = float(gnorms[k]) ** 2
+        if loss_change == "batch":  # -eta ||g_t||^2 of this very step
+            dl = np.full(len(drawn), -lrs[k] * g2)
+        else:  # the paper's formula: first visit of the cluster -eta delta_{t-1}, later the beta* mix
+            dl = np.array([-lrs[k] * g2_prev if visits[a] == 0 else
+                           np_paper_loss_change(lrs[k], g2_first[a], g2_prev, cos_phi)[0] for a in drawn])
+        obs = losses[k, idx] + np.repeat(dl, per)
         was_seen, before = seen[idx].copy(), idu[idx].copy()
         for i, o in zip(idx, obs):
             idu[i] = o if not seen[i] else b_s * idu[i] + (1 - b_s) * o
@@ -105,7 +114,9 @@ def test_idu_and_bandit_against_numpy_on_a_fixed_loss_sequence(reward, arms_per_
                 arms.append(arm)
                 rewards.append(float(np.mean((before[g] - obs[g])[was_seen[g]])))
             cluster_u[arm] = u
+            g2_first[arm] = g2 if visits[arm] == 0 else g2_first[arm]
             visits[arm] += 1
+        g2_prev = g2
         stats = dict(indices=jnp.asarray(idx, jnp.int32), loss=jnp.asarray(losses[k, idx]),
                      grad_norm=jnp.float32(gnorms[k]), learning_rate=jnp.float32(lrs[k]),
                      step=jnp.int32(k), valid=jnp.asarray(True))
