@@ -10,8 +10,8 @@ the distinct examples seen.  The training loop is a small self-contained ``lax.s
 same draw -> gather -> step -> stats order as samplax.experiment.trainer), so all methods
 share one code path and the seeds run fast.
 
-    python -m benchmarks.training_sampling_lead            # 4 budgets x 3 seeds
-    python -m benchmarks.training_sampling_lead --quick    # 1 budget x 2 seeds
+    python -m benchmarks.training_sampling_lead            # 2 data sets x 4 budgets x 3 seeds
+    python -m benchmarks.training_sampling_lead --quick    # the mixture, 1 budget x 2 seeds
     python -m benchmarks.training_sampling_lead --write    # also docs/benchmarks/training_sampling_lead.md
 """
 from __future__ import annotations
@@ -32,7 +32,10 @@ from samplax.data_sampling import lead as lead_mod  # noqa: F401 (registers "lea
 
 MODULE = "benchmarks.training_sampling_lead"
 OUT = os.path.join(C.REPO_ROOT, "docs", "benchmarks", "training_sampling_lead.md")
-DATA = dict(clean=4, noisy=2, redundant=2, cluster_size=256)
+#: the data sets measured: the mixture, and one without noisy labels (redundancy only)
+SETTINGS = {"mix": dict(clean=4, noisy=2, redundant=2, cluster_size=256),
+            "no_noise": dict(clean=4, noisy=0, redundant=4, cluster_size=256)}
+DATA = SETTINGS["mix"]
 BATCH = 32
 LR = 3e-3
 HIDDEN = (64, 64)
@@ -88,7 +91,7 @@ def train(sampler, arrays, eval_arrays, num_classes, steps: int, seed: int):
     return float(acc), np.asarray(idx)
 
 
-def method_sampler(method: str, size: int, fraction: float, seed: int):
+def method_sampler(method: str, size: int, fraction: float, seed: int, data=DATA):
     if method == "uniform":
         return base.get_sampler("uniform", size, BATCH)
     if method == "fixed_subset":
@@ -96,77 +99,83 @@ def method_sampler(method: str, size: int, fraction: float, seed: int):
     if method == "rs2":
         return base.get_sampler("rs2", size, BATCH, dict(fraction=fraction))
     if method == "lead":
-        return base.get_sampler("lead", size, BATCH, dict(cluster_size=DATA["cluster_size"]))
+        return base.get_sampler("lead", size, BATCH, dict(cluster_size=data["cluster_size"]))
     if method == "lead_no_bandit":  # gamma = 1: clusters uniformly at random, top-IDU inside
-        return base.get_sampler("lead", size, BATCH, dict(cluster_size=DATA["cluster_size"], gamma=1.0))
+        return base.get_sampler("lead", size, BATCH, dict(cluster_size=data["cluster_size"], gamma=1.0))
     if method == "lead_cluster_reward":  # reward: the cluster's batch utility now vs at its last visit
-        return base.get_sampler("lead", size, BATCH, dict(cluster_size=DATA["cluster_size"], reward="cluster"))
+        return base.get_sampler("lead", size, BATCH, dict(cluster_size=data["cluster_size"], reward="cluster"))
     if method == "lead_mixed":  # every example's cluster drawn from the bandit (arms_per_step = batch)
-        return base.get_sampler("lead", size, BATCH, dict(cluster_size=DATA["cluster_size"], arms_per_step=BATCH))
+        return base.get_sampler("lead", size, BATCH, dict(cluster_size=data["cluster_size"], arms_per_step=BATCH))
     if method == "full":
         return base.get_sampler("epoch", size, BATCH, dict(seed=seed))
     raise ValueError(method)
 
 
-def methods():
+def methods(setting: str):
+    if setting != "mix":
+        return ["uniform", "lead", "lead_no_bandit", "lead_mixed"]
     out = ["uniform", "fixed_subset"] + (["rs2"] if "rs2" in base.SAMPLERS else []) + ["lead", "lead_no_bandit",
                                                                               "lead_cluster_reward", "lead_mixed"]
     return out
 
 
-def run_all(fractions, seeds, log=print):
-    ds = make_dataset("clusters_mix", **DATA)
-    n, m = ds.size, DATA["cluster_size"]
-    kind = np.repeat(np.array(["clean"] * DATA["clean"] + ["noisy"] * DATA["noisy"]
-                              + ["redundant"] * DATA["redundant"]), m)
+def run_all(setting, fractions, seeds, log=print):
+    data = SETTINGS[setting]
+    ds = make_dataset("clusters_mix", **data)
+    n, m = ds.size, data["cluster_size"]
+    kind = np.repeat(np.array(["clean"] * data["clean"] + ["noisy"] * data["noisy"]
+                              + ["redundant"] * data["redundant"]), m)
     full_steps = base.steps_for_epochs(n, BATCH, FULL_EPOCHS)
     rows = []
-    plan = [(f, meth) for f in fractions for meth in methods()] + [(1.0, "full")]
+    plan = [(f, meth) for f in fractions for meth in methods(setting)] + [(1.0, "full")]
     for fraction, meth in plan:
         steps = max(1, int(round(fraction * full_steps)))
         accs, noisy, red, distinct, secs = [], [], [], [], []
         for seed in seeds:
             t0 = time.time()
-            acc, idx = train(method_sampler(meth, n, fraction, seed), ds.arrays, ds.eval_arrays, ds.num_classes,
-                             steps, seed)
+            acc, idx = train(method_sampler(meth, n, fraction, seed, data), ds.arrays, ds.eval_arrays,
+                             ds.num_classes, steps, seed)
             secs.append(time.time() - t0)
             k = kind[idx.ravel()]
             accs.append(acc)
             noisy.append(np.mean(k == "noisy"))
             red.append(np.mean(k == "redundant"))
             distinct.append(len(np.unique(idx)) / n)
-        row = dict(method=meth, fraction=fraction, steps=steps, acc_mean=float(np.mean(accs)),
+        row = dict(setting=setting, method=meth, fraction=fraction, steps=steps, acc_mean=float(np.mean(accs)),
                    acc_std=float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0, accs=accs,
                    noisy_share=float(np.mean(noisy)), redundant_share=float(np.mean(red)),
                    distinct=float(np.mean(distinct)), seconds=float(np.mean(secs)))
-        log(f"{meth:15s} f={fraction:<5} steps={steps:5d} acc={row['acc_mean']:.4f}+-{row['acc_std']:.4f} "
+        log(f"{setting:8s} {meth:19s} f={fraction:<5} steps={steps:5d} acc={row['acc_mean']:.4f}+-{row['acc_std']:.4f} "
             f"noisy={row['noisy_share']:.3f} redundant={row['redundant_share']:.3f} distinct={row['distinct']:.3f}")
         rows.append(row)
     return rows
 
 
 def render(res: dict) -> str:
-    d = DATA
     lines = ["# LEAD vs random sampling on clusters_mix: accuracy vs fraction of the training budget", "",
              C.machine_md(res["machine"], res["command"], res["date"]), "",
-             f"Data: `clusters_mix` ({d['clean']} clean, {d['noisy']} noisy-label, {d['redundant']} redundant "
-             f"clusters of {d['cluster_size']}; 16-d, 4 classes, linear teacher; eval: 2048 fresh points from "
-             f"every cluster's blob with teacher labels).  MLP {HIDDEN}, Adam lr {LR}, batch {BATCH}.  Budget "
-             f"fraction f: f x {FULL_EPOCHS} epochs of steps (full = {FULL_EPOCHS} epochs, `epoch` sampler).  "
-             f"Seeds {res['seeds']} (model init and sampler); mean +- sample std.  Under uniform sampling the "
-             "noisy and redundant shares are 0.25 each by construction.", "",
-             "| f | method | steps | eval accuracy | noisy share | redundant share | distinct examples | s/run |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        lines.append(f"| {r['fraction']:g} | {r['method']} | {r['steps']} | {r['acc_mean']:.4f} +- "
-                     f"{r['acc_std']:.4f} | {r['noisy_share']:.3f} | {r['redundant_share']:.3f} | "
-                     f"{r['distinct']:.3f} | {r['seconds']:.1f} |")
-    lines += ["", "Methods: `uniform` i.i.d. indices; `fixed_subset` one random subset of f N examples, epochs over "
-              "it; `rs2` a fresh random subset per epoch (h4's sampler, when registered); `lead` EXP3 over the 8 "
-              "clusters + top-IDU inside (defaults of samplax.data_sampling.lead); `lead_no_bandit` the same with "
-              "gamma = 1 (clusters uniformly at random); `lead_cluster_reward` the bandit rewarded with the "
-              "cluster-level utility change (option reward=\"cluster\"); `lead_mixed` arms_per_step = batch size "
-              "(each example's cluster drawn from the bandit: mixed batches, our extension).", ""]
+             "Data: `clusters_mix` (clusters of 256; 16-d, 4 classes, linear teacher; eval: 2048 fresh points from "
+             f"every cluster's blob with teacher labels).  MLP {HIDDEN}, Adam lr {LR} (constant), batch {BATCH}.  "
+             f"Budget fraction f: f x {FULL_EPOCHS} epochs of steps (full = {FULL_EPOCHS} epochs, `epoch` sampler).  "
+             f"Seeds {res['seeds']} (model init and sampler); mean +- sample std.  Shares: fraction of the drawn "
+             "examples from noisy / redundant clusters (uniform: their fraction of the data, by construction).", ""]
+    for setting in res["settings"]:
+        d = SETTINGS[setting]
+        lines += [f"## `{setting}`: {d['clean']} clean, {d['noisy']} noisy-label, {d['redundant']} redundant clusters",
+                  "", "| f | method | steps | eval accuracy | noisy share | redundant share | distinct examples | s/run |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in res["rows"] if r.get("setting", "mix") == setting):
+            lines.append(f"| {r['fraction']:g} | {r['method']} | {r['steps']} | {r['acc_mean']:.4f} +- "
+                         f"{r['acc_std']:.4f} | {r['noisy_share']:.3f} | {r['redundant_share']:.3f} | "
+                         f"{r['distinct']:.3f} | {r['seconds']:.1f} |")
+        lines.append("")
+    lines += ["Methods: `uniform` i.i.d. indices; `fixed_subset` one random subset of f N examples, epochs over "
+              "it; `rs2` a fresh random subset per epoch (h4's sampler, when registered -- it was not when this "
+              "table was made); `lead` EXP3 over the clusters + top-IDU inside (defaults of "
+              "samplax.data_sampling.lead: one cluster per step); `lead_no_bandit` the same with gamma = 1 (clusters "
+              "uniformly at random); `lead_cluster_reward` the bandit rewarded with the cluster-level utility change "
+              "(option reward=\"cluster\"); `lead_mixed` arms_per_step = batch size (each example's cluster drawn "
+              "from the bandit: mixed batches, our extension).  s/run includes compilation.", ""]
     return "\n".join(lines)
 
 
@@ -178,9 +187,10 @@ def main():
     C.enable_compilation_cache()
     fractions = (0.1,) if args.quick else FRACTIONS
     seeds = (0, 1) if args.quick else (0, 1, 2)
-    rows = run_all(fractions, seeds)
+    settings = ("mix",) if args.quick else tuple(SETTINGS)
+    rows = [r for setting in settings for r in run_all(setting, fractions, seeds)]
     res = dict(machine=C.machine_info(), command=C.command_line(MODULE), date=C.utc_now(), seeds=list(seeds),
-               rows=rows)
+               settings=list(settings), rows=rows)
     md = render(res)
     print(md)
     if args.write:
