@@ -162,7 +162,8 @@ def render(res: dict) -> str:
     for setting in res["settings"]:
         d = SETTINGS[setting]
         lines += [f"## `{setting}`: {d['clean']} clean, {d['noisy']} noisy-label, {d['redundant']} redundant clusters",
-                  "", "| f | method | steps | eval accuracy | noisy share | redundant share | distinct examples | s/run |",
+                  "",
+                  "| f | method | steps | eval accuracy | noisy share | redundant share | distinct examples | s/run |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in (r for r in res["rows"] if r.get("setting", "mix") == setting):
             lines.append(f"| {r['fraction']:g} | {r['method']} | {r['steps']} | {r['acc_mean']:.4f} +- "

@@ -418,9 +418,9 @@ def _clusters_mix_dataset(clean: int = 4, noisy: int = 2, redundant: int = 2, cl
     """A classification mixture whose per-cluster utility is known by construction (for data
     selection, e.g. LEAD).  Labels follow a fixed random linear teacher, y = argmax(W x)
     (W ~ N(0, 1)^(num_classes x dim)); cluster k is a Gaussian blob N(c_k, spread^2 I) around
-    c_k ~ N(0, I) (so the teacher's boundaries cut through every blob).  Clusters are stored contiguously -- example i is in cluster
-    ``i // cluster_size`` -- in the order: ``clean`` clusters (teacher labels), ``noisy``
-    clusters (labels uniformly random: uninformative),
+    c_k ~ N(0, I) (so the teacher's boundaries cut through every blob).  Clusters are stored
+    contiguously -- example i is in cluster ``i // cluster_size`` -- in the order: ``clean``
+    clusters (teacher labels), ``noisy`` clusters (labels uniformly random: uninformative),
     ``redundant`` clusters (``prototypes`` points of the blob, each repeated with noise
     0.01 * spread: near-duplicates, teacher labels).  ``eval_arrays``: ``eval_size`` fresh
     points from every cluster's blob (equally often) with teacher labels.  All from

@@ -17,7 +17,7 @@ jitted train step here (no model call beyond the step's own forward/backward pas
      iteration) and the angle phi between the two gradients::
 
          Delta L' = -eta [beta^2 delta_tk + (1-beta)^2 delta_t1 + 2 beta (1-beta) sqrt(delta_tk delta_t1) cos phi]
-         beta*    = (delta_t1 - sqrt(delta_tk delta_t1) cos phi) / (delta_tk + delta_t1 - 2 sqrt(delta_tk delta_t1) cos phi)
+         beta*    = (delta_t1 - c) / (delta_tk + delta_t1 - 2 c),   c = sqrt(delta_tk delta_t1) cos phi
 
      (beta* minimises the bracket: the minimum-norm point of the segment between the two
      gradients; we clip it to [0, 1]).  :func:`paper_loss_change` computes this.  Our train
@@ -73,7 +73,7 @@ Lloyd's algorithm with k-means++ seeding).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
