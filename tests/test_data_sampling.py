@@ -192,11 +192,14 @@ def test_every_objective_config_with_a_sampler_validates(config):
 # ---------------------------------------------------------------------------------------
 KILL = dict(num_steps=120, checkpoint_every=30, log_every=1, batch_size=32)
 #: (sampler, options) covered by the kill -9 test; samplers of other modules add theirs here
-KILL_SAMPLERS = [("epoch", {})]
+KILL_SAMPLERS = [("epoch", {}), ("rs2", {"fraction": 0.1, "replacement": False})]
+#: a sampler with options runs from a config that has them (the command line cannot add fields)
+KILL_CONFIGS = {"rs2": "configs/train_rs2_digits_classifier.py"}
 
 
 def _cli(workdir, name, options):
-    args = [sys.executable, "-m", "experiments.train", "--config=configs/train_classify_digits.py",
+    args = [sys.executable, "-m", "experiments.train",
+            f"--config={KILL_CONFIGS.get(name, 'configs/train_classify_digits.py')}",
             f"--workdir={workdir}", "--config.model.network=mlp", "--config.model.mlp.hidden=32",
             f"--config.train.sampler.name={name}"]
     args += [f"--config.train.sampler.options.{k}={v}" for k, v in options.items()]
