@@ -97,7 +97,7 @@ def method_sampler(method: str, size: int, fraction: float, seed: int, data=DATA
     if method == "fixed_subset":
         return base.get_sampler("fixed_subset", size, BATCH, dict(fraction=fraction, seed=seed))
     if method == "rs2":
-        return base.get_sampler("rs2", size, BATCH, dict(fraction=fraction))
+        return base.get_sampler("rs2", size, BATCH, dict(fraction=fraction, seed=seed))
     if method == "lead":
         return base.get_sampler("lead", size, BATCH, dict(cluster_size=data["cluster_size"]))
     if method == "lead_no_bandit":  # gamma = 1: clusters uniformly at random, top-IDU inside
@@ -171,12 +171,13 @@ def render(res: dict) -> str:
                          f"{r['distinct']:.3f} | {r['seconds']:.1f} |")
         lines.append("")
     lines += ["Methods: `uniform` i.i.d. indices; `fixed_subset` one random subset of f N examples, epochs over "
-              "it; `rs2` a fresh random subset per epoch (h4's sampler, when registered -- it was not when this "
-              "table was made); `lead` EXP3 over the clusters + top-IDU inside (defaults of "
-              "samplax.data_sampling.lead: one cluster per step); `lead_no_bandit` the same with gamma = 1 (clusters "
-              "uniformly at random); `lead_cluster_reward` the bandit rewarded with the cluster-level utility change "
-              "(option reward=\"cluster\"); `lead_mixed` arms_per_step = batch size (each example's cluster drawn "
-              "from the bandit: mixed batches, our extension).  s/run includes compilation.", ""]
+              "it; `rs2` a fresh random subset of f N examples per round, without replacement across rounds "
+              "(h4's sampler; constant learning rate here, not RS2's adjusted schedule); `lead` EXP3 over the "
+              "clusters + top-IDU inside (defaults of samplax.data_sampling.lead: one cluster per step); "
+              "`lead_no_bandit` the same with gamma = 1 (clusters uniformly at random); `lead_cluster_reward` the "
+              "bandit rewarded with the cluster-level utility change (option reward=\"cluster\"); `lead_mixed` "
+              "arms_per_step = batch size (each example's cluster drawn from the bandit: mixed batches, our "
+              "extension).  s/run includes compilation.", ""]
     return "\n".join(lines)
 
 
