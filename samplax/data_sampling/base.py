@@ -137,15 +137,31 @@ def permutation_stream_init(n: int, key=None) -> Dict[str, jax.Array]:
 
 def permutation_stream_take(key, stream, batch_size: int, shuffle: Callable[[jax.Array, jax.Array], jax.Array]):
     """Take ``batch_size`` positions from the stream; when the current permutation runs out,
-    continue on a fresh one ``shuffle(key_e, epoch)`` (so a batch may straddle epochs, and
-    every element appears exactly once per epoch).  Batches larger than n straddle several."""
+    continue on a fresh one ``shuffle(fold_in(key, epoch), epoch)`` (so a batch may straddle
+    epochs, and every element appears exactly once per epoch).
+
+    With ``batch_size <= n`` a batch touches at most two permutations: the next one is drawn
+    (under ``lax.cond``, so only when needed; under ``vmap`` the cond becomes a select and it is
+    drawn every step) and the batch is gathered in one vectorised step.  Larger batches
+    straddle several permutations and go element by element (``lax.scan``)."""
     n = stream["order"].shape[0]
+    if batch_size <= n:
+        order, pos, epoch = stream["order"], stream["pos"], stream["epoch"]
+        need = pos + batch_size > n
+        nxt = jax.lax.cond(need, lambda: shuffle(jax.random.fold_in(key, epoch + 1), epoch + 1).astype(order.dtype),
+                           lambda: order)
+        p = pos + jnp.arange(batch_size, dtype=pos.dtype)
+        idx = jnp.where(p < n, order[jnp.minimum(p, n - 1)], nxt[jnp.clip(p - n, 0, n - 1)])
+        state = dict(order=jnp.where(need, nxt, order), pos=jnp.where(need, pos + batch_size - n, pos + batch_size),
+                     epoch=jnp.where(need, epoch + 1, epoch))
+        return idx.astype(jnp.int32), state
 
     def one(carry, k):
         order, pos, epoch = carry
         new_epoch = pos >= n
         epoch = jnp.where(new_epoch, epoch + 1, epoch)
-        order = jax.lax.cond(new_epoch, lambda: shuffle(jax.random.fold_in(k, epoch), epoch), lambda: order)
+        order = jax.lax.cond(new_epoch, lambda: shuffle(jax.random.fold_in(k, epoch), epoch).astype(order.dtype),
+                             lambda: order)
         pos = jnp.where(new_epoch, 0, pos)
         return (order, pos + 1, epoch), order[pos]
 
