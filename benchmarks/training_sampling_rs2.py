@@ -251,7 +251,9 @@ def render(res) -> str:
     out = ["# RS2: repeated random subsets vs a fixed subset vs the full data (digits)", "",
            C.machine_md(res["machine"], res["command"], res["date"]),
            "* 2-core CPU container, shared with other sessions and noisy: times are indicative; "
-           "the spread is over seeds (mean ± sample std).", ""]
+           "the spread is over seeds (mean ± sample std)."]
+    out += [f"* Part `{r['part']}`: `{r['command']}` ({r['date']}, {r['total_seconds']:.0f} s)"
+            for r in res.get("runs", [])] + [""]
     if res.get("classifier"):
         p = res["classifier_settings"]
         out += [f"## Time-to-accuracy: digits CNN classifier ({p['rounds']} rounds, seeds {p['seeds']})", "",
