@@ -21,7 +21,7 @@ from samplax.experiment.errors import ConfigError
 OPEN_MAPPINGS = ("model.args", "model.data_args", "model.schedule_args", "solver.options", "sweep.solver_options",
                  "sampler.options", "sweep.sampler_options", "decoder.options", "sweep.decoder_options",
                  "problem.draft_options", "problem.reward_options", "problem.constraint_options", "problem.task_options",
-                 "sweep.option_axes", "data.options", "schedule.options", "model.options")
+                 "sweep.option_axes", "data.options", "schedule.options", "model.options", "train.sampler.options")
 
 
 def _open_root(dotted: str):

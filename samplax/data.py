@@ -412,6 +412,55 @@ def _digits_heldout(kwargs: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.nda
     return (test.images, test.labels) if len(test.labels) else None
 
 
+def _clusters_mix_dataset(clean: int = 4, noisy: int = 2, redundant: int = 2, cluster_size: int = 256,
+                          dim: int = 16, num_classes: int = 4, spread: float = 1.0, prototypes: int = 4,
+                          eval_size: int = 2048, seed: int = 0) -> Dataset:
+    """A classification mixture whose per-cluster utility is known by construction (for data
+    selection, e.g. LEAD).  Labels follow a fixed random linear teacher, y = argmax(W x)
+    (W ~ N(0, 1)^(num_classes x dim)); cluster k is a Gaussian blob N(c_k, spread^2 I) around
+    c_k ~ N(0, I) (so the teacher's boundaries cut through every blob).  Clusters are stored
+    contiguously -- example i is in cluster ``i // cluster_size`` -- in the order: ``clean``
+    clusters (teacher labels), ``noisy`` clusters (labels uniformly random: uninformative),
+    ``redundant`` clusters (``prototypes`` points of the blob, each repeated with noise
+    0.01 * spread: near-duplicates, teacher labels).  ``eval_arrays``: ``eval_size`` fresh
+    points from every cluster's blob (equally often) with teacher labels.  All from
+    ``numpy.random.default_rng(seed)``."""
+    counts = dict(clean=_int("clean", clean, 0), noisy=_int("noisy", noisy, 0),
+                  redundant=_int("redundant", redundant, 0))
+    n_clusters = sum(counts.values())
+    m, d, c = _int("cluster_size", cluster_size, 1), _int("dim", dim, 1), _int("num_classes", num_classes, 2)
+    reps, n_eval = _int("prototypes", prototypes, 1), _int("eval_size", eval_size, 1)
+    if n_clusters < 1 or m % reps or not float(spread) > 0:
+        raise ValueError(f"make_dataset('clusters_mix'): need clean + noisy + redundant >= 1 (got {counts}), "
+                         f"prototypes dividing cluster_size (got {reps}, {m}) and spread > 0 (got {spread!r})")
+    rng = np.random.default_rng(_int("seed", seed, 0))
+    teacher = rng.normal(size=(c, d))
+    centres = rng.normal(size=(n_clusters, d))
+    xs, ys = [], []
+    for k in range(n_clusters):
+        if k < counts["clean"] + counts["noisy"]:
+            x = centres[k] + spread * rng.normal(size=(m, d))
+        else:
+            x = np.repeat(centres[k] + spread * rng.normal(size=(reps, d)), m // reps, axis=0)
+            x = x + 0.01 * spread * rng.normal(size=(m, d))
+        noisy_k = counts["clean"] <= k < counts["clean"] + counts["noisy"]
+        xs.append(x)
+        ys.append(rng.integers(0, c, m) if noisy_k else np.argmax(x @ teacher.T, axis=1))
+    x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+    xe = (centres[rng.integers(0, n_clusters, n_eval)] + spread * rng.normal(size=(n_eval, d))).astype(np.float32)
+    ye = np.argmax(xe @ teacher.T, axis=1).astype(np.int32)
+    size = int(y.shape[0])
+
+    def indices(seed: int, step: int, batch_size: int) -> np.ndarray:
+        return batch_indices(seed, step, batch_size, size)
+
+    def batch(seed: int, step: int, batch_size: int) -> Tuple[Array, Optional[Array]]:
+        idx = indices(seed, step, batch_size)
+        return jnp.asarray(x[idx]), jnp.asarray(y[idx])
+
+    return Dataset("clusters_mix", (d,), c, size, batch, indices, arrays=(x, y), eval_arrays=(xe, ye))
+
+
 # --- token sequences (masked diffusion) -----------------------------------------------------
 #: scikit-learn's digits as tokens: the raw pixel intensity 0..16 of each of the 64 pixels
 DIGITS_TOKEN_VOCAB = 17
@@ -495,6 +544,7 @@ DATASETS: Dict[str, Callable[..., Dataset]] = {
     "gmm2d": functools.partial(_gmm_dataset, "gmm2d"),
     "gmm64d": functools.partial(_gmm_dataset, "gmm64d"),
     "digits": _digits_dataset,
+    "clusters_mix": _clusters_mix_dataset,
 }
 #: the token data sets, name -> builder(**kwargs) -> Dataset (int32 sequences, vocab_size > 0; trained with
 #: loss.objective="masked"); kept apart from the real-valued DATASETS, which the continuous runs list

@@ -37,3 +37,26 @@ def test_config_file_plans(name):
 def test_all_configs_listed():
     assert {"sample_v3", "sample_teleport", "sample_dualfast", "sample_adaptive", "sweep_v3", "sweep_teleport",
             "sweep_dualfast"} <= set(NAMES)
+
+
+TRAIN_NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.startswith("train_"))
+
+
+@pytest.mark.parametrize("name", TRAIN_NAMES)
+def test_train_config_file_validates(name):
+    """Every training config, of every kind (model, raft, offline_rl, snapshot_rl), passes its loop's checks."""
+    from samplax.experiment.train_kinds import train_kind, validate_training
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    cfg = validate_training(config)
+    assert isinstance(cfg, dict) and train_kind(config) == cfg.get("kind", "model")
+
+
+def test_an_unknown_training_kind_is_one_config_error():
+    import ml_collections
+
+    from samplax.experiment.config import ConfigError
+    from samplax.experiment.train_kinds import run_training
+
+    with pytest.raises(ConfigError, match=r"config.kind: unknown training kind 'rlhf'; allowed: \['model', "):
+        run_training(ml_collections.ConfigDict(dict(kind="rlhf")), "/nonexistent/never/written")

@@ -163,9 +163,13 @@ def _stop_after_save(monkeypatch, at_step):
     monkeypatch.setattr(Checkpoints, "save", save)
 
 
-def test_a_run_stopped_after_a_save_resumes_bitwise_equal_with_a_loss_reading_sampler(tmp_path, greedy, monkeypatch):
+@pytest.mark.parametrize("name,options", [("greedy", {}), ("epoch", {}), ("fixed_subset", {"fraction": 0.2}),
+                                          ("uniform", {})])
+def test_a_run_stopped_after_a_save_resumes_bitwise_equal_with_a_loss_reading_sampler(tmp_path, greedy, monkeypatch,
+                                                                                        name, options):
     c = _classify()
-    c.train.sampler.name = greedy
+    c.train.sampler.name = greedy if name == "greedy" else name
+    c.train.sampler.options = options
     plain, stopped = str(tmp_path / "plain"), str(tmp_path / "stopped")
     trainer.run_train(c, plain)
     with monkeypatch.context() as m:
@@ -191,15 +195,14 @@ def test_every_objective_config_with_a_sampler_validates(config):
 # kill -9 of a real training process with a data sampler
 # ---------------------------------------------------------------------------------------
 KILL = dict(num_steps=120, checkpoint_every=30, log_every=1, batch_size=32)
-#: (sampler, options) covered by the kill -9 test; samplers of other modules add theirs here
-KILL_SAMPLERS = [("epoch", {}), ("rs2", {"fraction": 0.1, "replacement": False})]
-#: a sampler with options runs from a config that has them (the command line cannot add fields)
-KILL_CONFIGS = {"rs2": "configs/train_rs2_digits_classifier.py"}
+#: (sampler, options) covered by the kill -9 test: LEAD (its state reads every step's losses) and RS2;
+#: the other samplers' resume is tested in process (test_a_run_stopped_after_a_save_resumes_bitwise_equal...)
+KILL_SAMPLERS = [("lead", {"cluster_size": 719}), ("rs2", {"fraction": 0.1, "replacement": False})]
 
 
 def _cli(workdir, name, options):
     args = [sys.executable, "-m", "experiments.train",
-            f"--config={KILL_CONFIGS.get(name, 'configs/train_classify_digits.py')}",
+            "--config=configs/train_classify_digits.py",
             f"--workdir={workdir}", "--config.model.network=mlp", "--config.model.mlp.hidden=32",
             f"--config.train.sampler.name={name}"]
     args += [f"--config.train.sampler.options.{k}={v}" for k, v in options.items()]

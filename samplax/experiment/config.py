@@ -335,6 +335,48 @@ def _check_tree(schema: dict, values: dict, prefix: str) -> None:
             spec.check(path, v)
 
 
+# --- public schema pieces: the other training loops (raft, offline_rl, snapshot_rl) check their
+# configs with the same Field / check_tree as the model trainer, so every loop's errors read alike
+check_tree = _check_tree
+
+
+def int_range(lo: int, hi: Optional[int] = None):
+    """A Field check: an integer in [lo, hi] (hi None: no upper bound)."""
+    def check(path, v):
+        if v < lo or (hi is not None and v > hi):
+            raise ConfigError(path, f"got {v!r}; allowed: an integer in [{lo}, {hi if hi is not None else 'inf'}]")
+    return check
+
+
+def float_range(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+                hi_open: bool = False):
+    """A Field check: a finite number in the interval from lo to hi (open ends where asked)."""
+    def check(path, v):
+        ok = _isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo)) and (
+            hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            left, right = "(" if lo_open or lo is None else "[", ")" if hi_open or hi is None else "]"
+            raise ConfigError(path, f"got {v!r}; allowed: a finite number in {left}{'-inf' if lo is None else lo}, "
+                                    f"{'inf' if hi is None else hi}{right}")
+    return check
+
+
+def one_of(allowed):
+    """A Field check: one of ``allowed`` (listed in the message in their own order)."""
+    allowed = tuple(allowed)
+
+    def check(path, v):
+        if v not in allowed:
+            raise ConfigError(path, f"unknown value {v!r}; allowed: {list(allowed)}")
+    return check
+
+
+def positive_tuple(path, v):
+    """A Field check: a non-empty tuple of positive integers (layer widths)."""
+    if len(v) == 0 or any(e < 1 for e in v):
+        raise ConfigError(path, f"got {tuple(v)!r}; allowed: a non-empty tuple of positive integers")
+
+
 def config_kind(cfg) -> str:
     """"sweep" when the config has a ``sweep`` section, else "sample" (a config that is
     not a mapping raises ConfigError at ``config``)."""

@@ -29,6 +29,20 @@ TRAIN_KINDS = {
 }
 
 
+#: kind -> "module:function" that checks a config of that kind (ConfigError naming the field), touching no file
+TRAIN_VALIDATORS = {
+    "model": "samplax.experiment.config:validate_train",
+    "raft": "samplax.experiment.raft:validate_raft",
+    "offline_rl": "samplax.experiment.rl_offline:validate_offline_rl",
+    "snapshot_rl": "samplax.experiment.rl_snapshot:validate",
+}
+
+
+def _resolve(spec: str):
+    module, fn = spec.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
 def train_kind(config) -> str:
     """The config's ``kind`` ("model" when absent); ConfigError("config.kind") when unknown."""
     kind = config.get("kind", "model") if hasattr(config, "get") else "model"
@@ -39,8 +53,12 @@ def train_kind(config) -> str:
 
 def run_training(config, workdir, restart: bool = False):
     """Run (or resume) the training loop of ``config``'s kind in ``workdir``; returns its summary."""
-    module, fn = TRAIN_KINDS[train_kind(config)].split(":")
-    return getattr(importlib.import_module(module), fn)(config, workdir, restart=restart)
+    return _resolve(TRAIN_KINDS[train_kind(config)])(config, workdir, restart=restart)
 
 
-__all__ = ["TRAIN_KINDS", "train_kind", "run_training"]
+def validate_training(config) -> dict:
+    """Check a training config of any kind; returns it as a plain dict (ConfigError on a bad field)."""
+    return _resolve(TRAIN_VALIDATORS[train_kind(config)])(config)
+
+
+__all__ = ["TRAIN_KINDS", "TRAIN_VALIDATORS", "train_kind", "run_training", "validate_training"]

@@ -360,7 +360,7 @@ class TrainingPreempted(Exception):
                          f"command to resume.")
 
 
-class _SigtermFlag:
+class SigtermFlag:
     """A SIGTERM handler that only records the signal, so the loop can finish the step in
     flight, save it and stop.  Installed by a single process only: under jax.distributed,
     JAX's preemption service owns SIGTERM and Orbax's ``reached_preemption`` agrees on the
@@ -396,7 +396,7 @@ class _SigtermFlag:
             self._previous = None
 
 
-def _rewrite_log(path, last_step: int) -> None:
+def rewrite_log(path, last_step: int) -> None:
     """Keep the log rows up to the restored checkpoint (later ones are recomputed)."""
     if not io.exists(path):
         return
@@ -519,7 +519,7 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
     tb = None
     log_path = wd / LOG_FILE
     with Checkpoints(ckpt_dir, s.identity, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
-                     final_step=t["num_steps"]) as ckpt, _SigtermFlag() as sigterm:
+                     final_step=t["num_steps"]) as ckpt, SigtermFlag() as sigterm:
         if damaged:  # move the damaged newer steps aside (process 0), so their steps can be saved again
             for step, _ in damaged:
                 if writer:
@@ -536,7 +536,7 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
             logging.info("train: resuming from the checkpoint of step %d in %s", start, ckpt.directory)
         del fresh, restored
         if writer:
-            _rewrite_log(log_path, start)
+            rewrite_log(log_path, start)
             from tensorboardX import SummaryWriter
 
             tb = SummaryWriter(str(wd / "tb"))
