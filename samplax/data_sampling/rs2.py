@@ -5,7 +5,8 @@ Time-to-Accuracy of Learning", ICLR 2024).
 Instead of pruning the data set once to a static subset of ``fraction = r`` of its ``N``
 examples (data pruning / coreset selection), RS2 draws a *fresh* random subset of
 ``m = round(r N)`` examples for every round (the paper's "epoch" on the subset, Sec. 3) and
-trains one pass over it.  Two variants (Sec. 3, Alg. 1 and its with-replacement twin):
+trains one pass over it.  Two variants (Sec. 3; the reference code's
+``UniformNoReplacement`` selection with ``--per_epoch True`` is the first):
 
 * **without replacement across rounds** (``replacement=False``, the paper's default): one
   uniform permutation ``pi_c`` of the data set is consumed ``m`` at a time, so the data set is
