@@ -293,4 +293,15 @@ class Checkpoints:
         return dst
 
 
-__all__ = ["Checkpoints", "CheckpointMismatch", "CheckpointDamaged", "state_checksum"]
+__all__ = ["Checkpoints", "CheckpointMismatch", "CheckpointDamaged", "state_checksum", "resume_point"]
+
+
+def resume_point(directory, model_identity: dict, train_identity: Optional[dict], target):
+    """Read-only, before a run writes anything: ``(state, meta, damaged)`` of the newest intact
+    checkpoint under ``directory`` restored into ``target`` (:meth:`Checkpoints.restore_intact`),
+    or ``(None, None, [])`` when the directory does not exist."""
+    directory = io.as_path(directory)
+    if not directory.exists():
+        return None, None, []
+    with Checkpoints(directory, model_identity, train_identity, read_only=True) as ro:
+        return ro.restore_intact(target)

@@ -46,7 +46,7 @@ from absl import logging
 from samplax import io
 from samplax.data_sampling import gvm
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import Checkpoints, state_checksum
+from samplax.experiment.checkpoints import Checkpoints, resume_point, state_checksum
 from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of
 from samplax.experiment.identity import identity
 from samplax.experiment.trainer import rewrite_log   # keeps the rows whose "step" <= the checkpoint's
@@ -347,22 +347,13 @@ def _run_raft(config, workdir, restart: bool, holder: dict) -> dict:
     restored = None
     if not restart:
         store.check_saved_config(str(wd), ident)
-        if ckpt_dir.exists():
-            with Checkpoints(ckpt_dir, mident, ident, read_only=True) as ro:
-                state0, meta0, _ = ro.restore_intact(target)
-            if state0 is not None:
-                restored = (state0, meta0)
+        state0, meta0, _ = resume_point(ckpt_dir, mident, ident, target)
+        if state0 is not None:
+            restored = (state0, meta0)
 
     holder["lock"] = store.WorkdirLock(wd)
     holder["lock"].acquire()
-    if restart:
-        for name in DERIVED:
-            io.remove(wd / name)
-        restored = None
-    else:
-        store.check_saved_config(str(wd), ident)
-    wd.mkdir(parents=True, exist_ok=True)
-    store.save_config(str(wd), "raft", cfg, ident)
+    store.open_run(wd, "raft", cfg, ident, restart, DERIVED)
 
     log_path = wd / LOG_FILE
     eval_acc = exact_accuracy_fn(s, s.eval_q)

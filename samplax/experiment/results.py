@@ -294,6 +294,20 @@ def clear_workdir(workdir, names: Iterable[str] = DERIVED) -> None:
 # ---------------------------------------------------------------------------------------
 # The workdir: checks before anything is written, and its lock
 # ---------------------------------------------------------------------------------------
+def open_run(workdir, kind: str, config: dict, identity: dict, restart: bool, derived: Iterable[str]) -> None:
+    """The first writes of a run (a training loop, a search), made under the workdir's lock
+    that the caller holds: with ``restart`` remove the run's ``derived`` files, else check the
+    saved config again (another process may have written one since the read-only check);
+    create the workdir; save the config with its identity."""
+    wd = sio.as_path(workdir)
+    if restart:
+        clear_workdir(wd, derived)
+    else:
+        check_saved_config(str(wd), identity)
+    wd.mkdir(parents=True, exist_ok=True)
+    save_config(str(wd), kind, config, identity)
+
+
 def check_workdir(workdir, field: str = "workdir", filesystem: bool = True):
     """The workdir as an ``epath.Path``, or a ConfigError at ``field`` (before anything is
     written) when it cannot be one: not a path, empty, an unsupported URI scheme, and

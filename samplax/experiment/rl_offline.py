@@ -36,8 +36,8 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints
-from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of, positive_tuple
+from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, resume_point
+from samplax.experiment.config import Field, check_tree, float_range, int_range, one_of, positive_tuple
 from samplax.experiment.identity import identity
 
 CHECKPOINT_DIR = "checkpoints"
@@ -202,24 +202,16 @@ def run_offline_rl(config, workdir, restart: bool = False) -> dict:
     restored, damaged = None, []
     if not restart:
         store.check_saved_config(str(wd), ident)
-        if ckpt_dir.exists():
-            with Checkpoints(ckpt_dir, mid, ident, read_only=True) as ro:
-                state0, meta0, damaged = ro.restore_intact(fresh)
-            if state0 is not None:
-                if meta0.get("data_sha256") != digest:
-                    raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} was trained on another data "
-                                             f"set (sha256 {str(meta0.get('data_sha256'))[:12]}..., now "
-                                             f"{digest[:12]}...); use another workdir or --restart")
-                restored = (state0, meta0)
+        state0, meta0, damaged = resume_point(ckpt_dir, mid, ident, fresh)
+        if state0 is not None:
+            if meta0.get("data_sha256") != digest:
+                raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} was trained on another data "
+                                         f"set (sha256 {str(meta0.get('data_sha256'))[:12]}..., now "
+                                         f"{digest[:12]}...); use another workdir or --restart")
+            restored = (state0, meta0)
 
     with store.WorkdirLock(wd):
-        if not restart:
-            store.check_saved_config(str(wd), ident)
-        else:
-            for name in DERIVED:
-                io.remove(wd / name)
-        wd.mkdir(parents=True, exist_ok=True)
-        store.save_config(str(wd), "offline_rl", cfg, ident)
+        store.open_run(wd, "offline_rl", cfg, ident, restart, DERIVED)
         data = jax.device_put(flat_transitions(trajs))
         every = math.gcd(t["log_every"], t["checkpoint_every"])
         chunks = {}

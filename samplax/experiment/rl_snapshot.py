@@ -33,7 +33,7 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import Checkpoints, state_checksum
+from samplax.experiment.checkpoints import Checkpoints, resume_point, state_checksum
 from samplax.experiment.config import Field, check_tree, float_range, int_range, one_of, positive_tuple
 from samplax.experiment.errors import ConfigError
 from samplax.experiment.identity import identity
@@ -233,21 +233,14 @@ def _run(config, workdir, restart: bool, holder: dict) -> dict:
     learner, sampler = build_learner(cfg)
     fresh = learner.init(jax.random.PRNGKey(cfg["seed"]), sampler)
     restored = None
-    if not restart and ckpt_dir.exists():
-        with Checkpoints(ckpt_dir, model_ident, ident, read_only=True) as ro:
-            st, meta, _ = ro.restore_intact(fresh)
+    if not restart:
+        st, meta, _ = resume_point(ckpt_dir, model_ident, ident, fresh)
         if st is not None:
             restored = (st, int(meta["step"]))
 
     holder["lock"] = store.WorkdirLock(wd)
     holder["lock"].acquire()
-    if not restart:
-        store.check_saved_config(str(wd), ident)
-    else:
-        for name in DERIVED:
-            io.remove(wd / name)
-    wd.mkdir(parents=True, exist_ok=True)
-    store.save_config(str(wd), "snapshot_rl", cfg, ident)
+    store.open_run(wd, "snapshot_rl", cfg, ident, restart, DERIVED)
 
     total = num_updates(cfg)
     chunk = cfg["train"]["updates_per_chunk"]

@@ -54,7 +54,7 @@ from samplax.solvers.base import jit_cpu_fast
 from samplax.experiment import cache as refcache
 from samplax.experiment import loading
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointDamaged, Checkpoints
+from samplax.experiment.checkpoints import CheckpointDamaged, Checkpoints, resume_point
 from samplax.experiment.config import _COMMON, Field, _check_tree, _choice, _nfe, _nonneg, _positive
 from samplax.experiment.errors import ConfigError
 from samplax.experiment.identity import identity, settings_hash
@@ -626,19 +626,11 @@ def run_search(config, workdir, restart: bool = False, report: bool = True) -> d
     restored, damaged = None, []
     if not restart:
         store.check_saved_config(wd, st.ident)
-        if ckpt_dir.exists():
-            with Checkpoints(ckpt_dir, st.ident, read_only=True) as ro:
-                state0, meta0, damaged = ro.restore_intact(fresh)
-            if state0 is not None:
-                restored = (state0, meta0)
+        state0, meta0, damaged = resume_point(ckpt_dir, st.ident, None, fresh)
+        if state0 is not None:
+            restored = (state0, meta0)
     with store.WorkdirLock(wd):
-        if restart:
-            store.clear_workdir(wd, DERIVED)
-            restored, damaged = None, []
-        else:
-            store.check_saved_config(wd, st.ident)
-        wd.mkdir(parents=True, exist_ok=True)
-        store.save_config(wd, "search", st.cfg, st.ident)
+        store.open_run(wd, "search", st.cfg, st.ident, restart, DERIVED)
         return _run_locked(st, wd, fresh, restored, damaged, report)
 
 

@@ -51,7 +51,7 @@ from samplax.experiment import cache as refcache
 from samplax.experiment import devices, user
 from samplax.experiment import results as store
 from samplax import io
-from samplax.experiment.checkpoints import CheckpointDamaged, CheckpointMismatch, Checkpoints
+from samplax.experiment.checkpoints import CheckpointDamaged, CheckpointMismatch, Checkpoints, resume_point
 from samplax.experiment.config import DEFAULT_DATA_SAMPLER, TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
 from samplax.experiment.identity import identity
 from samplax.experiment.progress import Progress
@@ -460,23 +460,15 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
     restored, damaged = None, []
     if not restart:
         store.check_saved_config(str(wd), ident)
-        if ckpt_dir.exists():
-            with Checkpoints(ckpt_dir, s.identity, ident, read_only=True) as ro:
-                state0, meta0, damaged = ro.restore_intact(fresh)
-            if state0 is not None:
-                restored = (state0, meta0)
+        state0, meta0, damaged = resume_point(ckpt_dir, s.identity, ident, fresh)
+        if state0 is not None:
+            restored = (state0, meta0)
 
     # writing starts here, under the workdir's lock (checked again there)
     if writer:
         holder["lock"] = store.WorkdirLock(wd)
         holder["lock"].acquire()
-        if not restart:
-            store.check_saved_config(str(wd), ident)
-        if restart:
-            for name in TRAIN_DERIVED:
-                io.remove(wd / name)
-        wd.mkdir(parents=True, exist_ok=True)
-        store.save_config(str(wd), "train", cfg, ident)
+        store.open_run(wd, "train", cfg, ident, restart, TRAIN_DERIVED)
 
     loss_fn = build_loss(cfg, s.net, s.schedule, s.dataset)
     k = num_classes(cfg, s.dataset) or (int(s.dataset.num_classes) if is_classify(cfg) else 0)
