@@ -28,13 +28,3 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The shared reference cache (samplax.experiment.cache) of the tests lives under the work
 # tree too, not in the user's ~/.cache; subprocesses inherit it.
 os.environ.setdefault("SAMPLAX_CACHE_DIR", os.path.join(os.path.dirname(_CACHE), ".samplax_cache"))
-
-
-def pytest_collection_modifyitems(config, items):
-    """Longest first, for ``pytest -n 2`` (pytest.ini: ``--dist load``, which hands each worker
-    the next pending test): the notebooks and the modules holding a ``slow`` test run before
-    the short tests, so the run ends on short tests that fill both workers instead of one
-    worker finishing a multi-minute test while the other idles.  Only whole modules move
-    (their tests keep their order), so module-scoped fixtures are still built once."""
-    slow = {item.path for item in items if item.get_closest_marker("slow") or item.path.suffix == ".ipynb"}
-    items.sort(key=lambda item: item.path not in slow)
