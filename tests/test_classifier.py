@@ -2,11 +2,13 @@
 the on-disk cache, and the sanity of the Frechet distance on its features.
 
 The classifier of the default configuration is trained once per test run: a module
-fixture trains it into a directory shared by the pytest-xdist workers, under a file
-lock, so the second worker loads the first one's cache instead of training again."""
+fixture trains it into the reference cache shared by the pytest-xdist workers (under
+the cache's file lock, so another worker -- or the digits runner test -- loads the
+first one's files instead of training again); a test checks the lock."""
 import fcntl
 import json
 import os
+import threading
 from pathlib import Path
 
 import jax
@@ -21,21 +23,13 @@ STEPS = 1500  # the default: test accuracy 0.978 (seed 0), ~15 s on 2 CPU cores
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained():
     """(params, info, cache_dir) of the default classifier (seed 0, 1500 steps)."""
     from samplax.experiment.cache import cache_dir as reference_cache
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one run's workers share it
     # the runner's reference cache (tests/conftest.py points it into the work tree): the digits
     # FD tests then load this classifier instead of training it again
     cache_dir = Path(reference_cache())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(shared / "digits_classifier.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            params, info = clf.load_or_train_digits_classifier(str(cache_dir), seed=0, steps=STEPS)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    params, info = clf.load_or_train_digits_classifier(str(cache_dir), seed=0, steps=STEPS)
     return params, info, str(cache_dir)
 
 
@@ -78,10 +72,11 @@ def test_features_shapes_and_inputs(trained):
 def test_cache_round_trip_is_bitwise_and_does_not_retrain(tmp_path, monkeypatch):
     """A short run (20 steps) trained into an empty cache, then loaded: the same bits
     (params and features) and the same info, with training disabled; a different setting
-    has a different file; a missing info file means retraining."""
+    has a different file; a caller blocks while another holds the cache's lock, then loads
+    its files; a missing info file means retraining."""
     kwargs = dict(seed=3, steps=20, batch_size=32, learning_rate=2e-3)
     params, info = clf.load_or_train_digits_classifier(str(tmp_path), **kwargs)
-    files = sorted(os.listdir(tmp_path))
+    files = sorted(f for f in os.listdir(tmp_path) if not f.endswith(".lock"))  # (+ the empty lock file)
     assert len(files) == 2 and files[0].startswith("digits_classifier_seed3_steps20_")
     assert {os.path.splitext(f)[1] for f in files} == {".json", ".msgpack"}
     x = load_digits_dataset("test").images
@@ -101,6 +96,24 @@ def test_cache_round_trip_is_bitwise_and_does_not_retrain(tmp_path, monkeypatch)
             clf.load_or_train_digits_classifier(str(tmp_path), **other)
     with pytest.raises(TypeError, match="unknown"):
         clf.load_or_train_digits_classifier(str(tmp_path), **kwargs, dropout=0.1)
+    # another caller waits while one holds the lock (training, its files not yet written),
+    # then loads that one's files instead of training again
+    (json_name,) = [f for f in files if f.endswith(".json")]
+    saved = (tmp_path / json_name).read_bytes()
+    os.unlink(tmp_path / json_name)
+    out = []
+    with open(tmp_path / (os.path.splitext(files[1])[0] + ".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: out.append(clf.load_or_train_digits_classifier(str(tmp_path),
+                                                                                                **kwargs)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not out  # blocked on the lock
+        (tmp_path / json_name).write_bytes(saved)  # the holder writes its files, then unlocks
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(timeout=60)
+    assert out, "the waiting caller failed (trained again?)"
+    _leaves_bitwise_equal(out[0][0], params)
     # a params file without its info file is not trusted
     os.unlink(os.path.join(tmp_path, [f for f in files if f.endswith(".json")][0]))
     with pytest.raises(AssertionError, match="retrained"):

@@ -46,7 +46,7 @@ def _collect_orbax_coroutines():
 # SIGTERM and kill -9 of a real `python -m experiments.train` process
 # ---------------------------------------------------------------------------------------
 # log_every=1: the log (one fsynced row per step) says which steps the process completed
-PRE = dict(num_steps=400, checkpoint_every=100, log_every=1)
+PRE = dict(num_steps=200, checkpoint_every=50, log_every=1)
 
 
 def _logged_steps(workdir):
@@ -89,7 +89,7 @@ def test_sigterm_saves_the_step_in_flight_and_kill_9_loses_at_most_one_interval(
     lost = {}
     for name, sig, status in (("sigterm", signal.SIGTERM, 143), ("kill9", signal.SIGKILL, -signal.SIGKILL)):
         wd = str(tmp_path / name)
-        rc, stderr, done, saved = _interrupt(wd, sig, after_step=150)
+        rc, stderr, done, saved = _interrupt(wd, sig, after_step=75)
         assert rc == status, stderr[-3000:]
         assert done < PRE["num_steps"]
         lost[name] = done - saved

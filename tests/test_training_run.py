@@ -62,7 +62,9 @@ def _complete_steps(workdir):
 @pytest.mark.slow
 def test_kill_9_then_rerun_resumes_and_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(cli(killed), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    n = 600  # killed once step 300 is saved: the rerun resumes mid-way and rewrites the log's tail
+    proc = subprocess.Popen(cli(killed, num_steps=n), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
         while time.time() < deadline and not [s for s in _complete_steps(killed) if s >= 300]:
@@ -76,27 +78,28 @@ def test_kill_9_then_rerun_resumes_and_ends_bitwise_equal_to_an_uninterrupted_ru
             proc.kill()
     assert still_running and proc.returncode == -signal.SIGKILL
     at_kill = _complete_steps(killed)
-    assert at_kill and max(at_kill) < OVERRIDES["num_steps"], at_kill
+    assert at_kill and max(at_kill) < n, at_kill
 
-    out = subprocess.run(cli(killed), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cli(killed, num_steps=n), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     with open(os.path.join(killed, "train_summary.json")) as f:
         summary = json.load(f)
-    assert max(at_kill) <= summary["resumed_from"] < OVERRIDES["num_steps"]
+    assert max(at_kill) <= summary["resumed_from"] < n
     assert "resuming from the checkpoint of step" in out.stderr
 
     plain = str(tmp_path / "plain")
-    run_train(small_config(), plain)
+    run_train(small_config(num_steps=n), plain)
     a, b = load_trained(killed, which="params"), load_trained(plain, which="params")
-    assert a.step == b.step == OVERRIDES["num_steps"]
+    assert a.step == b.step == n
     assert _same(a.params, b.params), "resumed run differs from the uninterrupted one"
     assert _same(load_trained(killed).params, load_trained(plain).params), "EMA parameters differ"
     # the log has each interval once: rows written after the last checkpoint were rewritten
     with open(os.path.join(killed, "train_log.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f]
-    assert steps == list(range(50, OVERRIDES["num_steps"] + 1, 50))
+    assert steps == list(range(50, n + 1, 50))
     # only the last keep_checkpoints are kept
-    assert _complete_steps(killed) == [1300, 1400, 1500]
+    assert _complete_steps(killed) == [400, 500, 600]
 
 
 def test_a_checkpoint_of_another_model_config_is_refused(tmp_path):

@@ -29,12 +29,13 @@ it would make the FD blind to mis-centred samples).  Evaluation never augments.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import time
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Callable, Dict, Tuple, Union
 
 import flax.linen as nn
 import flax.serialization
@@ -44,6 +45,7 @@ import numpy as np
 import optax
 
 from samplax.data import batch_indices, load_digits_dataset
+from samplax.io import atomic_write_bytes, atomic_write_json, is_local
 from samplax.metrics import frechet_distance, gaussian_statistics
 
 NUM_CLASSES = 10
@@ -272,10 +274,11 @@ def load_or_train_digits_classifier(cache_dir: str, seed: int = 0, steps: int = 
     holdout_fraction, split_seed; plus :data:`CLASSIFIER_VERSION`).  When both exist and
     the JSON's config matches, the params are restored into a freshly initialised
     structure (no training); otherwise the classifier is trained and both files are
-    written atomically (params first, so a present JSON implies complete params).
+    written atomically (params first, so a present JSON implies complete params).  In a
+    local ``cache_dir`` an exclusive ``fcntl.flock`` on ``<stem>.lock`` is held meanwhile:
+    concurrent callers (pytest-xdist workers, parallel runs) train it once, the others
+    wait and load it.
     """
-    from samplax.io import atomic_write_bytes, atomic_write_json
-
     defaults = dict(features=64, weight_decay=1e-4, noise_std=0.1, max_shift=0, holdout_fraction=0.2, split_seed=0)
     unknown = set(kwargs) - set(defaults)
     if unknown:
@@ -284,6 +287,24 @@ def load_or_train_digits_classifier(cache_dir: str, seed: int = 0, steps: int = 
     settings = {**defaults, **kwargs}
     config = _config(seed, steps, batch_size, learning_rate, **settings)
     params_path, info_path = _cache_paths(cache_dir, config)
+
+    def train():
+        return train_digits_classifier(seed, steps, batch_size, learning_rate, **settings)
+
+    if not is_local(cache_dir):
+        return _load_or_train(config, params_path, info_path, train)
+    # one process trains, the others wait for its files (parallel test workers, sweeps)
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(os.path.splitext(params_path)[0] + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _load_or_train(config, params_path, info_path, train)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _load_or_train(config: Dict[str, Any], params_path: str, info_path: str, train: Callable
+                   ) -> Tuple[Any, Dict[str, Any]]:
     if os.path.exists(params_path) and os.path.exists(info_path):
         with open(info_path) as f:
             info = json.load(f)
@@ -294,7 +315,7 @@ def load_or_train_digits_classifier(cache_dir: str, seed: int = 0, steps: int = 
             shapes = jax.tree_util.tree_map(np.shape, restored)
             if shapes == jax.tree_util.tree_map(np.shape, template):
                 return jax.tree_util.tree_map(jnp.asarray, restored), info
-    params, info = train_digits_classifier(seed, steps, batch_size, learning_rate, **settings)
+    params, info = train()
     atomic_write_bytes(params_path, flax.serialization.to_bytes(params))
     atomic_write_json(info_path, info)
     return params, info
