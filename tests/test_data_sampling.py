@@ -184,11 +184,12 @@ def test_a_run_stopped_after_a_save_resumes_bitwise_equal_with_a_loss_reading_sa
     assert _same(a, b), "the resumed run differs from the uninterrupted one (parameters, EMA or sampler state)"
 
 
-@pytest.mark.parametrize("config", [train_classify_digits])
-def test_every_objective_config_with_a_sampler_validates(config):
-    c = config.get_config()
+def test_the_classifier_config_with_a_sampler_builds_that_sampler_on_the_training_split():
+    c = train_classify_digits.get_config()
     c.train.sampler.name = "epoch"
-    trainer.setup(c)
+    s = trainer.setup(c)
+    assert s.sampler.name == "epoch"
+    assert s.sampler.size == s.dataset.size == len(s.dataset.arrays[0]) and s.sampler.batch_size == c.train.batch_size
 
 
 # ---------------------------------------------------------------------------------------

@@ -127,10 +127,9 @@ def subset_size(size: int, fraction: float) -> int:
 # ---------------------------------------------------------------------------------------
 # A stream of permutations, consumed batch by batch (shared by epoch-like samplers)
 # ---------------------------------------------------------------------------------------
-def permutation_stream_init(n: int, key=None) -> Dict[str, jax.Array]:
+def permutation_stream_init(n: int) -> Dict[str, jax.Array]:
     """A stream of permutations of range(n): ``order`` (the current one), ``pos`` (the next
     position), ``epoch``.  ``order`` starts invalid (pos = n): the first draw shuffles."""
-    del key
     return dict(order=jnp.arange(n, dtype=jnp.int32), pos=jnp.asarray(n, jnp.int32),
                 epoch=jnp.asarray(-1, jnp.int32))
 
@@ -257,11 +256,6 @@ def draw_indices(sampler: DataSampler, data_seed: int, num_steps: int,
     return np.asarray(idx), state
 
 
-def epochs_of(size: int, batch_size: int, num_steps: int) -> float:
-    """Passes over a data set of ``size`` made by ``num_steps`` batches of ``batch_size``."""
-    return num_steps * batch_size / size
-
-
 def steps_for_epochs(size: int, batch_size: int, epochs: float) -> int:
     """The number of steps of ``epochs`` passes over ``size`` examples: ceil(epochs size / B)."""
     return int(math.ceil(epochs * size / batch_size))
@@ -269,5 +263,5 @@ def steps_for_epochs(size: int, batch_size: int, epochs: float) -> int:
 
 __all__ = ["DataSampler", "SAMPLER_STREAM", "SAMPLERS", "register_sampler", "get_sampler", "sampler_options",
            "initial_stats", "step_info", "sampler_key", "uniform", "epoch", "fixed_subset", "draw_indices",
-           "permutation_stream_init", "permutation_stream_take", "check_fraction", "subset_size", "epochs_of",
+           "permutation_stream_init", "permutation_stream_take", "check_fraction", "subset_size",
            "steps_for_epochs"]

@@ -327,12 +327,7 @@ def run_raft(config, workdir, restart: bool = False) -> dict:
     from samplax.experiment import cache as refcache
 
     refcache.enable_compilation_cache()
-    holder = {}
-    try:
-        return _run_raft(config, workdir, restart, holder)
-    finally:
-        if holder.get("lock") is not None:
-            holder["lock"].release()
+    return store.run_releasing_lock(_run_raft, config, workdir, restart)
 
 
 def _run_raft(config, workdir, restart: bool, holder: dict) -> dict:

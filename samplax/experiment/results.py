@@ -294,6 +294,17 @@ def clear_workdir(workdir, names: Iterable[str] = DERIVED) -> None:
 # ---------------------------------------------------------------------------------------
 # The workdir: checks before anything is written, and its lock
 # ---------------------------------------------------------------------------------------
+def run_releasing_lock(body, *args):
+    """``body(*args, holder)``, then release ``holder["lock"]`` -- the WorkdirLock the body
+    acquires when it starts writing (after its read-only checks) -- however the body ends."""
+    holder = {}
+    try:
+        return body(*args, holder)
+    finally:
+        if holder.get("lock") is not None:
+            holder["lock"].release()
+
+
 def open_run(workdir, kind: str, config: dict, identity: dict, restart: bool, derived: Iterable[str]) -> None:
     """The first writes of a run (a training loop, a search), made under the workdir's lock
     that the caller holds: with ``restart`` remove the run's ``derived`` files, else check the

@@ -211,12 +211,7 @@ def run_snapshot_rl(config, workdir, restart: bool = False) -> dict:
     from samplax.experiment import cache as refcache
 
     refcache.enable_compilation_cache()
-    holder = {}
-    try:
-        return _run(config, workdir, restart, holder)
-    finally:
-        if holder.get("lock") is not None:
-            holder["lock"].release()
+    return store.run_releasing_lock(_run, config, workdir, restart)
 
 
 def _run(config, workdir, restart: bool, holder: dict) -> dict:

@@ -423,12 +423,7 @@ def run_train(config, workdir, restart: bool = False) -> dict:
     holding the workdir's lock from its first write on (a second run in the same
     workdir is refused with WorkdirLocked), with JAX's persistent compilation cache on."""
     refcache.enable_compilation_cache()
-    holder = {}
-    try:
-        return _run_train(config, workdir, restart, holder)
-    finally:
-        if holder.get("lock") is not None:
-            holder["lock"].release()
+    return store.run_releasing_lock(_run_train, config, workdir, restart)
 
 
 def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
