@@ -55,15 +55,25 @@ class DataSampler(NamedTuple):
 
 def step_info(batch_size: int, valid: bool = False) -> Dict[str, jax.Array]:
     """The ``info`` a train step reports, zero-filled (``valid`` False: no step yet)."""
-    return dict(indices=jnp.zeros((batch_size,), jnp.int32), loss=jnp.zeros((batch_size,), jnp.float32),
-                grad_norm=jnp.zeros((), jnp.float32), learning_rate=jnp.zeros((), jnp.float32),
-                step=jnp.zeros((), jnp.int32), valid=jnp.asarray(valid))
+    return make_info(jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), jnp.float32), valid=valid)
 
 
-def initial_stats(sampler: DataSampler):
-    """The stats ``next_indices`` sees at step 0: ``stats_fn`` of a zero info (valid False)."""
-    info = step_info(sampler.batch_size)
+def make_info(indices, loss, grad_norm=0.0, learning_rate=0.0, step=0, valid=True) -> Dict[str, jax.Array]:
+    """The ``info`` of a train step, in its fixed dtypes: the batch's ``indices`` and per-example
+    ``loss``, the ``grad_norm``, ``learning_rate`` and ``step``, and ``valid``."""
+    return dict(indices=jnp.asarray(indices).astype(jnp.int32), loss=jnp.asarray(loss).astype(jnp.float32),
+                grad_norm=jnp.asarray(grad_norm, jnp.float32), learning_rate=jnp.asarray(learning_rate, jnp.float32),
+                step=jnp.asarray(step).astype(jnp.int32), valid=jnp.asarray(valid))
+
+
+def stats_of(sampler: "DataSampler", info: Dict[str, jax.Array]):
+    """What the sampler's next draw reads: ``stats_fn(info)``, or ``info`` itself."""
     return sampler.stats_fn(info) if sampler.stats_fn is not None else info
+
+
+def initial_stats(sampler: "DataSampler"):
+    """The stats ``next_indices`` sees at step 0: ``stats_fn`` of a zero info (valid False)."""
+    return stats_of(sampler, step_info(sampler.batch_size))
 
 
 def sampler_key(data_seed: int, step) -> jax.Array:
@@ -246,9 +256,7 @@ def draw_indices(sampler: DataSampler, data_seed: int, num_steps: int,
         st, stats = carry
         idx, st = sampler.next_indices(sampler_key(data_seed, k), st, stats)
         loss = jnp.zeros(idx.shape, jnp.float32) if loss_fn is None else loss_fn(idx, k).astype(jnp.float32)
-        info = dict(indices=idx, loss=loss, grad_norm=jnp.zeros((), jnp.float32),
-                    learning_rate=jnp.zeros((), jnp.float32), step=k.astype(jnp.int32), valid=jnp.asarray(True))
-        stats = sampler.stats_fn(info) if sampler.stats_fn is not None else info
+        stats = stats_of(sampler, make_info(idx, loss, step=k))
         return (st, stats), idx
 
     steps = jnp.arange(start, start + num_steps, dtype=jnp.int32)
@@ -262,6 +270,7 @@ def steps_for_epochs(size: int, batch_size: int, epochs: float) -> int:
 
 
 __all__ = ["DataSampler", "SAMPLER_STREAM", "SAMPLERS", "register_sampler", "get_sampler", "sampler_options",
-           "initial_stats", "step_info", "sampler_key", "uniform", "epoch", "fixed_subset", "draw_indices",
+           "initial_stats", "step_info", "make_info", "stats_of", "sampler_key", "uniform", "epoch", "fixed_subset",
+           "draw_indices",
            "permutation_stream_init", "permutation_stream_take", "check_fraction", "subset_size",
            "steps_for_epochs"]

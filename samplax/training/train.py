@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from samplax.data_sampling import initial_stats, sampler_key
+from samplax.data_sampling.base import initial_stats, make_info, sampler_key, stats_of
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -148,12 +148,8 @@ def make_sampled_train_step(loss_fn: Callable, optimizer: optax.GradientTransfor
         if batch_constraint is not None:
             batch = batch_constraint(batch)
         new, metrics, aux = inner(state, batch, key)
-        lr = jnp.zeros((), jnp.float32) if learning_rate is None else jnp.asarray(learning_rate(state.step),
-                                                                                   jnp.float32)
-        info = dict(indices=idx.astype(jnp.int32), loss=aux["per_example"].astype(jnp.float32),
-                    grad_norm=metrics["grad_norm"].astype(jnp.float32), learning_rate=lr,
-                    step=state.step.astype(jnp.int32), valid=jnp.asarray(True))
-        stats = sampler.stats_fn(info) if sampler.stats_fn is not None else info
+        lr = 0.0 if learning_rate is None else learning_rate(state.step)
+        stats = stats_of(sampler, make_info(idx, aux["per_example"], metrics["grad_norm"], lr, state.step))
         return new.replace(data=DataState(sampler=sampler_state, stats=stats)), metrics
 
     return step
