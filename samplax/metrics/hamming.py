@@ -199,11 +199,13 @@ def abrahamson_threshold(m: int, scale: float = 1.0) -> int:
     return max(1, int(round(scale * math.sqrt(m * max(1.0, math.log2(m))))))
 
 
-def abrahamson_distances(text, pattern, tau: Optional[int] = None, dtype: Optional[str] = None):
+def abrahamson_distances(text, pattern, tau: Optional[int] = None, dtype: Optional[str] = None,
+                         alphabet_size: Optional[int] = None):
     """Exact distances by Abrahamson's heavy/light split: the <= m / (tau + 1) letters occurring
     more than ``tau`` times in the pattern through :func:`_fft_matches` (exact pieces as in
     :func:`fft_distances`), the light ones by scatter-adding each text position into the <= tau
-    shifts where its letter sits in the pattern."""
+    shifts where its letter sits in the pattern.  ``alphabet_size`` (static, optional) caps the
+    number of heavy-letter FFT planes."""
     dtype = _fft_dtype(dtype)
     n, m = text.shape[-1], pattern.shape[-1]
     a = n - m + 1
@@ -223,7 +225,7 @@ def abrahamson_distances(text, pattern, tau: Optional[int] = None, dtype: Option
     ok = light[:, None] & (k[None, :] < count[:, None]) & (shift >= 0) & (shift < a)
     shift = jnp.where(ok, shift, a)                                      # out of range: dropped
     matches = jnp.zeros((a,), jnp.int32).at[shift.reshape(-1)].add(1, mode="drop")
-    heavy_max = m // (tau + 1)
+    heavy_max = m // (tau + 1) if alphabet_size is None else min(m // (tau + 1), int(alphabet_size))
     if heavy_max > 0:
         letters, counts = jnp.unique(pattern, size=m, fill_value=-1, return_counts=True)
         counts = jnp.where(letters >= 0, counts, 0)
@@ -259,7 +261,7 @@ def _check_values(x, name: str, alphabet_size: Optional[int]):
     v = np.asarray(x)
     if v.min() < 0:
         raise ValueError(f"{name}: symbols must be >= 0, got {int(v.min())}")
-    top = alphabet_size if alphabet_size is not None else np.iinfo(np.int32).max
+    top = alphabet_size if alphabet_size is not None else 2**31
     if v.max() >= top:
         raise ValueError(f"{name}: symbols must be < {'alphabet_size ' if alphabet_size else ''}{top}, "
                          f"got {int(v.max())}")
@@ -281,14 +283,18 @@ def check_inputs(texts, patterns, alphabet_size: Optional[int] = None):
     return t, p, texts.ndim == 1, patterns.ndim == 1
 
 
-def choose_method(n: int, m: int, alphabet_size: Optional[int] = None) -> str:
-    """``auto``'s pick, from the CPU crossovers measured in docs/benchmarks/hamming.md: the naive
-    loop for short patterns, the FFT for long patterns over small alphabets, Abrahamson for long
-    patterns over large alphabets."""
-    if m <= 64 or n <= 2 * m:
+def choose_method(n: int, m: int, alphabet_size: Optional[int] = None, dtype: Optional[str] = None) -> str:
+    """``auto``'s pick, from the CPU measurements of docs/benchmarks/hamming.md: the FFT when its
+    cost model K * pieces * log2(2 * piece) (K = min(sigma, piece) letter planes) is below m / 2 of
+    the naive loop's and the problem is big enough (n m >= 2^23) to amortise its overheads; else the
+    naive loop.  Abrahamson's split never won there (XLA's CPU scatter-add is slow), so ``auto``
+    does not pick it; an unknown alphabet counts as m letters."""
+    if n * m < (1 << 23):
         return "naive"
-    k = m if alphabet_size is None else min(m, alphabet_size)
-    return "fft" if k <= 2 * abrahamson_threshold(m) else "abrahamson"
+    piece = min(m, max_exact_piece(_fft_dtype(dtype)))
+    k = piece if alphabet_size is None else min(piece, int(alphabet_size))
+    cost = k * -(-m // piece) * math.log2(2 * piece)
+    return "fft" if cost < m / 2 else "naive"
 
 
 def _kernel(method: str, m: int, alphabet_size, dtype, tau):
@@ -297,7 +303,7 @@ def _kernel(method: str, m: int, alphabet_size, dtype, tau):
     if method == "fft":
         return functools.partial(fft_distances, alphabet_size=alphabet_size, dtype=dtype)
     if method == "abrahamson":
-        return functools.partial(abrahamson_distances, tau=tau, dtype=dtype)
+        return functools.partial(abrahamson_distances, tau=tau, dtype=dtype, alphabet_size=alphabet_size)
     raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
 
 
@@ -322,7 +328,7 @@ def hamming_distances(texts, patterns, method: str = "auto", alphabet_size: Opti
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
     t, p, t1, p1 = check_inputs(texts, patterns, alphabet_size)
     if method == "auto":
-        method = choose_method(t.shape[-1], p.shape[-1], alphabet_size)
+        method = choose_method(t.shape[-1], p.shape[-1], alphabet_size, dtype)
     out = _all_pairs(t, p, method, alphabet_size, _fft_dtype(dtype), tau)
     if p1:
         out = out[:, 0]
@@ -383,7 +389,11 @@ def nearest_sequence(samples, train, chunk: int = 1024):
     vocab = int(max(int(jnp.max(x)), int(jnp.max(y)))) + 1
     ds, js = [], []
     for s in range(0, y.shape[0], chunk):
-        d, j = _full_nearest(y[s:s + chunk], x, vocab)
+        if vocab > 4096:  # one-hot rows too wide: the naive count of the single alignment
+            d = hamming_distances(x, y[s:s + chunk], method="naive")[:, :, 0]
+            d, j = jnp.min(d, axis=0), jnp.argmin(d, axis=0)
+        else:
+            d, j = _full_nearest(y[s:s + chunk], x, vocab)
         ds.append(d)
         js.append(j)
     return jnp.concatenate(ds), jnp.concatenate(js)
