@@ -68,9 +68,10 @@ def test_fft_rounding_exact_at_the_precision_limit():
     assert H.fft_error_bound(m, 2 * m, m) < H.ERROR_MARGIN <= H.fft_error_bound(m + 1, 4 * (m + 1), m + 1)
     n = 4 * m
     rng = np.random.default_rng(3)
+    matches = jax.jit(functools.partial(H._fft_matches, dtype="float32"))
     for t, p in [(np.zeros(n, np.int32), np.zeros(m, np.int32)),
                  (rng.integers(0, 2, n).astype(np.int32), rng.integers(0, 2, m).astype(np.int32))]:
-        c = np.asarray(H._fft_matches(jnp.asarray(t), jnp.asarray(p), jnp.arange(2, dtype=jnp.int32), "float32"))
+        c = np.asarray(matches(jnp.asarray(t), jnp.asarray(p), jnp.arange(2, dtype=jnp.int32)))
         want = m - reference(t, p)[0, 0]
         err = np.abs(c - want).max()
         assert err < 1e-2 < H.ERROR_MARGIN, err
@@ -100,14 +101,13 @@ def test_counts_nearest_and_memorisation():
     assert mem["nearest_mean"] == pytest.approx(1.0) and mem["held_copies"] == 1.0
     assert mem["window_copies"] == 1.0 and mem["window_nearest_mean"] == 0.0   # some window of #2 is unchanged
     # counts within k and the nearest alignment against the definition
-    pats = np.stack([sample[s:s + 8] for s in (0, 8, 16)])
-    full = reference(train, pats)                                      # (40, 3, 17)
+    pats = np.stack([x[s:s + 8] for x in samples for s in (0, 8, 16)])   # the windows memorisation searched
+    full = reference(train, pats)                                      # (40, 9, 17)
     for k in (0, 3):
-        np.testing.assert_array_equal(np.asarray(H.count_within(train, pats, k, method="fft")),
-                                      (full <= k).sum(axis=(0, 2)))
-    best, wt, ws = (np.asarray(a) for a in H.nearest(train, pats, method="naive", chunk=2))
+        np.testing.assert_array_equal(np.asarray(H.count_within(train, pats, k)), (full <= k).sum(axis=(0, 2)))
+    best, wt, ws = (np.asarray(a) for a in H.nearest(train, pats))
     np.testing.assert_array_equal(best, full.min(axis=(0, 2)))
-    np.testing.assert_array_equal(full[wt, np.arange(3), ws], best)
+    np.testing.assert_array_equal(full[wt, np.arange(9), ws], best)
 
 
 def test_bad_inputs():
@@ -131,25 +131,29 @@ def test_bad_inputs():
         H.nearest_sequence(p[None], t[None])
 
 
-def test_discrete_run_hook(tmp_path):
+def test_discrete_run_hook():
     """metrics.memorisation: off by default and then absent from the config (identity and row hash
-    as before it existed); on, a run's rows carry the metric, and a bad window names its field."""
-    from samplax.experiment import runner
-    from samplax.experiment.discrete import discrete_config, make_plan
+    as before it existed); on, it enters the row hash, a bad window names its field, and the row
+    metric of exact draws matches a direct computation against the same reference draws."""
+    from samplax.experiment.discrete import (discrete_config, load_model, make_plan, memorisation_metrics,
+                                             memorisation_reference)
     from samplax.experiment.errors import ConfigError
 
     off = make_plan(discrete_config())
     assert "memorisation" not in off.config["metrics"] and "memorisation" not in off.rows[0]["metrics_settings"]
     c = discrete_config()
-    c.n_samples, c.chunk_size = 2048, 2048
     c.metrics.memorisation, c.metrics.memorisation_samples, c.metrics.memorisation_reference = True, 64, 256
     c.metrics.memorisation_window = 8
     with pytest.raises(ConfigError, match="memorisation_window"):
         make_plan(c)
     c.metrics.memorisation_window = 4
-    assert make_plan(c).rows[0]["hash"] != off.rows[0]["hash"]
-    rows = runner.run(c, str(tmp_path / "run"), report=False, summary=False)
-    mem = rows[0]["metrics"]["memorisation"]
+    on = make_plan(c)
+    assert on.rows[0]["hash"] != off.rows[0]["hash"]
+    settings = on.rows[0]["metrics_settings"]["memorisation"]
+    loaded, memo = load_model(on.config), {}
+    train, held = memorisation_reference(settings, loaded, memo)       # 256 exact draws, seeds 0 and 1
+    assert train.shape == held.shape == (256, 8) and not (train == held).all()
+    mem = memorisation_metrics(settings, loaded, train, memo)          # samples = the reference: all copies
     assert mem["n_samples"] == 64 and mem["n_train"] == 256 and mem["window"] == 4
-    # markov4x8 has 4^8 sequences and 256 references: the distances are small but defined
-    assert 0 <= mem["nearest_min"] <= mem["nearest_mean"] <= 8 and 0 <= mem["copies"] <= 1
+    assert mem["copies"] == 1.0 and mem["nearest_mean"] == 0.0 and mem["window_copies"] == 1.0
+    assert mem["held_nearest_mean"] == pytest.approx(H.memorisation(held, train)["nearest_mean"])
