@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._common import (REPO_ROOT, atomic_write_json, atomic_write_text, command_line, fmt, machine_info, machine_md, md_table, utc_now)
+from benchmarks._common import (REPO_ROOT, atomic_write_json, atomic_write_text, command_line, fmt, machine_info,
+                                machine_md, md_table, utc_now)
 from samplax.metrics import hamming as H
 
 OUT = os.path.join(REPO_ROOT, "docs", "benchmarks", "hamming")
@@ -148,7 +149,8 @@ def render(res: dict) -> str:
     for (s, n, m), d in sorted(by.items()):
         best = min(names, key=lambda x: d[x]["median_s"])
         rows.append([s, n, m] + [fmt(d[x]["median_s"] * 1e3) for x in names]
-                    + [f"{fmt(d['naive']['min_s'] * 1e3)}-{fmt(d['naive']['max_s'] * 1e3)}", f"{best} {d['naive']['median_s'] / d[best]['median_s']:.2g}x",
+                    + [f"{fmt(d['naive']['min_s'] * 1e3)}-{fmt(d['naive']['max_s'] * 1e3)}",
+                       f"{best} {d['naive']['median_s'] / d[best]['median_s']:.2g}x",
                        "/".join(f"{d[x]['compile_s']:.1f}" for x in names),
                        "yes" if all(d[x]["equal_to_naive"] for x in names) else "**NO**"])
     lines += [md_table(head, rows, ["r"] * 3 + ["r"] * len(names) + ["r", "l", "l", "l"]), ""]

@@ -80,7 +80,7 @@ def _common(c):
         memorisation_samples=256,      # first samples of a row checked
         memorisation_window=0,         # > 0: also windows of this length searched at every alignment
         memorisation_k=0,              # counts of distance <= k (samples, windows)
-        memorisation_reference=4096,   # exact problems / generated data: this many exact draws stand for the training set
+        memorisation_reference=4096,   # exact problems / generated data: exact draws standing for the training set
     ))
     c.distributed = False
     return c
