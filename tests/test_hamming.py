@@ -143,7 +143,10 @@ def test_discrete_run_hook():
     assert "memorisation" not in off.config["metrics"] and "memorisation" not in off.rows[0]["metrics_settings"]
     c = discrete_config()
     c.metrics.memorisation, c.metrics.memorisation_samples, c.metrics.memorisation_reference = True, 64, 256
-    c.metrics.memorisation_window = 8
+    c.metrics.memorisation_samples = 0
+    with pytest.raises(ConfigError, match="memorisation_samples"):
+        make_plan(c)
+    c.metrics.memorisation_samples, c.metrics.memorisation_window = 64, 8
     with pytest.raises(ConfigError, match="memorisation_window"):
         make_plan(c)
     c.metrics.memorisation_window = 4
