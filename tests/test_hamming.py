@@ -75,9 +75,9 @@ def test_fft_rounding_exact_at_the_precision_limit():
         want = m - reference(t, p)[0, 0]
         err = np.abs(c - want).max()
         assert err < 1e-2 < H.ERROR_MARGIN, err
-    # a pattern longer than one piece, cut in pieces of 7: exact
+    # a pattern longer than one piece, cut in pieces of 16: exact
     t, p = rng.integers(0, 3, 200).astype(np.int32), rng.integers(0, 3, 45).astype(np.int32)
-    pieces = jax.jit(functools.partial(H.fft_distances, piece=7))
+    pieces = jax.jit(functools.partial(H.fft_distances, piece=16))
     np.testing.assert_array_equal(np.asarray(pieces(jnp.asarray(t), jnp.asarray(p))),
                                   reference(t, p)[0, 0])
     with pytest.raises(ValueError, match="not guaranteed exact"):
