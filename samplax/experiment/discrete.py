@@ -76,6 +76,11 @@ def _common(c):
     c.metrics = ml_collections.ConfigDict(dict(
         chi_square_min_expected=5.0,
         save_samples=256,   # first sequences of each row kept under samples/<hash>.npy
+        memorisation=False,            # Hamming distance of samples to the training sequences (docs/hamming.md)
+        memorisation_samples=256,      # first samples of a row checked
+        memorisation_window=0,         # > 0: also windows of this length searched at every alignment
+        memorisation_k=0,              # counts of distance <= k (samples, windows)
+        memorisation_reference=4096,   # exact problems / generated data: exact draws standing for the training set
     ))
     c.distributed = False
     return c
@@ -118,6 +123,13 @@ def _min_expected(path, v):
         raise ConfigError(path, f"must be a positive number, got {v!r}")
 
 
+#: optional (dropped from the config when memorisation is off, so the identities of runs without it
+#: are those of before the option existed)
+MEMORISATION_FIELDS = {"memorisation": Field("bool", required=False),
+                       "memorisation_samples": Field("int", required=False, check=_at_most(MAX_SAMPLES, "samples")),
+                       "memorisation_window": Field("int", required=False, check=_nonneg),
+                       "memorisation_k": Field("int", required=False, check=_nonneg),
+                       "memorisation_reference": Field("int", required=False, check=_at_most(MAX_SAMPLES, "sequences"))}
 _COMMON = {
     "model": {"name": Field("str"), "checkpoint": Field("str", required=False, nullable=True),
               "step": Field("int", required=False, nullable=True, check=_nonneg),
@@ -126,7 +138,8 @@ _COMMON = {
     "chunk_size": Field("int", check=_SAMPLES),
     "dtype": Field("str", check=_choice(DTYPES)),
     "metrics": {"chi_square_min_expected": Field("float", check=_min_expected),
-                "save_samples": Field("int", check=_at_most(MAX_SAVE_SAMPLES, "kept as .npy per row"))},
+                "save_samples": Field("int", check=_at_most(MAX_SAVE_SAMPLES, "kept as .npy per row")),
+                **MEMORISATION_FIELDS},
     "distributed": Field("bool"),
 }
 SAMPLE_SCHEMA = dict(_COMMON, sampler={"name": Field("str", check=_sampler_choice), "options": Field("dict")},
@@ -138,9 +151,24 @@ SWEEP_SCHEMA = dict(_COMMON, sweep={"samplers": Field("tuple[str]", check=_each(
 NON_IDENTITY_FIELDS = ("chunk_size", "distributed", "metrics.save_samples")
 
 
+def _memorisation_settings(values: dict) -> None:
+    """Memorisation off (the default): its fields leave the config (identity and row hashes as without
+    them); on: every field takes its default where unset."""
+    metrics = values["metrics"]
+    if not metrics.get("memorisation"):
+        for k in MEMORISATION_FIELDS:
+            metrics.pop(k, None)
+        return
+    defaults = _common(ml_collections.ConfigDict()).metrics
+    for k in MEMORISATION_FIELDS:
+        if metrics.get(k) is None:
+            metrics[k] = defaults[k]
+
+
 def validate(config, kind: str) -> dict:
     values = _as_dict(config)
     _check_tree(SWEEP_SCHEMA if kind == "sweep" else SAMPLE_SCHEMA, values, "config")
+    _memorisation_settings(values)
     m = values["model"]
     if not m.get("checkpoint"):
         from samplax.discrete.exact import PROBLEMS
@@ -182,6 +210,8 @@ def _row(cfg: dict, name: str, options: dict, seed: int) -> dict:
     spec = dict(family="discrete", model=cfg["model"], sampler=name, options=options, seed=seed,
                 n_samples=cfg["n_samples"], dtype=cfg["dtype"],
                 metrics_settings=dict(chi_square_min_expected=cfg["metrics"]["chi_square_min_expected"]))
+    if cfg["metrics"].get("memorisation"):
+        spec["metrics_settings"]["memorisation"] = {k: cfg["metrics"][k] for k in MEMORISATION_FIELDS}
     spec["hash"] = settings_hash(spec)
     spec["label"] = label(name, options)
     return spec
@@ -228,6 +258,10 @@ def make_plan(config):
     kind = config_kind(config)
     cfg = validate(config, kind)
     loaded = load_model(cfg)  # a missing checkpoint or an unknown problem fails here, before any work
+    window = cfg["metrics"].get("memorisation_window") or 0
+    if window >= loaded.model.length:
+        raise ConfigError("config.metrics.memorisation_window", f"must be < the sequence length {loaded.model.length} "
+                                                                f"(0: whole sequences only), got {window}")
     if kind == "sample":
         s = cfg["sampler"]
         options = dict(s.get("options") or {})
@@ -339,6 +373,8 @@ def run_row(spec: dict, cfg: dict, loaded, mesh, dev: dict, versions: dict, work
     x = np.concatenate(xs)
     nfe, steps, bad = np.concatenate(nfe), np.concatenate(steps), np.concatenate(bad)
     metrics, reference, warnings = _metrics(spec, loaded, x, bad, memo)
+    if spec["metrics_settings"].get("memorisation"):
+        metrics["memorisation"] = memorisation_metrics(spec["metrics_settings"]["memorisation"], loaded, x, memo)
     row = {k: v for k, v in spec.items() if k != "metrics_settings"}
     row.update(kind="discrete", problem=loaded.data, label=spec["label"], grid=spec["sampler"],
                nfe=float(nfe.mean()), nfe_max=int(nfe.max()), steps=float(steps.mean()),
@@ -384,6 +420,50 @@ def _metrics(spec: dict, loaded, x: np.ndarray, bad: np.ndarray, memo: dict):
     return out, ref, warnings
 
 
+def memorisation_reference(settings: dict, loaded, memo: dict):
+    """(training sequences, held-out sequences or None) for the memorisation metric: a trained
+    network's finite training set (and its held-out split), else ``memorisation_reference`` exact
+    draws of the exact problem (seed 0; held-out: seed 1) standing for the training stream."""
+    n_ref = settings["memorisation_reference"]
+    key = ("memorisation_reference", loaded.data, n_ref, str(loaded.identity.get("checkpoint")))
+    if key in memo:
+        return memo[key]
+    ref = None
+    if loaded.identity.get("checkpoint"):
+        from samplax.data import make_dataset
+        from samplax.experiment.trainer import _saved_train_config
+        data = _saved_train_config(loaded.identity["checkpoint"])["config"]["data"]
+        ds = make_dataset(data["name"], **dict(data.get("options") or {}))
+        if ds.arrays is not None:
+            held = ds.eval_arrays[0] if ds.eval_arrays is not None else None
+            ref = (np.asarray(ds.arrays[0]), None if held is None else np.asarray(held))
+    if ref is None:
+        if loaded.truth is None:
+            raise ConfigError("config.metrics.memorisation", f"data {loaded.data!r} has neither a finite training "
+                                                             f"set nor an exact distribution to compare with")
+        from samplax.discrete.exact import true_samples
+        draw = jax.jit(lambda key: true_samples(loaded.truth, key, n_ref))
+        ref = tuple(np.asarray(draw(jax.random.PRNGKey(s))) for s in (0, 1))
+    memo[key] = ref
+    return ref
+
+
+def memorisation_metrics(settings: dict, loaded, x: np.ndarray, memo: dict) -> dict:
+    """:func:`samplax.metrics.hamming.memorisation` of the row's first ``memorisation_samples``
+    sequences (rows still holding MASK tokens: those sequences are left out)."""
+    from samplax.metrics.hamming import memorisation
+    train, held = memorisation_reference(settings, loaded, memo)
+    xs = x[: settings["memorisation_samples"]]
+    xs = xs[np.all(xs < loaded.model.vocab_size, axis=1)]
+    if len(xs) == 0:
+        return {}
+    t0 = time.perf_counter()
+    out = memorisation(xs.astype(np.int32), train.astype(np.int32), window=settings["memorisation_window"],
+                       k=settings["memorisation_k"], held_out=None if held is None else held.astype(np.int32))
+    out["time_s"] = time.perf_counter() - t0
+    return out
+
+
 def _data_metrics(loaded, x: np.ndarray, memo: dict) -> dict:
     """Trained networks on data without an exact distribution: digits get the FD of the digits
     feature classifier (images = token / 8 - 1, the scale the continuous digits models use)."""
@@ -423,6 +503,9 @@ def results_markdown(rows: list) -> str:
         head += ["TV", "TV floor", "chi2 p", "marginal TV", "mean log p"]
     if has_fd:
         head += ["FD", "FD floor"]
+    has_mem = any((r.get("metrics") or {}).get("memorisation") for r in rows)
+    if has_mem:
+        head += ["nearest train (Hamming)", "copies", "held-out nearest"]
     head += ["time (s)", "warnings"]
     lines = ["# Masked-diffusion results", "",
              "NFE/sample: mean model calls per sequence. TV: empirical total variation to the exact "
@@ -438,6 +521,9 @@ def results_markdown(rows: list) -> str:
                       _fmt(m.get("mean_log_prob"))]
         if has_fd:
             cells += [_fmt(m.get("fd")), _fmt(m.get("fd_floor"))]
+        if has_mem:
+            mem = m.get("memorisation") or {}
+            cells += [_fmt(mem.get("nearest_mean")), _fmt(mem.get("copies")), _fmt(mem.get("held_nearest_mean"))]
         cells += [f"{r.get('time_s', 0):.3g}", "; ".join(r.get("warnings") or []) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     if any(r.get("warnings") for r in rows):
