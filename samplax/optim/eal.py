@@ -389,9 +389,13 @@ def eal_sketch_solve(f: Callable, c: Callable, x0, lam0=None, *, key=None, tol: 
             dx, dl, fallback = -mg_x, -mg_l, True
             slope = float(-(jnp.dot(mg_x, mg_x) + jnp.dot(mg_l, mg_l)))
         alpha = 1.0
+        # Armijo with a rounding allowance: near a solution the predicted decrease
+        # (~ ||g||^2) falls below the merit's float resolution and a strict test rejects
+        # every step (measured: stalls at ||g|| ~ 1e-10 in float64).
+        slack = 64 * float(jnp.finfo(dt).eps) * max(1.0, abs(phi0))
         for _ in range(max_backtracks):
             phi = float(P.merit(x + alpha * dx, lam + alpha * dl, muj, nuj))
-            if math.isfinite(phi) and phi <= phi0 + armijo * alpha * slope:
+            if math.isfinite(phi) and phi <= phi0 + armijo * alpha * slope + slack:
                 break
             alpha *= backtrack
         x = x + alpha * dx
