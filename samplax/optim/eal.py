@@ -9,7 +9,7 @@ Augmented Lagrangian and Randomized Iterative Sketching" (ICML 2023, arXiv
 2305.18379; the method is called AdaSketch-Newton there):
 
 * Lagrangian ``L(x, l) = f(x) + l^T c(x)``, KKT residual
-  ``g = (grad_x L, c)``; the Newton (SQP) system (paper Sec. 2)
+  ``g = (grad_x L, c)``; the Newton (SQP) system
 
       K z = -g,   K = [[H, G^T], [G, 0]],  H = hess_x L,  G = jac c,
 
@@ -19,10 +19,10 @@ Augmented Lagrangian and Randomized Iterative Sketching" (ICML 2023, arXiv
   norms = randomized block Kaczmarz, or a Gaussian sketch), stopped by an adaptive
   accuracy condition ``||K z + g|| <= theta_k ||g||``.  Sharpening
   ``theta_k -> 0`` (here ``theta_k = theta * min(1, ||g_k||)^accuracy_power``)
-  is the paper's route from local linear to superlinear convergence (Sec. 4);
+  is the paper's route from local linear to superlinear convergence (abstract);
   a fixed theta gives a linear local rate of about theta.
-* merit function: the exact augmented Lagrangian (paper Sec. 2, after
-  Bertsekas / Di Pillo & Grippo)
+* merit function: the exact augmented Lagrangian (after Bertsekas / Di Pillo &
+  Grippo; the form used in Na, Anitescu & Kolar's earlier stochastic SQP papers)
 
       L_{mu,nu}(x, l) = L(x, l) + mu/2 ||c(x)||^2 + nu/2 ||grad_x L(x, l)||^2,
 
@@ -34,14 +34,15 @@ Augmented Lagrangian and Randomized Iterative Sketching" (ICML 2023, arXiv
   ``D(mu) <= -gamma (nu ||grad_x L||^2 + mu ||c||^2)``; if no mu can do it
   (the sketch left too large a residual in the linearised constraints) the
   accuracy is tightened (theta /= 10) and the sketch continues from its iterate
-  -- the paper's joint adaptive control of accuracy and penalty (Alg. 1).
+  -- our form of the paper's joint adaptive control of accuracy and penalty.
   Last resort: the negative merit gradient.
 * Armijo backtracking on ``L_{mu,nu}`` (unit step tried first: the paper shows
   the unit step is accepted near a solution, so the local rate is the inexact
   Newton rate).
 
-This is our implementation from the paper's description, not its code; the
-constants (gamma, rho, theta, the sharpening rule) are our choices.
+This is our implementation from the paper's description (only its abstract and
+summaries could be read here, so no equation numbers are cited), not its code;
+the descent test, the constants (gamma, rho, theta, nu) and the sharpening rule are ours.
 
 :func:`penalty_method` is the baseline: ``min f + mu/2 ||c||^2`` for increasing
 mu, inner solves by optax L-BFGS, multiplier estimate ``mu c(x)``.
