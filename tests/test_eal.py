@@ -50,7 +50,7 @@ def test_quadratic_with_linear_constraints_closed_form():
 
 def test_local_rates_on_the_circle_problem():
     """Exact solves: quadratic (e_{k+1} <= C e_k^2); sharpened sketch accuracy: superlinear;
-    fixed accuracy theta: linear with rate about theta (paper Sec. 4)."""
+    fixed accuracy theta: linear with rate about theta (the paper's local claims, abstract)."""
     with jax.enable_x64(True):
         f, c = _circle()
         x0 = jnp.array([-1.5, -0.3])

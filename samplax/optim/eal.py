@@ -240,7 +240,7 @@ def _inertia_shift(H, G, max_tries: int = 12) -> float:
 def eal_sketch_solve(f: Callable, c: Callable, x0, lam0=None, *, key=None, tol: float = 1e-8,
                      max_iter: int = 100, sketch: str = "kaczmarz", block: Optional[int] = None,
                      theta: float = 0.5, accuracy_power: float = 1.0, max_sketch_iter: int = 20_000,
-                     mu: float = 1.0, nu: float = 1e-2, rho: float = 10.0, gamma: float = 0.5,
+                     mu: float = 1.0, nu: float = 1e-4, rho: float = 10.0, gamma: float = 0.5,
                      armijo: float = 1e-4, backtrack: float = 0.5, max_backtracks: int = 40,
                      hessian_shift=0.0, equilibrate: bool = True,
                      callback: Optional[Callable] = None) -> ConstrainedResult:

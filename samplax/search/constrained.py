@@ -239,7 +239,7 @@ def constrained_config():
     c.seed = 0
     c.reference_steps = 1000
     c.eal = ml_collections.ConfigDict(dict(tol=1e-9, max_iter=40, sketch="kaczmarz", theta=0.5,
-                                           accuracy_power=1.0, nu=1e-2, hessian_shift="auto"))
+                                           accuracy_power=1.0, nu=1e-4, hessian_shift="auto"))
     c.penalty = ml_collections.ConfigDict(dict(mu0=1.0, growth=10.0, outer=8, inner_steps=200))
     return c
 
