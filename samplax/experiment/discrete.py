@@ -22,6 +22,9 @@ distribution (exact problems, and trained models of their data): ``tv`` (empiric
 cells with expected count < ``metrics.chi_square_min_expected`` pooled), ``marginal_tv``,
 ``mean_log_prob`` (exact mean log p of the samples; ``reference.neg_entropy`` is its exact-sample
 value); on digits: ``fd`` with the digits feature classifier (``reference.fd_floor``).
+Optional (off unless ``metrics.epiplexity = True``; a config without the field keeps its identity and
+row hashes): ``epiplexity`` (``samplax.metrics.epiplexity``: epiplexity and time-bounded entropy of the
+samples in bits by prequential coding, observer options ``metrics.epiplexity_options``).
 ``time_s`` is the decoding time without compilation (``compile_s``).  Samples whose model output
 went non-finite are counted (``nonfinite``) with the first such step, and the row gets a warning.
 """
@@ -118,6 +121,14 @@ def _min_expected(path, v):
         raise ConfigError(path, f"must be a positive number, got {v!r}")
 
 
+def _epiplexity_options(path, v):
+    from samplax.metrics.epiplexity import check_options
+    try:
+        check_options(v, path)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+
+
 _COMMON = {
     "model": {"name": Field("str"), "checkpoint": Field("str", required=False, nullable=True),
               "step": Field("int", required=False, nullable=True, check=_nonneg),
@@ -126,7 +137,9 @@ _COMMON = {
     "chunk_size": Field("int", check=_SAMPLES),
     "dtype": Field("str", check=_choice(DTYPES)),
     "metrics": {"chi_square_min_expected": Field("float", check=_min_expected),
-                "save_samples": Field("int", check=_at_most(MAX_SAVE_SAMPLES, "kept as .npy per row"))},
+                "save_samples": Field("int", check=_at_most(MAX_SAVE_SAMPLES, "kept as .npy per row")),
+                "epiplexity": Field("bool", required=False),
+                "epiplexity_options": Field("dict", required=False, check=_epiplexity_options)},
     "distributed": Field("bool"),
 }
 SAMPLE_SCHEMA = dict(_COMMON, sampler={"name": Field("str", check=_sampler_choice), "options": Field("dict")},
@@ -182,6 +195,14 @@ def _row(cfg: dict, name: str, options: dict, seed: int) -> dict:
     spec = dict(family="discrete", model=cfg["model"], sampler=name, options=options, seed=seed,
                 n_samples=cfg["n_samples"], dtype=cfg["dtype"],
                 metrics_settings=dict(chi_square_min_expected=cfg["metrics"]["chi_square_min_expected"]))
+    if cfg["metrics"].get("epiplexity"):  # only then: rows of configs without it keep their hashes
+        from samplax.metrics.epiplexity import check_options
+        o = check_options(cfg["metrics"].get("epiplexity_options") or {})
+        if cfg["n_samples"] < o["steps"] * o["batch_size"] + o["eval_size"]:
+            raise ConfigError("config.n_samples", f"metrics.epiplexity codes steps * batch_size samples and holds out "
+                                                  f"eval_size more: needs n_samples >= {o['steps']} * {o['batch_size']}"
+                                                  f" + {o['eval_size']}, got {cfg['n_samples']}")
+        spec["metrics_settings"]["epiplexity"] = o
     spec["hash"] = settings_hash(spec)
     spec["label"] = label(name, options)
     return spec
@@ -366,7 +387,7 @@ def _metrics(spec: dict, loaded, x: np.ndarray, bad: np.ndarray, memo: dict):
     if still.any():
         warnings.append(f"{int(still.sum())} samples still hold MASK tokens")
     if loaded.truth is None:
-        return _data_metrics(loaded, x, memo), {}, warnings
+        return dict(_data_metrics(loaded, x, memo), **_epiplexity(spec, x, v, still)), {}, warnings
     hmm = loaded.truth
     lp = exact.enumerate_log_probs(hmm)
     n = len(x)
@@ -381,7 +402,18 @@ def _metrics(spec: dict, loaded, x: np.ndarray, bad: np.ndarray, memo: dict):
     idx = exact.sequence_index(x, v)
     out = dict(tv=dm.tv_to_exact(x, lp, v), tv_floor=ref["tv_floor"], chi2_p=chi.p_value, chi2_stat=chi.stat,
                chi2_dof=chi.dof, marginal_tv=dm.marginal_tv(x, lp, v), mean_log_prob=float(lp[idx].mean()))
-    return out, ref, warnings
+    return dict(out, **_epiplexity(spec, x, v, still)), ref, warnings
+
+
+def _epiplexity(spec: dict, x: np.ndarray, vocab: int, still: np.ndarray) -> dict:
+    """``epiplexity``: samplax.metrics.epiplexity's summary of the decoded samples, when the row asks."""
+    options = spec["metrics_settings"].get("epiplexity")
+    if options is None:
+        return {}
+    if still.any():
+        return dict(epiplexity=None)
+    from samplax.metrics.epiplexity import epiplexity
+    return dict(epiplexity=epiplexity(x, vocab, **options).as_dict())
 
 
 def _data_metrics(loaded, x: np.ndarray, memo: dict) -> dict:
