@@ -47,7 +47,7 @@ from samplax import io as sio
 from samplax.experiment import devices
 from samplax.experiment import results as store
 from samplax.experiment.config import (MAX_SAMPLES, MAX_SAVE_SAMPLES, Field, _as_dict, _at_most, _check_tree,
-                                       _choice, _each, _nonneg)
+                                       _choice, _each, _epiplexity_options, _nonneg)
 from samplax.experiment.errors import ConfigError
 from samplax.experiment.identity import settings_hash
 from samplax.experiment.progress import Progress
@@ -119,14 +119,6 @@ _SAMPLES = _at_most(MAX_SAMPLES, "sample indices are int32")
 def _min_expected(path, v):
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
         raise ConfigError(path, f"must be a positive number, got {v!r}")
-
-
-def _epiplexity_options(path, v):
-    from samplax.metrics.epiplexity import check_options
-    try:
-        check_options(v, path)
-    except ValueError as e:
-        raise ConfigError(path, str(e)) from None
 
 
 _COMMON = {

@@ -148,9 +148,8 @@ def code_length_bits(params: dict, x, num_classes: int) -> jax.Array:
 # ---------------------------------------------------------------------------------------
 # Prequential coding in one scan
 # ---------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "batch_size", "steps", "learning_rate",
-                                             "eval_size", "direct"))
-def _prequential(x, keys, *, num_classes: int, hidden: int, batch_size: int, steps: int, learning_rate: float,
+@functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "batch_size", "steps", "eval_size", "direct"))
+def _prequential(x, keys, learning_rate, *, num_classes: int, hidden: int, batch_size: int, steps: int,
                  eval_size: int, direct: bool):
     import optax
 
@@ -247,8 +246,8 @@ def prequential_code(x, num_classes: int, **options) -> Code:
         raise ValueError(f"epiplexity: need at least steps * batch_size + eval_size = {o['steps']} * "
                          f"{o['batch_size']} + {o['eval_size']} = {need} samples, got {a.shape[0]}")
     keys = jnp.stack([jax.random.PRNGKey(s) for s in o["seeds"]])
-    preq, h, curve = _prequential(jnp.asarray(a), keys, num_classes=int(num_classes), hidden=o["hidden"],
-                                  batch_size=o["batch_size"], steps=o["steps"], learning_rate=o["learning_rate"],
+    preq, h, curve = _prequential(jnp.asarray(a), keys, jnp.float32(o["learning_rate"]), num_classes=int(num_classes),
+                                  hidden=o["hidden"], batch_size=o["batch_size"], steps=o["steps"],
                                   eval_size=o["eval_size"], direct=o["direct"])
     preq, h = np.asarray(preq, np.float64), np.asarray(h, np.float64)
     return Code(prequential_bits=preq, entropy_bits=h, epiplexity_bits=preq - h, curve=np.asarray(curve))
