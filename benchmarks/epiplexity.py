@@ -118,6 +118,13 @@ def generated_rows(workdir, seeds, quick: bool):
                       classifier_test_accuracy=float(info["test_accuracy"]))
 
 
+def _bits(v, sd=None) -> str:
+    """Bits as integers with thousands separators, with the seeds' std."""
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" + ("" if sd is None else f" ± {sd:,.0f}")
+
+
 def render(res: dict) -> str:
     f = C.fmt
     s = res["settings"]
@@ -126,7 +133,7 @@ def render(res: dict) -> str:
              "* Machine load: 2-core CPU container, shared by up to 7 sessions, noisy (wall times are rough).",
              f"* Observer (the compute bound): {s['observer']}; seeds {s['seeds']} (mean ± std over them).",
              f"* Every source: {N} samples x 64 tokens in 0..16 ({s['n_coded']} coded, {s['eval_size']} held out); "
-             f"the uniform code is {f(s['uniform_bits'])} bits.",
+             f"the uniform code is {_bits(s['uniform_bits'])} bits.",
              f"* Data and compute rows: `{res.get('data_command', res['command'])}` "
              f"({res.get('data_wall_s', res['wall_s']):.0f} s); this run: {res['wall_s']:.0f} s.", "",
              "S = epiplexity estimate (prequential code length minus H), H = time-bounded entropy estimate "
@@ -134,9 +141,9 @@ def render(res: dict) -> str:
              "## Data and controls", ""]
 
     def rows_of(rs, first="source"):
-        return [[r["source"], f(r["epiplexity_bits"]) + " ± " + f(r["epiplexity_std"]),
-                 f(r["entropy_bits"]) + " ± " + f(r["entropy_std"]), f(r["entropy_bits_per_token"]),
-                 f(r["prequential_bits"])] for r in rs]
+        return [[r["source"], _bits(r["epiplexity_bits"], r["epiplexity_std"]),
+                 _bits(r["entropy_bits"], r["entropy_std"]), f(r["entropy_bits_per_token"]),
+                 _bits(r["prequential_bits"])] for r in rs]
     head = ["source", "S (bits)", "H (bits)", "H / token", "prequential (bits)"]
     lines += [C.md_table(head, rows_of(res["data"]), ["l", "r", "r", "r", "r"]), ""]
     if res["compute"]:
@@ -148,11 +155,9 @@ def render(res: dict) -> str:
                   f"U-Net of configs/train_digits.py, step {g['step']} (EMA); {N} samples, seed 0, logSNR grid; "
                   f"FD of the digits classifier (test accuracy {f(g['classifier_test_accuracy'])}) against the test "
                   f"split on the same {N} samples (floor: the training split, {f(g['fd_floor'])}).", ""]
-        rows = [[r["solver"], r["nfe"], f(r.get("fd")),
-                 (f(r["epiplexity_bits"]) + " ± " + f(r["epiplexity_std"])) if r.get("epiplexity_bits") is not None
-                 else "—",
-                 (f(r["entropy_bits"]) + " ± " + f(r["entropy_std"])) if r.get("entropy_bits") is not None else "—",
-                 f(r.get("entropy_bits_per_token"))] for r in res["generated"]]
+        rows = [[r["solver"], r["nfe"], f(r.get("fd")), _bits(r.get("epiplexity_bits"), r.get("epiplexity_std")),
+                 _bits(r.get("entropy_bits"), r.get("entropy_std")), f(r.get("entropy_bits_per_token"))]
+                for r in res["generated"]]
         lines += [C.md_table(["solver", "NFE", "FD", "S (bits)", "H (bits)", "H / token"], rows,
                              ["l", "r", "r", "r", "r", "r"]), ""]
         fds = [(r["fd"], r["epiplexity_bits"], r["entropy_bits"]) for r in res["generated"]

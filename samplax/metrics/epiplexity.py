@@ -17,8 +17,11 @@ trained on the data within a compute budget:
   model, without sending weights.  The paper reads the model's share off the loss curve:
   ``S ~ sum_i [log 1/P_{theta_i}(Z_i) - log 1/P_{theta_M}(Z_i)]``, the area of the
   prequential loss curve above the final model's loss, and ``H ~ sum_i log 1/P_{theta_M}(Z_i)``,
-  the final model's code length of the same data (final loss x tokens).  So
-  ``L_preq = S + H`` exactly (:func:`prequential_code`).
+  the final model's code length of the data (final loss x tokens).  Here the final loss per
+  token is measured on ``eval_size`` held-out samples (on the coded ones a model that memorises
+  would score below the entropy: i.i.d. noise then showed 17% of its bits as "epiplexity"), H
+  is that loss x the coded tokens and S = L_preq - H (:func:`prequential_code`); S may come out
+  slightly negative when nothing is learnt (the held-out loss ends above the start).
 * "requential" coding (a student coded against a teacher's predictions, the cumulative KL
   being the code length of the student) is the paper's tighter variant; it needs a teacher
   and is NOT implemented here (docs/epiplexity.md).
