@@ -222,7 +222,7 @@ def main(argv=None):
         import json
         with open(OUT + ".json") as fh:
             old = json.load(fh)
-        res = {k: old[k] for k in ("settings", "data", "compute")}
+        res = {k: old[k] for k in ("settings", "data", "compute", "discrete") if k in old}
         res["data_command"], res["data_wall_s"] = old.get("data_command", old["command"]), old.get("data_wall_s",
                                                                                                    old["wall_s"])
     else:
@@ -233,7 +233,8 @@ def main(argv=None):
                                  observer=", ".join(f"{k}={v}" for k, v in DEFAULTS.items() if k != "seeds")),
                    data=data, compute=compute_rows(tok, seeds, a.quick))
         res["data_command"], res["data_wall_s"] = C.command_line(MODULE), time.perf_counter() - t0
-    res["discrete"] = discrete_rows(a.quick)
+    if "discrete" not in res:
+        res["discrete"] = discrete_rows(a.quick)
     if a.digits:
         res["generated"], res["generated_info"] = generated_rows(a.digits, seeds, a.quick)
     res.update(wall_s=time.perf_counter() - t0, machine=C.machine_info(), command=C.command_line(MODULE),
