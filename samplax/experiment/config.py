@@ -181,6 +181,7 @@ def _shape(path, v):
 
 _SAMPLES = _at_most(MAX_SAMPLES, "sample indices are int32")
 
+
 def _epiplexity_options(path, v):
     from samplax.metrics.epiplexity import check_options
     try:
