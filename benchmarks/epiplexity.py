@@ -141,7 +141,8 @@ def discrete_rows(quick: bool):
     out = []
     for r in sorted(rows, key=lambda r: (r["sampler"], r["nfe"])):
         e = r["metrics"].get("epiplexity") or {}
-        out.append(dict(label=r["label"], nfe=r["nfe"], tv=r["metrics"].get("tv"), tv_floor=r["metrics"].get("tv_floor"),
+        out.append(dict(label=r["label"], nfe=r["nfe"], tv=r["metrics"].get("tv"),
+                        tv_floor=r["metrics"].get("tv_floor"),
                         exact_bits_per_token=-r["reference"]["neg_entropy"] / math.log(2) / e.get("length", 8), **e))
     log("discrete:", [(o["label"], round(o.get("epiplexity_bits", 0))) for o in out])
     return out
@@ -177,7 +178,8 @@ def render(res: dict) -> str:
                   "TV to the exact distribution; the exact entropy is "
                   f"{res['discrete'][0]['exact_bits_per_token']:.3f} bits per token (the floor of H / token).", "",
                   C.md_table(["sampler", "NFE", "TV", "S (bits)", "H (bits)", "H / token"],
-                             [[r["label"], f(r["nfe"]), f(r["tv"]), _bits(r.get("epiplexity_bits"), r.get("epiplexity_std")),
+                             [[r["label"], f(r["nfe"]), f(r["tv"]),
+                               _bits(r.get("epiplexity_bits"), r.get("epiplexity_std")),
                                _bits(r.get("entropy_bits"), r.get("entropy_std")), f(r.get("entropy_bits_per_token"))]
                               for r in res["discrete"]], ["l", "r", "r", "r", "r", "r"]), ""]
     if res.get("generated"):
@@ -196,7 +198,8 @@ def render(res: dict) -> str:
         if len(fds) >= 3:
             a = np.asarray(fds)
             from scipy.stats import spearmanr
-            lines += [f"Spearman rank correlation over these {len(a)} rows: FD vs S {spearmanr(a[:, 0], a[:, 1])[0]:.2f}, "
+            lines += [f"Spearman rank correlation over these {len(a)} rows: "
+                      f"FD vs S {spearmanr(a[:, 0], a[:, 1])[0]:.2f}, "
                       f"FD vs H {spearmanr(a[:, 0], a[:, 2])[0]:.2f}.", ""]
     return "\n".join(lines)
 
