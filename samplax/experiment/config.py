@@ -181,12 +181,24 @@ def _shape(path, v):
 
 _SAMPLES = _at_most(MAX_SAMPLES, "sample indices are int32")
 
+
+def _epiplexity_options(path, v):
+    from samplax.metrics.epiplexity import check_options
+    try:
+        check_options(v, path)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from None
+
+
 _METRICS = {
     "reference_steps": Field("int", check=_at_most(MAX_REFERENCE_STEPS, "float64 reference solve")),
     "max_l2_samples": Field("int", check=_SAMPLES),
     "max_sw_samples": Field("int", check=_SAMPLES),
     "sw_projections": Field("int", check=_at_most(MAX_SW_PROJECTIONS, "sliced W2 directions")),
     "save_samples": Field("int", check=_save_samples),
+    # optional, off unless set (absent: row hashes unchanged): digits epiplexity (samplax.metrics.epiplexity)
+    "epiplexity": Field("bool", required=False),
+    "epiplexity_options": Field("dict", required=False, check=_epiplexity_options),
 }
 
 _COMMON = {

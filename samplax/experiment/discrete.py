@@ -22,6 +22,9 @@ distribution (exact problems, and trained models of their data): ``tv`` (empiric
 cells with expected count < ``metrics.chi_square_min_expected`` pooled), ``marginal_tv``,
 ``mean_log_prob`` (exact mean log p of the samples; ``reference.neg_entropy`` is its exact-sample
 value); on digits: ``fd`` with the digits feature classifier (``reference.fd_floor``).
+Optional (off unless ``metrics.epiplexity = True``; a config without the field keeps its identity and
+row hashes): ``epiplexity`` (``samplax.metrics.epiplexity``: epiplexity and time-bounded entropy of the
+samples in bits by prequential coding, observer options ``metrics.epiplexity_options``).
 ``time_s`` is the decoding time without compilation (``compile_s``).  Samples whose model output
 went non-finite are counted (``nonfinite``) with the first such step, and the row gets a warning.
 """
@@ -44,7 +47,7 @@ from samplax import io as sio
 from samplax.experiment import devices
 from samplax.experiment import results as store
 from samplax.experiment.config import (MAX_SAMPLES, MAX_SAVE_SAMPLES, Field, _as_dict, _at_most, _check_tree,
-                                       _choice, _each, _nonneg)
+                                       _choice, _each, _epiplexity_options, _nonneg)
 from samplax.experiment.errors import ConfigError
 from samplax.experiment.identity import settings_hash
 from samplax.experiment.progress import Progress
@@ -139,7 +142,9 @@ _COMMON = {
     "dtype": Field("str", check=_choice(DTYPES)),
     "metrics": {"chi_square_min_expected": Field("float", check=_min_expected),
                 "save_samples": Field("int", check=_at_most(MAX_SAVE_SAMPLES, "kept as .npy per row")),
-                **MEMORISATION_FIELDS},
+                **MEMORISATION_FIELDS,
+                "epiplexity": Field("bool", required=False),
+                "epiplexity_options": Field("dict", required=False, check=_epiplexity_options)},
     "distributed": Field("bool"),
 }
 SAMPLE_SCHEMA = dict(_COMMON, sampler={"name": Field("str", check=_sampler_choice), "options": Field("dict")},
@@ -212,6 +217,14 @@ def _row(cfg: dict, name: str, options: dict, seed: int) -> dict:
                 metrics_settings=dict(chi_square_min_expected=cfg["metrics"]["chi_square_min_expected"]))
     if cfg["metrics"].get("memorisation"):
         spec["metrics_settings"]["memorisation"] = {k: cfg["metrics"][k] for k in MEMORISATION_FIELDS}
+    if cfg["metrics"].get("epiplexity"):  # only then: rows of configs without it keep their hashes
+        from samplax.metrics.epiplexity import check_options
+        o = check_options(cfg["metrics"].get("epiplexity_options") or {})
+        if cfg["n_samples"] < o["steps"] * o["batch_size"] + o["eval_size"]:
+            raise ConfigError("config.n_samples", f"metrics.epiplexity codes steps * batch_size samples and holds out "
+                                                  f"eval_size more: needs n_samples >= {o['steps']} * {o['batch_size']}"
+                                                  f" + {o['eval_size']}, got {cfg['n_samples']}")
+        spec["metrics_settings"]["epiplexity"] = o
     spec["hash"] = settings_hash(spec)
     spec["label"] = label(name, options)
     return spec
@@ -402,7 +415,7 @@ def _metrics(spec: dict, loaded, x: np.ndarray, bad: np.ndarray, memo: dict):
     if still.any():
         warnings.append(f"{int(still.sum())} samples still hold MASK tokens")
     if loaded.truth is None:
-        return _data_metrics(loaded, x, memo), {}, warnings
+        return dict(_data_metrics(loaded, x, memo), **_epiplexity(spec, x, v, still)), {}, warnings
     hmm = loaded.truth
     lp = exact.enumerate_log_probs(hmm)
     n = len(x)
@@ -417,7 +430,18 @@ def _metrics(spec: dict, loaded, x: np.ndarray, bad: np.ndarray, memo: dict):
     idx = exact.sequence_index(x, v)
     out = dict(tv=dm.tv_to_exact(x, lp, v), tv_floor=ref["tv_floor"], chi2_p=chi.p_value, chi2_stat=chi.stat,
                chi2_dof=chi.dof, marginal_tv=dm.marginal_tv(x, lp, v), mean_log_prob=float(lp[idx].mean()))
-    return out, ref, warnings
+    return dict(out, **_epiplexity(spec, x, v, still)), ref, warnings
+
+
+def _epiplexity(spec: dict, x: np.ndarray, vocab: int, still: np.ndarray) -> dict:
+    """``epiplexity``: samplax.metrics.epiplexity's summary of the decoded samples, when the row asks."""
+    options = spec["metrics_settings"].get("epiplexity")
+    if options is None:
+        return {}
+    if still.any():
+        return dict(epiplexity=None)
+    from samplax.metrics.epiplexity import epiplexity
+    return dict(epiplexity=epiplexity(x, vocab, **options).as_dict())
 
 
 def memorisation_reference(settings: dict, loaded, memo: dict):

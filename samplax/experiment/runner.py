@@ -868,13 +868,27 @@ def _data_metrics(ctx, loaded, s, x0):
         ref = ctx.memo(("digits_stats", "test"), lambda: digits_reference_statistics(params, "test"))
         floor = ctx.memo(("digits_stats", "train"), lambda: digits_reference_statistics(params, "train"))
         fd = digits_fd(params, x0.reshape((-1,) + loaded.shape).astype(np.float32), reference=ref)
-        return (dict(fd=float(fd)), dict(fd_floor=float(frechet_distance(*floor, *ref)),
-                                        classifier_test_accuracy=float(info["test_accuracy"]), n_fd=len(x0)))
+        out = (dict(fd=float(fd)), dict(fd_floor=float(frechet_distance(*floor, *ref)),
+                                       classifier_test_accuracy=float(info["test_accuracy"]), n_fd=len(x0)))
+        if s["metrics_settings"].get("epiplexity"):  # optional: the same samples, 17 grey levels
+            out[0]["epiplexity"] = _digits_epiplexity(s["metrics_settings"].get("epiplexity_options") or {}, x0)
+        return out
     a = _data_samples(ctx, data, len(x0), EXACT_KEY)
     b = _data_samples(ctx, data, len(x0), FLOOR_KEY)
     proj = _proj(ctx, loaded.dim, s["metrics_settings"]["sw_projections"])
     return (dict(sw2=sliced_wasserstein2_host(x0.reshape(len(x0), -1), a, proj)),
             dict(sw2_floor=sliced_wasserstein2_host(a, b, proj), n_exact=len(x0)))
+
+
+def _digits_epiplexity(options: dict, x0) -> Optional[dict]:
+    """samplax.metrics.epiplexity of digits samples quantised to their 17 grey levels (None when
+    fewer than steps * batch_size + eval_size samples are measured: raise metrics.max_sw_samples)."""
+    from samplax.metrics.epiplexity import check_options, epiplexity, quantize
+
+    o = check_options(options)
+    if len(x0) < o["steps"] * o["batch_size"] + o["eval_size"]:
+        return None
+    return epiplexity(quantize(x0, 17), 17, **o).as_dict()
 
 
 __all__ = ["run", "run_sample", "run_sweep", "execute", "group_rows", "run_group", "software_versions"]
