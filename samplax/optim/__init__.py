@@ -1,0 +1,10 @@
+"""Optimisers the schedule search needs.
+
+* a small exact GP (:mod:`samplax.optim.gp`) and PALM-Mean, the epsilon-global
+  branch-and-bound of a GP posterior mean over a box (:mod:`samplax.optim.palm_mean`).
+"""
+from samplax.optim.gp import GP, fit_gp, posterior_mean, posterior_var
+from samplax.optim.palm_mean import branch_and_bound, lower_bound, multistart_lbfgs, posterior_mean_terms
+
+__all__ = ["GP", "fit_gp", "posterior_mean", "posterior_var", "branch_and_bound", "lower_bound",
+           "multistart_lbfgs", "posterior_mean_terms"]
