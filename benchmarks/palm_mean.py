@@ -274,13 +274,9 @@ def main(argv=None):
     from benchmarks import _common as C
 
     if args.from_json:
-        import json
-
-        with open(args.from_json) as f:
-            data = json.load(f)
-        md = report(data["meta"], data["cases"], data["search"])
-        C.atomic_write_text(args.out or os.path.splitext(args.from_json)[0] + ".md", md + "\n")
-        print(md)
+        out = args.out or os.path.splitext(args.from_json)[0] + ".md"
+        print(C.rerender_from_json(args.from_json, out,
+                                   lambda d: report(d["meta"], d["cases"], d["search"]) + "\n"))
         return 0
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
     C.enable_compilation_cache(1.0)
