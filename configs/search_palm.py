@@ -7,21 +7,14 @@ The initial design (16 candidates: the hand-designed baselines, then random geno
 the template whose discrete choices stay fixed; then 4 candidates per iteration (the GP mean's
 argmin and 3 perturbations) move its time points in a 4-dimensional Legendre embedding
 (docs/palm_mean.md).  Same scoring and held-out check as configs/search_s3.py."""
-from samplax.experiment.search import search_config
+from configs import search_s3
 
 
 def get_config():
-    config = search_config()
-    config.model.name = "gmm2d"
-    config.nfe = 5
-    config.afs = True
+    config = search_s3.get_config()         # gmm2d, NFE 5 + AFS, 512 search / 4096 held-out points
     config.search.strategy = "palm_mean"
     config.search.iterations = 30          # 4 design iterations + 26 GP iterations = 120 evaluations
     config.search.population = 16         # the initial design
     config.search.palm.batch = 4
     config.search.palm.dims = 4
-    config.search.n_search_samples = 512
-    config.search.eval_prior = "problem"
-    config.search.n_eval_samples = 4096
-    config.checkpoint_every = 5
     return config
