@@ -21,7 +21,7 @@ L2 and the evaluations at which the best-so-far first met (on the held-out
 points) the target (half the best hand-designed mean) and the best hand-designed
 mean itself.
 
-    python -m benchmarks.palm_mean            # ~15 min on 2 cores
+    python -m benchmarks.palm_mean            # > 40 min on the loaded 2-core container (each palm_mean run ~7 min)
     python -m benchmarks.palm_mean --quick    # part 1 small, part 2 NFE 5 only, short
     python -m benchmarks.palm_mean --from-json docs/benchmarks/palm_mean.json
 """
