@@ -30,8 +30,8 @@ reference is the exact PF-ODE solution for the analytic mixtures, or a many-step
 teacher solution (DPM-Solver++(3M), ``reference.teacher_steps``) for trained models.
 
 Strategies are named in :data:`STRATEGIES` (one explicit dict of import specs, loaded
-only when used): random, evolution, s3 (``samplax.search``) and gradient
-(``samplax.search.gradient``).
+only when used): random, evolution, s3 (``samplax.search``), gradient
+(``samplax.search.gradient``) and palm_mean (``samplax.search.palm``).
 """
 from __future__ import annotations
 
@@ -106,6 +106,7 @@ STRATEGIES = {
     "evolution": StrategyEntry("samplax.search.strategies:evolution", section="evolution"),
     "s3": StrategyEntry("samplax.search.s3:s3", section="s3"),
     "gradient": StrategyEntry("samplax.search.gradient:gradient_search", objective="loss_fn", section="gradient"),
+    "palm_mean": StrategyEntry("samplax.search.palm:palm_mean", section="palm"),
 }
 SCORER = "samplax.search.evaluate:make_scorer"
 LOSS = "samplax.search.gradient:make_loss"
@@ -137,7 +138,7 @@ def search_config() -> ml_collections.ConfigDict:
     c.afs = False                             # analytic first step (saves one model evaluation)
     c.dtype = "float32"
     c.search = ml_collections.ConfigDict(dict(
-        strategy="evolution",                 # one of STRATEGIES: random, evolution, s3, gradient
+        strategy="evolution",                 # one of STRATEGIES: random, evolution, s3, gradient, palm_mean
         iterations=20,
         population=64,                        # candidates per iteration (random, evolution, s3's archive seed)
         seed=0,                               # the strategy's PRNG and the search start points
@@ -154,6 +155,8 @@ def search_config() -> ml_collections.ConfigDict:
                                           mutation_rate=0.2)),
         gradient=ml_collections.ConfigDict(dict(learning_rate=1e-2, template="unipc", template_order=2,
                                                 decay=True)),
+        palm=ml_collections.ConfigDict(dict(batch=4, dims=4, radius=2.0, kernel="matern52", eps=1e-3,
+                                            max_nodes=5000, explore=0.1, capacity=512)),
     ))
     c.reference = ml_collections.ConfigDict(dict(
         kind="exact",                         # "exact" (analytic GMMs) or "teacher" (trained / user models)
@@ -199,6 +202,11 @@ def _order(path, v):
         raise ConfigError(path, f"must be 1, 2 or 3, got {v!r}")
 
 
+def _palm_explore(path, v):
+    if not (math.isfinite(v) and 0.0 <= v <= 2.0):
+        raise ConfigError(path, f"must be a number in [0, 2], got {v!r}")
+
+
 def _samples(path, v):
     if not 1 <= v <= 2**24:
         raise ConfigError(path, f"must be an integer in [1, 2^24], got {v!r}")
@@ -231,6 +239,10 @@ SEARCH_SCHEMA = {
         "gradient": {"learning_rate": Field("float", check=_pos_float),
                      "template": Field("str", check=_choice(tuple(b for b, _ in BASELINES))),
                      "template_order": Field("int", check=_order), "decay": Field("bool")},
+        "palm": {"batch": Field("int", check=_positive), "dims": Field("int", check=_nonneg),
+                 "radius": Field("float", check=_pos_float), "kernel": Field("str", check=_choice(("se", "matern52"))),
+                 "eps": Field("float", check=_pos_float), "max_nodes": Field("int", check=_positive),
+                 "explore": Field("float", check=_palm_explore), "capacity": Field("int", check=_positive)},
     },
     "reference": {"kind": Field("str", check=_choice(REFERENCES)),
                   "exact_steps": Field("int", check=_positive), "teacher_steps": Field("int", check=_positive)},
@@ -269,6 +281,13 @@ def validate_search(config) -> dict:
         if s["s3"]["parents"] > s["population"]:
             raise ConfigError("config.search.s3.parents", f"must be <= config.search.population "
                                                           f"({s['population']}), got {s['s3']['parents']}")
+    if entry.section == "palm":
+        if "times" not in s["searchable"]:
+            raise ConfigError("config.search.searchable", "the 'palm_mean' strategy moves the time points: must "
+                                                          f"include 'times', got {tuple(s['searchable'])!r}")
+        if s["palm"]["capacity"] < s["palm"]["batch"] + 1:
+            raise ConfigError("config.search.palm.capacity", f"must be >= config.search.palm.batch + 1 "
+                                                             f"({s['palm']['batch'] + 1}), got {s['palm']['capacity']}")
     if entry.objective == "loss_fn" and s["metric"] != "mean_l2":
         raise ConfigError("config.search.metric", f"the {s['strategy']!r} strategy differentiates 'mean_l2'; got "
                                                   f"{s['metric']!r}")
@@ -289,7 +308,7 @@ def search_identity(cfg: dict) -> dict:
     sections of the strategies not run."""
     out = identity(cfg, NON_IDENTITY_FIELDS)
     section = STRATEGIES[cfg["search"]["strategy"]].section
-    for name in ("evolution", "s3", "gradient"):
+    for name in ("evolution", "s3", "gradient", "palm"):
         if name != section:
             out["search"].pop(name, None)
     if STRATEGIES[cfg["search"]["strategy"]].objective == "loss_fn":
