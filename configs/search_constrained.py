@@ -2,6 +2,7 @@
 conditions kept) on gmm2d at NFE 5, by the exact augmented Lagrangian with randomized
 sketching and by the quadratic-penalty baseline (samplax/search/constrained.py).
 
+    python -m experiments.search --config=configs/search_constrained.py --workdir=/tmp/constrained --config.nfe=8
     python -m samplax.search.constrained --config configs/search_constrained.py --workdir /tmp/constrained
 """
 from samplax.search.constrained import constrained_config

@@ -8,9 +8,18 @@ from samplax.experiment.search import run_search
 _CONFIG = _main.define_flags("configs/search_s3.py")
 
 
+def run(config, workdir, restart: bool = False):
+    """A schedule search, or (``config.kind = "constrained_coefficients"``, configs/search_constrained.py)
+    multistep coefficients learned under order conditions (samplax.search.constrained)."""
+    if config.get("kind") == "constrained_coefficients":
+        from samplax.search.constrained import run_constrained
+        return run_constrained(config, workdir, restart=restart)
+    return run_search(config, workdir, restart=restart)
+
+
 def main(argv):
     del argv
-    _main.run_main(run_search, _CONFIG)
+    _main.run_main(run, _CONFIG)
 
 
 def cli():

@@ -44,7 +44,6 @@ time points.  Entry point: :func:`run_constrained` (config
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -279,10 +278,12 @@ def validate_constrained(config) -> dict:
     return cfg
 
 
-def run_constrained(config, workdir: Optional[str] = None, log=print) -> dict:
+def run_constrained(config, workdir: Optional[str] = None, log=print, restart: bool = False) -> dict:
     """Learn the coefficients with each of ``config.methods`` and evaluate them on
     held-out start points against the exact PF-ODE solution; writes
-    ``<workdir>/constrained.json`` when ``workdir`` is given.  float64 throughout."""
+    ``<workdir>/constrained.json`` (atomically) when ``workdir`` is given.  float64 throughout.
+    Also ``python -m experiments.search --config=configs/search_constrained.py --workdir=DIR``
+    (the config's ``kind``; ``restart`` is accepted for that entrypoint and has nothing to resume)."""
     from samplax.models.analytic import load_problem, problem_start_points
     from samplax.search.evaluate import gmm_reference
 
@@ -318,9 +319,9 @@ def run_constrained(config, workdir: Optional[str] = None, log=print) -> dict:
             log(f"{method}: held-out mean L2 {row['mean_l2']:.5f} (init {out['init']['mean_l2']:.5f}), "
                 f"constraint residual {row['constraint_residual']:.2e}, {secs:.1f} s, {res.iterations} iterations")
     if workdir:
+        from samplax.io import atomic_write_json
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "constrained.json"), "w") as fh:
-            json.dump(out, fh, indent=1)
+        atomic_write_json(os.path.join(workdir, "constrained.json"), out)  # never half-written
     return out
 
 
