@@ -26,6 +26,7 @@ that takes a Trained samples them).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -190,11 +191,40 @@ def build_optimizer(cfg: dict):
     return optax.chain(*parts, optax.adam(lr))
 
 
+# One DiffusionModel (hence one network function) per model identity and one jitted step per
+# (model, step settings) in a process, so reruns, resumes and evaluations reuse compiled programs.
+_TEMPLATES, _STEPS = {}, {}
+
+
+def _model_key(tr) -> str:
+    return json.dumps(tr.setup.identity, sort_keys=True, default=str)
+
+
 def model_fn(tr):
     """params -> the base network's DiffusionModel with those parameters (unconditional)."""
     from samplax.experiment.trainer import trained_model
 
-    return lambda p: trained_model(tr.setup, p)
+    key = _model_key(tr)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = trained_model(tr.setup, tr.params)
+    template = _TEMPLATES[key]
+    return lambda p: template.replace(params=p)
+
+
+def finetune_step(cfg: dict, tr, sampler, optimizer, features):
+    """The jitted step of :func:`samplax.training.mmd.make_finetune_step` for the config
+    (memoised per model identity and the fields the step depends on)."""
+    from samplax.schedules import prior_std
+    from samplax.training.mmd import make_finetune_step
+
+    t, k = cfg["train"], cfg["kernel"]
+    key = (_model_key(tr), json.dumps([cfg["sampler"], k, cfg["optim"], t["num_steps"], t["gen_batch"], t["remat"]],
+                                      sort_keys=True))
+    if key not in _STEPS:
+        _STEPS[key] = make_finetune_step(model_fn(tr), sampler, optimizer, tr.setup.dataset.shape, t["gen_batch"],
+                                         prior_std(tr.setup.schedule), features, k["bandwidth"], k["scales"],
+                                         t["remat"], k["energy_weight"])
+    return _STEPS[key]
 
 
 def model_identity(tr) -> dict:
@@ -204,16 +234,22 @@ def model_identity(tr) -> dict:
 # ---------------------------------------------------------------------------------------
 # Evaluation (the summary's, and the benchmark's)
 # ---------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("solver", "n", "shape"))
+def _generate(model, grid, key, prior, solver, n, shape):
+    from samplax.solvers import generate
+
+    x = generate(solver, model, grid, key, n, shape, prior_std=prior)
+    return x[0] if isinstance(x, tuple) else x
+
+
 def few_step_samples(tr, params, sampler, n: int, seed: int) -> np.ndarray:
     """n samples of the sampler with ``params`` from x_T of ``seed`` (the solver's own
     ``generate``: x_T per sample index, independent of n's split)."""
     from samplax.schedules import prior_std
-    from samplax.solvers import generate
 
-    model = model_fn(tr)(params)
-    x = jax.jit(lambda m: generate(sampler.solver, m, sampler.grid, jax.random.PRNGKey(seed), n,
-                                   tr.setup.dataset.shape, prior_std=prior_std(tr.setup.schedule)))(model)
-    return np.asarray(x[0] if isinstance(x, tuple) else x)
+    return np.asarray(_generate(model_fn(tr)(params), sampler.grid, jax.random.PRNGKey(seed),
+                                float(prior_std(tr.setup.schedule)), sampler.solver, int(n),
+                                tuple(tr.setup.dataset.shape)))
 
 
 def sample_metrics(tr, x: np.ndarray, data_batch: Optional[np.ndarray] = None) -> dict:
@@ -281,12 +317,10 @@ def run_mmd_finetune(config, workdir, restart: bool = False) -> dict:
 
 def _run(config, workdir, restart: bool, holder: dict) -> dict:
     from samplax.experiment.trainer import SigtermFlag, TrainingPreempted, rewrite_log
-    from samplax.schedules import prior_std
-    from samplax.training.mmd import make_finetune_step
 
     cfg = validate_mmd_finetune(config)
     wd = store.check_workdir(workdir)
-    t, k = cfg["train"], cfg["kernel"]
+    t = cfg["train"]
     ident = identity(cfg, drop=NON_IDENTITY_FIELDS)
     tr = load_base(cfg)
     features = build_features(cfg, tr)
@@ -311,9 +345,7 @@ def _run(config, workdir, restart: bool, holder: dict) -> dict:
     holder["lock"] = store.WorkdirLock(wd)
     holder["lock"].acquire()
     store.open_run(wd, "mmd_finetune", cfg, ident, restart, DERIVED)
-    step_fn = make_finetune_step(model_fn(tr), sampler, optimizer, tr.setup.dataset.shape, t["gen_batch"],
-                                 prior_std(tr.setup.schedule), features, k["bandwidth"], k["scales"], t["remat"],
-                                 k["energy_weight"])
+    step_fn = finetune_step(cfg, tr, sampler, optimizer, features)
     root = jax.random.PRNGKey(t["seed"])
     log_path = wd / LOG_FILE
     with Checkpoints(ckpt_dir, mid, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
