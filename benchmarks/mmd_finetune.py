@@ -98,19 +98,21 @@ def gmm_part(base: str, workdir: str, quick: bool, log=print) -> dict:
     return dict(rows=rows, ablation=ablation, n_eval=4096, seeds=list(SEEDS))
 
 
-def digits_part(base: str, workdir: str, quick: bool, log=print) -> dict:
+def digits_part(base: str, workdir: str, quick: bool, log=print, features=("raw",)) -> dict:
     from configs import train_mmd_digits
 
-    c = train_mmd_digits.get_config()
-    c.base = base
-    if quick:
-        c.train.num_steps = 10
-    log(f"digits: NFE {c.sampler.nfe}, {c.train.num_steps} steps")
-    wd = os.path.join(workdir, "digits_nfe4" + ("_quick" if quick else ""))
-    r = finetune_and_measure(c, wd, 1438, log)
-    with open(os.path.join(wd, "train_summary.json")) as f:
-        base_step = json.load(f)["base_step"]
-    return dict(rows=[r], n_eval=1438, seeds=list(SEEDS), base_step=base_step)
+    rows = []
+    for feat in features:
+        c = train_mmd_digits.get_config()
+        c.base, c.kernel.features = base, feat
+        if quick:
+            c.train.num_steps = 10
+        log(f"digits: NFE {c.sampler.nfe}, {c.train.num_steps} steps, features {feat}")
+        wd = os.path.join(workdir, "digits_nfe4" + ("" if feat == "raw" else f"_{feat}") + ("_quick" if quick else ""))
+        rows.append(finetune_and_measure(c, wd, 1438, log))
+        with open(os.path.join(wd, "train_summary.json")) as f:
+            rows[-1]["base_step"] = json.load(f)["base_step"]
+    return dict(rows=rows, n_eval=1438, seeds=list(SEEDS))
 
 
 def _pm(d, k, digits=3):
@@ -154,13 +156,15 @@ def render(res: dict) -> str:
                   f"FD: Fréchet distance of {d['n_eval']} samples to the 359-image test split in the digits "
                   "classifier's features (the experiment runner's FD). Finetune: configs/train_mmd_digits.py, scaled "
                   f"down for a CPU: {r['steps']} Adam steps (lr {r['lr']:g}), {r['gen_batch']} generated vs as many "
-                  f"data images per step, kernel on {r['kernel']['features']} "
-                  f"{'pixels' if r['kernel']['features'] == 'raw' else 'features'} (RBF, "
-                  f"{r['kernel']['scales']} x median). Base: checkpoint step {d.get('base_step')} of the digits run.", ""]
-        body = [[f"{x['nfe']}", _pm(x["base"], "fd"), _pm(x["finetuned"], "fd"), _pm(x["base"], "mmd2"),
+                  f"data images per step, RBF kernel ({r['kernel']['scales']} x median) on the raw pixels or "
+                  f"on the digits classifier's 64 features (the FD's own feature space). Base: the digits run's checkpoint of "
+                  "the step given (each row's base FD is measured on its own base).", ""]
+        body = [[f"{x['nfe']}", str(x.get("base_step", d.get("base_step"))),
+                 "pixels" if x["kernel"]["features"] == "raw" else "classifier features",
+                 _pm(x["base"], "fd"), _pm(x["finetuned"], "fd"), _pm(x["base"], "mmd2"),
                  _pm(x["finetuned"], "mmd2"), f"{x['finetune_wall_s']:.0f}"] for x in d["rows"]]
-        lines.append(C.md_table(["NFE", "FD base", "FD finetuned", "MMD² base", "MMD² finetuned", "finetune wall s"],
-                                body, ["l"] + ["r"] * 5))
+        lines.append(C.md_table(["NFE", "base step", "kernel on", "FD base", "FD finetuned", "MMD² base", "MMD² finetuned",
+                                 "finetune wall s"], body, ["l", "r", "l"] + ["r"] * 5))
     if res.get("notes"):
         lines += ["", "## Notes", ""] + [f"* {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -171,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--gmm2d", default="/work/runs/train_gmm2d", help="training workdir of configs/train_gmm2d.py")
     p.add_argument("--digits", default="/work/runs/train_digits", help="training workdir of configs/train_digits.py")
     p.add_argument("--part", choices=("all", "gmm2d", "digits"), default="all")
+    p.add_argument("--digits-features", default="raw", help="comma-separated kernel.features of the digits "
+                   "finetunes: raw, classifier")
     p.add_argument("--quick", action="store_true", help="NFE 4 only, few steps (a smoke run; not for the docs)")
     p.add_argument("--workdir", default=os.path.join(C.REPO_ROOT, "runs", "bench_mmd_finetune"))
     p.add_argument("--write", action="store_true", help="update docs/benchmarks/mmd_finetune.json and .md")
@@ -186,7 +192,8 @@ def main(argv=None) -> int:
     if args.part in ("all", "gmm2d"):
         res["gmm2d"] = gmm_part(os.path.abspath(args.gmm2d), args.workdir, args.quick)
     if args.part in ("all", "digits"):
-        res["digits"] = digits_part(os.path.abspath(args.digits), args.workdir, args.quick)
+        res["digits"] = digits_part(os.path.abspath(args.digits), args.workdir, args.quick,
+                                    features=tuple(args.digits_features.split(",")))
     text = render(res)
     print(text)
     if args.write:
