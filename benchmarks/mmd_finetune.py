@@ -8,7 +8,8 @@ and after, one finetune per NFE (as the paper finetunes per timestep budget).
   RBF-only ablation (kernel.energy_weight = 0) at NFE 4.
 * digits (configs/train_mmd_digits.py on the U-Net of configs/train_digits.py, unconditional):
   FD (classifier features, test split) of 1438 samples, mean +- std over 3 sampling seeds,
-  before / after, at NFE 4 (CPU: a few hundred small steps; see the table's notes).
+  before / after, at NFE 4, with the kernel on pixels and/or on the classifier's features
+  (--digits-features); scaled for a shared CPU: 24 steps of 32 images (see the notes).
 
     python -m benchmarks.mmd_finetune --gmm2d=/work/runs/train_gmm2d --digits=/work/runs/train_digits --write
     python -m benchmarks.mmd_finetune --part=gmm2d --quick      # fewer steps / NFEs, prints only
