@@ -26,6 +26,7 @@ TRAIN_KINDS = {
     "raft": "samplax.experiment.raft:run_raft",
     "offline_rl": "samplax.experiment.rl_offline:run_offline_rl",
     "snapshot_rl": "samplax.experiment.rl_snapshot:run_snapshot_rl",
+    "mmd_finetune": "samplax.experiment.mmd_finetune:run_mmd_finetune",
 }
 
 
@@ -35,6 +36,7 @@ TRAIN_VALIDATORS = {
     "raft": "samplax.experiment.raft:validate_raft",
     "offline_rl": "samplax.experiment.rl_offline:validate_offline_rl",
     "snapshot_rl": "samplax.experiment.rl_snapshot:validate",
+    "mmd_finetune": "samplax.experiment.mmd_finetune:validate_mmd_finetune",
 }
 
 
