@@ -8,7 +8,9 @@
 * ``"offline_rl"``: an offline RL learner on a mixed-quality data set with trajectory
   weighting (:mod:`samplax.experiment.rl_offline`);
 * ``"snapshot_rl"``: online RL on a gymnax environment with snapshot start states
-  (:mod:`samplax.experiment.rl_snapshot`).
+  (:mod:`samplax.experiment.rl_snapshot`);
+* ``"distill"``: step / size / both (FastLightGen) distillation of a trained diffusion model
+  (:mod:`samplax.experiment.distill`).
 
 Each loop validates its whole config before writing anything (one ConfigError naming the
 field), holds the workdir's lock, and keeps its state -- sampler state included -- in Orbax
@@ -26,6 +28,7 @@ TRAIN_KINDS = {
     "raft": "samplax.experiment.raft:run_raft",
     "offline_rl": "samplax.experiment.rl_offline:run_offline_rl",
     "snapshot_rl": "samplax.experiment.rl_snapshot:run_snapshot_rl",
+    "distill": "samplax.experiment.distill:run_distill",
 }
 
 
@@ -35,6 +38,7 @@ TRAIN_VALIDATORS = {
     "raft": "samplax.experiment.raft:validate_raft",
     "offline_rl": "samplax.experiment.rl_offline:validate_offline_rl",
     "snapshot_rl": "samplax.experiment.rl_snapshot:validate",
+    "distill": "samplax.experiment.distill:validate_distill",
 }
 
 
