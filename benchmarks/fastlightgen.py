@@ -122,7 +122,7 @@ def render(res: dict) -> str:
     rows = [[r["model"], f"{r['params']:,}", C.fmt(r["param_fraction"]), r["solver"], r["nfe"], C.fmt(r["cost"]),
              f"{r['fd_mean']:.2f} ± {r['fd_std']:.2f}", " ".join(f"{v:.2f}" for v in r["fd"]),
              "—" if r["train_s"] is None else f"{r['train_s']:.0f}"] for r in res["rows"]]
-    table = C.md_table(["model", "params", "fraction", "solver", "NFE", "cost (params×NFE, teacher@NFE=1)",
+    table = C.md_table(["model", "params", "fraction", "solver", "NFE", "cost (params×NFE ÷ teacher@NFE 20)",
                         "FD mean ± sd", "FD per seed", "train s"], rows,
                        ["l", "r", "r", "l", "r", "r", "r", "l", "r"])
     lines = [
@@ -165,7 +165,11 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--write", action="store_true")
+    p.add_argument("--from-json", action="store_true", help="re-render the .md from the written .json")
     a = p.parse_args()
+    if a.from_json:
+        print(C.rerender_from_json(JSON, MD, render))
+        return
     if a.quick:
         a.steps, a.n, a.seeds = 8, 100, 2
     C.enable_compilation_cache()
@@ -173,10 +177,11 @@ def main():
     res = measure(a)
     res.update(machine=C.machine_info(), command=C.command_line("benchmarks.fastlightgen"), date=C.utc_now(),
                wall_s=time.perf_counter() - t0)
+    if a.write:   # the measurements first, so a rendering error loses nothing (--from-json re-renders)
+        C.atomic_write_json(JSON, res)
     text = render(res)
     print(text)
     if a.write:
-        C.atomic_write_json(JSON, res)
         C.atomic_write_text(MD, text)
 
 

@@ -122,20 +122,22 @@ def test_optimal_teacher_identity():
 
 def test_pruned_digits_unet_holds_the_requested_fraction():
     from configs.train_digits import get_config
-    from samplax.experiment.distill import network_param_count
-    from samplax.experiment.trainer import build_dataset
+    from samplax.models.unet import UNet
 
-    cfg = get_config().to_dict()
-    u = cfg["model"]["unet"]
-    ds = build_dataset(cfg)
+    u = get_config().to_dict()["model"]["unet"]
 
     def count(w):
         return D.unet_param_count(w, u["num_res_blocks"], u["attention"], u["embed_dim"], 10, 1)
 
+    def built(w):
+        net = UNet(channels=w, num_res_blocks=u["num_res_blocks"], attention=u["attention"], embed_dim=u["embed_dim"],
+                   groups=u["groups"], num_classes=10)
+        return D.param_count(jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))))
+
     widths = D.narrow_channels((32, 64), 8, 0.3, count)
     assert widths == (16, 56)
     # the closed form is the built network's count (teacher and student)
-    full, small = network_param_count(cfg, dataset=ds), network_param_count(cfg, widths, ds)
+    full, small = built((32, 64)), built(widths)
     assert (full, small) == (count((32, 64)), count(widths)) == (612705, 411961)
     # the nearest fraction to 0.7 among all multiple-of-8 widths: 0.672 (33 % pruned)
     fracs = [count((a, b)) / full for a in range(8, 33, 8) for b in range(8, 65, 8)]
