@@ -48,6 +48,8 @@ def distill_cfg(a, teacher_step: int, over: dict):
     d.distill.teacher_steps = a.teacher_steps
     d.distill.teacher_nfe = a.teacher_nfe
     d.distill.guide_beta = over["guide_beta"]
+    if over["mode"] != "step":   # the narrow student's initialisation (the step student starts from the teacher)
+        d.student.init = a.init
     d.train.num_steps = a.steps
     d.train.batch_size = a.batch
     d.train.learning_rate = a.lr
@@ -83,7 +85,7 @@ def measure(a) -> dict:
     n_teacher = param_count(teacher.params)
     res = dict(teacher=a.teacher, teacher_step=teacher.step, teacher_params=n_teacher, steps=a.steps, batch=a.batch,
                lr=a.lr, nfe=a.nfe, teacher_nfe=a.teacher_nfe, teacher_steps_per_interval=a.teacher_steps,
-               beta=a.beta, n_samples=a.n, seeds=seeds, fd_floor_train_vs_test=floor,
+               beta=a.beta, init=a.init, n_samples=a.n, seeds=seeds, fd_floor_train_vs_test=floor,
                classifier_test_accuracy=cinfo.get("test_accuracy"), rows=[], runs=[])
 
     def row(model, params_n, solver, nfe, fds, wall, train_s=None):
@@ -100,7 +102,8 @@ def measure(a) -> dict:
     digest = C.digest(a.teacher, teacher.step, a.steps, a.batch, a.lr, a.nfe, a.teacher_nfe, a.teacher_steps, a.beta)
     root = os.path.join(C.CACHE_DIR, "fastlightgen", digest)
     for name, over in variants(a.beta):
-        wd = os.path.join(root, over["mode"] + f"_beta{over['guide_beta']:g}")
+        wd = os.path.join(root, over["mode"] + f"_beta{over['guide_beta']:g}"
+                          + ("" if over["mode"] == "step" or a.init == "random" else f"_{a.init}"))
         t0 = time.perf_counter()
         summary = run_distill(distill_cfg(a, teacher.step, over), wd)
         train_s = time.perf_counter() - t0
@@ -134,7 +137,9 @@ def render(res: dict) -> str:
         f"Teacher: `{res['teacher']}` checkpoint step {res['teacher_step']} (EMA, {res['teacher_params']:,} "
         f"parameters; the lead's configs/train_digits.py U-Net), used unconditionally (null label).  "
         f"Every student is trained for **{res['steps']} steps of batch {res['batch']}** (Adam, lr {res['lr']:g}, "
-        f"EMA 0.99): the equal training budget.  Step / both students sample with DDIM at NFE {res['nfe']}; the "
+        f"EMA 0.99): the equal training budget.  The narrow (size / both) students are initialised "
+        f"{'from the teacher by channel pruning with weight inheritance' if res.get('init', 'random') == 'inherit' else 'randomly'}; "
+        f"the step-only student with the teacher's weights.  Step / both students sample with DDIM at NFE {res['nfe']}; the "
         f"interval targets come from the teacher's dpm_solver_pp with {res['teacher_steps_per_interval']} steps per "
         f"interval.  FD: digits classifier features of {res['n_samples']} samples per seed against the held-out "
         f"test split, seeds {res['seeds']} (mean ± sample sd over seeds); the floor (the 1,438 training images "
@@ -161,6 +166,8 @@ def main():
     p.add_argument("--teacher-solver", default="dpm_solver_pp")
     p.add_argument("--teacher-steps", type=int, default=4)
     p.add_argument("--beta", type=float, default=0.5)
+    p.add_argument("--init", default="inherit", choices=("inherit", "random"),
+                   help="the narrow students' initialisation (student.init)")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true")

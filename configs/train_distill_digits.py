@@ -26,6 +26,7 @@ def get_config():
     c.mode = "both"
     c.student.prune_fraction = 0.3
     c.student.nfe = 4
+    c.student.init = "inherit"   # the teacher's leading channels (structured pruning with weight inheritance)
     c.distill.teacher_solver = "dpm_solver_pp"
     c.distill.teacher_steps = 4  # x 3 intervals + 1 final denoising evaluation per target
     c.distill.teacher_nfe = 20

@@ -129,21 +129,34 @@ def test_pruned_digits_unet_holds_the_requested_fraction():
     def count(w):
         return D.unet_param_count(w, u["num_res_blocks"], u["attention"], u["embed_dim"], 10, 1)
 
-    def built(w):
+    def init(w):
         net = UNet(channels=w, num_res_blocks=u["num_res_blocks"], attention=u["attention"], embed_dim=u["embed_dim"],
                    groups=u["groups"], num_classes=10)
-        return D.param_count(jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))))
+        return jax.jit(net.init)(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)))
 
     widths = D.narrow_channels((32, 64), 8, 0.3, count)
     assert widths == (16, 56)
     # the closed form is the built network's count (teacher and student)
-    full, small = built((32, 64)), built(widths)
+    tp, sp = init((32, 64)), init(widths)
+    full, small = D.param_count(tp), D.param_count(sp)
     assert (full, small) == (count((32, 64)), count(widths)) == (612705, 411961)
     # the nearest fraction to 0.7 among all multiple-of-8 widths: 0.672 (33 % pruned)
     fracs = [count((a, b)) / full for a in range(8, 33, 8) for b in range(8, 65, 8)]
     assert abs(small / full - 0.7) == min(abs(f - 0.7) for f in fracs)
     with pytest.raises(ValueError, match="prune_fraction"):
         D.narrow_channels((32, 64), 8, 1.0, len)
+
+    # weight inheritance: the student's shapes; equal widths give the teacher back; an up-path block
+    # reading [features, skip] keeps the leading channels of each part
+    got = D.inherit_unet_params(tp, sp, (32, 64), widths, 1)
+    assert jax.tree.map(jnp.shape, got) == jax.tree.map(jnp.shape, sp)
+    assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree.leaves(D.inherit_unet_params(tp, tp, (32, 64), (32, 64), 1)),
+                                                     jax.tree.leaves(tp)))
+    k_t, k_s = tp["params"]["ResBlock_4"]["Conv_0"]["kernel"], got["params"]["ResBlock_4"]["Conv_0"]["kernel"]
+    assert k_t.shape[2] == 128 and k_s.shape[2] == 112       # [64 + 64] -> [56 + 56]
+    np.testing.assert_array_equal(np.asarray(k_s[:, :, 56:, :]), np.asarray(k_t[:, :, 64:120, :56]))
+    np.testing.assert_array_equal(np.asarray(got["params"]["Conv_0"]["kernel"]),
+                                  np.asarray(tp["params"]["Conv_0"]["kernel"][..., :16]))
 
 
 def _teacher(root):

@@ -11,8 +11,8 @@ FastLightGen, arXiv:2603.01685) -- the losses and the paper's reading are in
 * ``mode="step"``: the student is the teacher's network, initialised with the teacher's weights,
   trained by trajectory distillation to sample with DDIM at ``student.nfe``.
 * ``mode="size"``: the student is the teacher's network with channels narrowed to about
-  ``1 - student.prune_fraction`` of the parameters (fresh initialisation), trained by output
-  matching; it samples like the teacher (``distill.teacher_solver`` at ``distill.teacher_nfe``).
+  ``1 - student.prune_fraction`` of the parameters (``student.init``: "random", the default, or
+  "inherit": the teacher's leading channels, U-Net only), trained by output matching; it samples like the teacher (``distill.teacher_solver`` at ``distill.teacher_nfe``).
 * ``mode="both"``: the first ``distill.size_fraction`` of the steps are the size stage; its result
   is frozen as the light guide W and continues as the student, trained by trajectory
   distillation against the optimal teacher T + beta (T - W) (``distill.guide_beta``); samples
@@ -57,6 +57,7 @@ DERIVED = (store.CONFIG_FILE, CHECKPOINT_DIR, LOG_FILE, SUMMARY_FILE)
 NON_IDENTITY_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
 TEACHER_SOLVERS = ("dpm_solver_pp", "ddim", "unipc", "deis")
 NETWORKS = ("unet", "mlp")
+INITS = ("random", "inherit")   # a narrow student's initialisation (absent: "random")
 #: test hook (tests/test_distill.py): the run raises SimulatedCrash after finishing this step
 CRASH_ENV = "SAMPLAX_DISTILL_TEST_CRASH_AT"
 
@@ -103,7 +104,8 @@ def _schema() -> dict:
         teacher=Field(st, check=_nonempty),
         teacher_step=Field(i, check=int_range(-1)),
         mode=Field(st, check=one_of(D.MODES)),
-        student=dict(prune_fraction=Field(f, check=float_range(0.0, 0.9)), nfe=Field(i, check=int_range(1, 50))),
+        student=dict(prune_fraction=Field(f, check=float_range(0.0, 0.9)), nfe=Field(i, check=int_range(1, 50)),
+                     init=Field(st, required=False, check=one_of(INITS))),
         distill=dict(teacher_solver=Field(st, check=one_of(TEACHER_SOLVERS)), teacher_steps=Field(i, check=int_range(1, 64)),
                      teacher_nfe=Field(i, check=int_range(1, 200)), guide_beta=Field(f, check=float_range(0.0, 10.0)),
                      size_fraction=Field(f, check=float_range(0.0, 1.0, lo_open=True, hi_open=True)),
@@ -241,6 +243,13 @@ def fresh_state(cfg: dict, teacher, s_student) -> DistillState:
         c = copy.deepcopy(s_student.cfg)
         c["train"]["seed"] = cfg["train"]["seed"]
         params = init_params(c, s_student.net, s_student.dataset)
+        if cfg["student"].get("init", "random") == "inherit":
+            tm = teacher.setup.cfg["model"]
+            if tm["network"] != "unet":
+                raise ConfigError("config.student.init", f"'inherit' prunes a U-Net's channels; the teacher's network "
+                                  f"is {tm['network']!r}; allowed here: 'random'")
+            params = D.inherit_unet_params(teacher.params, params, tm["unet"]["channels"],
+                                           s_student.cfg["model"]["unet"]["channels"], tm["unet"]["num_res_blocks"])
     return DistillState(params, params, _optimizer(cfg["train"]).init(params), params, jnp.zeros((), jnp.int32))
 
 

@@ -22,9 +22,10 @@ What this module implements (our scale: the 8x8 digits U-Net on CPU, see docs/fa
 
 * **Size** (Stage II without block dropping): the student is the same U-Net with *narrower
   channels* (:func:`narrow_channels` picks the widths, multiples of the GroupNorm groups, whose
-  parameter count is nearest ``1 - prune_fraction`` of the teacher's), freshly initialised -- no
-  weight inheritance (structured pruning of the U-Net's concatenated skip channels was out of
-  reach in this session) -- and trained by output matching, :func:`size_distillation_loss`:
+  parameter count is nearest ``1 - prune_fraction`` of the teacher's), either freshly initialised
+  or (``init="inherit"``) initialised by structured channel pruning of the teacher with weight
+  inheritance, :func:`inherit_unet_params` (leading channels; the paper inherits whole blocks,
+  ranked in Stage I) -- and trained by output matching, :func:`size_distillation_loss`:
   ``E ||eps_S(x_t, t) - eps_T(x_t, t)||^2`` at x_t = alpha_t x0 + sigma_t eps, t ~ U[t_min, t_max]
   (plus ``data_weight`` times the ordinary denoising loss; the paper's alpha = 1 weighting of its
   two terms is not recoverable from what we read: *guess*, default 0).
@@ -104,6 +105,54 @@ def unet_param_count(channels: Sequence[int], num_res_blocks: int, attention: bo
         if i > 0:
             n += conv(c[i], c[i])
     return n + 2 * c[0] + conv(c[0], in_channels)
+
+
+def _up_concat_parts(channels: Sequence[int], num_res_blocks: int) -> list:
+    """(running features, skip) channel counts of the inputs of the U-Net's up-path ResBlocks, in the
+    order they are created (:class:`samplax.models.unet.UNet`)."""
+    c = [int(v) for v in channels]
+    h, skips = c[0], [c[0]]
+    for i, ch in enumerate(c):
+        for _ in range(num_res_blocks):
+            h = ch
+            skips.append(h)
+        if i < len(c) - 1:
+            skips.append(ch)
+    parts = []
+    for i in reversed(range(len(c))):
+        for _ in range(num_res_blocks + 1):
+            parts.append((h, skips.pop()))
+            h = c[i]
+    return parts
+
+
+def inherit_unet_params(teacher_params, student_params, teacher_channels: Sequence[int],
+                        student_channels: Sequence[int], num_res_blocks: int):
+    """Structured channel pruning with weight inheritance for :class:`samplax.models.unet.UNet`: the
+    student (narrower ``student_channels``; ``student_params`` gives the structure and shapes) keeps
+    the *leading* channels of every teacher layer at each level.  The up path's ResBlocks read the
+    concatenation [running features, skip]: their first GroupNorm, 3x3 and 1x1 convolutions keep the
+    leading channels of each part (not of the concatenation).  A plain rule -- no importance scores
+    (the paper's Stage I ranks whole blocks by ELBO, which a U-Net's channel widths do not map onto)
+    -- and not function-preserving (GroupNorm's groups change): an initialisation close to the
+    teacher, not a copy of it.  Equal channels return the teacher's parameters."""
+    from flax.core import unfreeze
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    first_up = len(teacher_channels) * num_res_blocks + 2
+    pt, ps = _up_concat_parts(teacher_channels, num_res_blocks), _up_concat_parts(student_channels, num_res_blocks)
+    flat_t = flatten_dict(unfreeze(teacher_params))
+    out = {}
+    for k, v in flatten_dict(unfreeze(student_params)).items():
+        w = np.asarray(flat_t[k])
+        idx = [np.arange(n) for n in v.shape]
+        block = next((name for name in k if name.startswith("ResBlock_")), None)
+        j = int(block.split("_")[1]) - first_up if block else -1
+        if j >= 0 and (k[-2] == "GroupNorm_0" or (k[-2] in ("Conv_0", "Conv_2") and k[-1] == "kernel")):
+            (a, _), (a2, b2) = pt[j], ps[j]
+            idx[0 if k[-2] == "GroupNorm_0" else 2] = np.concatenate([np.arange(a2), a + np.arange(b2)])
+        out[k] = jnp.asarray(w[np.ix_(*idx)], v.dtype)
+    return unflatten_dict(out)
 
 
 def narrow_channels(channels: Sequence[int], groups: int, prune_fraction: float,
@@ -236,6 +285,6 @@ class SampleSpec(NamedTuple):
     nfe: int
 
 
-__all__ = ["MODES", "STUDENT_SOLVER", "param_count", "unet_param_count", "narrow_channels", "student_grid", "segment_grids",
+__all__ = ["MODES", "STUDENT_SOLVER", "param_count", "unet_param_count", "inherit_unet_params", "narrow_channels", "student_grid", "segment_grids",
            "teacher_segment", "ddim_target", "ddim_step", "step_distillation_loss", "size_distillation_loss",
            "optimal_teacher", "SampleSpec"]
