@@ -8,7 +8,11 @@
 * ``"offline_rl"``: an offline RL learner on a mixed-quality data set with trajectory
   weighting (:mod:`samplax.experiment.rl_offline`);
 * ``"snapshot_rl"``: online RL on a gymnax environment with snapshot start states
-  (:mod:`samplax.experiment.rl_snapshot`).
+  (:mod:`samplax.experiment.rl_snapshot`);
+* ``"distill"``: step / size / both (FastLightGen) distillation of a trained diffusion model
+  (:mod:`samplax.experiment.distill`);
+* ``"mmd_finetune"``: MMD finetuning of a trained diffusion model through its few-step sampler
+  (:mod:`samplax.experiment.mmd_finetune`).
 
 Each loop validates its whole config before writing anything (one ConfigError naming the
 field), holds the workdir's lock, and keeps its state -- sampler state included -- in Orbax
@@ -27,6 +31,7 @@ TRAIN_KINDS = {
     "offline_rl": "samplax.experiment.rl_offline:run_offline_rl",
     "snapshot_rl": "samplax.experiment.rl_snapshot:run_snapshot_rl",
     "mmd_finetune": "samplax.experiment.mmd_finetune:run_mmd_finetune",
+    "distill": "samplax.experiment.distill:run_distill",
 }
 
 
@@ -37,6 +42,7 @@ TRAIN_VALIDATORS = {
     "offline_rl": "samplax.experiment.rl_offline:validate_offline_rl",
     "snapshot_rl": "samplax.experiment.rl_snapshot:validate",
     "mmd_finetune": "samplax.experiment.mmd_finetune:validate_mmd_finetune",
+    "distill": "samplax.experiment.distill:validate_distill",
 }
 
 
