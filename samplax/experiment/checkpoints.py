@@ -293,7 +293,8 @@ class Checkpoints:
         return dst
 
 
-__all__ = ["Checkpoints", "CheckpointMismatch", "CheckpointDamaged", "state_checksum", "resume_point"]
+__all__ = ["Checkpoints", "CheckpointMismatch", "CheckpointDamaged", "state_checksum", "resume_point",
+           "restore_checkpoint"]
 
 
 def resume_point(directory, model_identity: dict, train_identity: Optional[dict], target):
@@ -305,3 +306,25 @@ def resume_point(directory, model_identity: dict, train_identity: Optional[dict]
         return None, None, []
     with Checkpoints(directory, model_identity, train_identity, read_only=True) as ro:
         return ro.restore_intact(target)
+
+
+def restore_checkpoint(directory, model_identity: dict, target, step: Optional[int] = None, what: str = ""):
+    """``(state, meta, path)`` of checkpoint ``step`` under ``directory`` (default: the newest
+    intact one), restored into the structure of ``target`` and checked against
+    ``model_identity``; read only.  FileNotFoundError (naming ``what``, e.g. the workdir) when
+    there is no complete checkpoint or no checkpoint of that step.  Shared by the loaders of
+    training workdirs, MMD-finetuned models and distilled students."""
+    what = what or str(directory)
+    directory = io.as_path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"{what}: no complete checkpoint under {directory}")
+    with Checkpoints(directory, model_identity, read_only=True) as ckpt:
+        if not ckpt.steps():
+            raise FileNotFoundError(f"{what}: no complete checkpoint under {ckpt.directory}")
+        if step is None:
+            state, meta, _ = ckpt.restore_intact(target)
+        elif int(step) not in ckpt.steps():
+            raise FileNotFoundError(f"{what}: no checkpoint of step {step}; have {ckpt.steps()}")
+        else:
+            state, meta = ckpt.restore(target, int(step))
+        return state, meta, str(ckpt.path(meta["step"]))

@@ -45,7 +45,8 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, resume_point, state_checksum
+from samplax.experiment.checkpoints import (CheckpointMismatch, Checkpoints, restore_checkpoint, resume_point,
+                                         state_checksum)
 from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of
 from samplax.experiment.identity import identity
 from samplax.training import distill as D
@@ -437,16 +438,8 @@ def load_student(workdir, step: Optional[int] = None, which: str = "ema"):
     teacher = load_teacher(cfg)
     s_student, widths = student_setup(cfg, teacher.setup)
     fresh = fresh_state(cfg, teacher, s_student)
-    with Checkpoints(wd / CHECKPOINT_DIR, model_identity(cfg, teacher, widths), read_only=True) as ckpt:
-        if not ckpt.steps():
-            raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt.directory}")
-        if step is None:
-            state, meta, _ = ckpt.restore_intact(fresh)
-        elif int(step) not in ckpt.steps():
-            raise FileNotFoundError(f"{workdir}: no checkpoint of step {step}; have {ckpt.steps()}")
-        else:
-            state, meta = ckpt.restore(fresh, int(step))
-        where = str(ckpt.path(meta["step"]))
+    state, meta, where = restore_checkpoint(wd / CHECKPOINT_DIR, model_identity(cfg, teacher, widths), fresh, step,
+                                            what=str(workdir))
     params = state.ema_params if which == "ema" else state.params
     return Trained(s_student, params, int(meta["step"]), where), sample_spec(cfg)
 

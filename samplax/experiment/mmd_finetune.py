@@ -41,7 +41,7 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, resume_point
+from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, restore_checkpoint, resume_point
 from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of
 from samplax.experiment.identity import identity
 from samplax.training.mmd import BANDWIDTHS, FEATURES, MMD_SOLVERS
@@ -414,16 +414,7 @@ def load_finetuned(workdir, step: Optional[int] = None):
     tr = load_base(cfg)
     optimizer = build_optimizer(cfg)
     fresh = dict(params=tr.params, opt_state=optimizer.init(tr.params))
-    with Checkpoints(wd / CHECKPOINT_DIR, model_identity(tr), read_only=True) as ckpt:
-        if not ckpt.steps():
-            raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt.directory}")
-        if step is None:
-            state, meta, _ = ckpt.restore_intact(fresh)
-        elif int(step) not in ckpt.steps():
-            raise FileNotFoundError(f"{workdir}: no checkpoint of step {step}; have {ckpt.steps()}")
-        else:
-            state, meta = ckpt.restore(fresh, int(step))
-        where = str(ckpt.path(meta["step"]))
+    state, meta, where = restore_checkpoint(wd / CHECKPOINT_DIR, model_identity(tr), fresh, step, what=str(workdir))
     return Trained(tr.setup, state["params"], int(meta["step"]), where), cfg
 
 

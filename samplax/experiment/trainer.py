@@ -51,7 +51,8 @@ from samplax.experiment import cache as refcache
 from samplax.experiment import devices, user
 from samplax.experiment import results as store
 from samplax import io
-from samplax.experiment.checkpoints import CheckpointDamaged, CheckpointMismatch, Checkpoints, resume_point
+from samplax.experiment.checkpoints import (CheckpointDamaged, CheckpointMismatch, Checkpoints, restore_checkpoint,
+                                         resume_point)
 from samplax.experiment.config import DEFAULT_DATA_SAMPLER, TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
 from samplax.experiment.identity import identity
 from samplax.experiment.progress import Progress
@@ -779,19 +780,7 @@ def load_train_state(workdir, step: Optional[int] = None):
     saved = _saved_train_config(wd)
     s = setup(saved["config"])
     fresh = fresh_train_state(s)
-    ckpt_dir = wd / CHECKPOINT_DIR
-    if not ckpt_dir.exists():
-        raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt_dir}")
-    with Checkpoints(ckpt_dir, s.identity, read_only=True) as ckpt:
-        if not ckpt.steps():
-            raise FileNotFoundError(f"{workdir}: no complete checkpoint under {ckpt.directory}")
-        if step is None:
-            state, meta, _ = ckpt.restore_intact(fresh)
-        elif int(step) not in ckpt.steps():
-            raise FileNotFoundError(f"{workdir}: no checkpoint of step {step}; have {ckpt.steps()}")
-        else:
-            state, meta = ckpt.restore(fresh, int(step))
-        where = str(ckpt.path(meta["step"]))
+    state, meta, where = restore_checkpoint(wd / CHECKPOINT_DIR, s.identity, fresh, step, what=str(workdir))
     return s, state, meta, where
 
 
