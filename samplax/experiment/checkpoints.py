@@ -275,6 +275,16 @@ class Checkpoints:
         """Re-read the step list from the directory (after another process changed it)."""
         self._manager.reload()
 
+    def start(self, restored, damaged, fresh):
+        """``(state, first step)`` of a single-process loop after :func:`resume_point`: the
+        damaged newer steps go aside (``<step>.damaged``) so they can be saved again, then the
+        restored ``(state, meta)`` (or ``fresh`` at step 0 when ``restored`` is None)."""
+        for step, _ in sorted(damaged):
+            self.set_aside(step)
+        if damaged:
+            self.reload()
+        return (fresh, 0) if restored is None else (restored[0], int(restored[1]["step"]))
+
     def set_aside(self, step: int):
         """Move a damaged step out of Orbax's view (to ``<step>.damaged``, kept for
         inspection), so the run can save that step again; returns the new path.  Call

@@ -359,11 +359,7 @@ def _run_distill(config, workdir, restart: bool, holder: dict) -> dict:
     log_path = wd / LOG_FILE
     with Checkpoints(ckpt_dir, mid, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
                      final_step=t["num_steps"]) as ckpt, SigtermFlag() as sigterm:
-        for step, _ in sorted(damaged):
-            ckpt.set_aside(step)
-        if damaged:
-            ckpt.reload()
-        state, start = (fresh, 0) if restored is None else (restored[0], int(restored[1]["step"]))
+        state, start = ckpt.start(restored, damaged, fresh)
         logging.info("distill: %s, starting at step %d in %s", mode, start, wd)
         rewrite_log(log_path, start)
         window, t0, last = [], time.perf_counter(), None

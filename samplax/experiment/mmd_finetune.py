@@ -350,11 +350,7 @@ def _run(config, workdir, restart: bool, holder: dict) -> dict:
     log_path = wd / LOG_FILE
     with Checkpoints(ckpt_dir, mid, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
                      final_step=t["num_steps"]) as ckpt, SigtermFlag() as sigterm:
-        for s in sorted(s for s, _ in damaged):  # newer damaged steps go aside (<step>.damaged)
-            ckpt.set_aside(s)
-        if damaged:
-            ckpt.reload()
-        state, start = (fresh, 0) if restored is None else (restored[0], int(restored[1]["step"]))
+        state, start = ckpt.start(restored, damaged, fresh)  # newer damaged steps go aside (<step>.damaged)
         logging.info("mmd_finetune: starting at step %d in %s", start, wd)
         rewrite_log(log_path, start)
         params, opt_state = state["params"], state["opt_state"]

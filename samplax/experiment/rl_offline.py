@@ -224,11 +224,7 @@ def run_offline_rl(config, workdir, restart: bool = False) -> dict:
         log_path = wd / LOG_FILE
         with Checkpoints(ckpt_dir, mid, ident, keep=t["keep_checkpoints"], every=t["checkpoint_every"],
                          final_step=t["num_steps"]) as ckpt, SigtermFlag() as sigterm:
-            for step in sorted(s for s, _ in damaged):  # newer damaged steps go aside (<step>.damaged)
-                ckpt.set_aside(step)
-            if damaged:
-                ckpt.reload()
-            state, start = (fresh, 0) if restored is None else (restored[0], int(restored[1]["step"]))
+            state, start = ckpt.start(restored, damaged, fresh)  # newer damaged steps go aside (<step>.damaged)
             logging.info("offline_rl: starting at step %d in %s", start, wd)
             rewrite_log(log_path, start)
             window, t0 = [], time.perf_counter()

@@ -660,14 +660,8 @@ def _run_locked(st: Setup, wd, fresh, restored, damaged, report: bool) -> dict:
     path = wd / store.RESULTS_FILE
     with Checkpoints(wd / CHECKPOINT_DIR, st.ident, keep=st.cfg["keep_checkpoints"], every=st.cfg["checkpoint_every"],
                      final_step=total) as ckpt:
-        for step, _ in damaged:
-            ckpt.set_aside(step)
-        if damaged:
-            ckpt.reload()
-        if restored is None:
-            state, start = fresh, 0
-        else:
-            state, start = restored[0], int(restored[1]["step"])
+        state, start = ckpt.start(restored, damaged, fresh)
+        if restored is not None:
             logging.info("search: resuming after iteration %d from %s", start, ckpt.path(start))
         kept = keep_rows_before(path, start)
         logging.info("search: %d rows of the %d iterations done kept in %s", kept, start, path)
