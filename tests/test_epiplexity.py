@@ -37,8 +37,10 @@ def test_a_model_that_does_not_learn_codes_exactly_log2_k_per_token():
     x = np.random.default_rng(0).integers(0, K, (N, L))
     r = ep.epiplexity(x, K, **dict(OPTS, learning_rate=0.0))
     exact = 64 * 16 * L * math.log2(K)
-    np.testing.assert_allclose(r.code.prequential_bits, exact, rtol=1e-6)
-    np.testing.assert_allclose(r.code.entropy_bits, exact, rtol=1e-6)
+    # totals are float32 sums of 8192 per-token terms: rounding alone reaches ~1e-6 relative
+    # (seen with XLA's unoptimised reduction order), far below any modelling effect
+    np.testing.assert_allclose(r.code.prequential_bits, exact, rtol=1e-5)
+    np.testing.assert_allclose(r.code.entropy_bits, exact, rtol=1e-5)
     np.testing.assert_allclose(r.code.curve, math.log2(K), rtol=1e-6)
     assert abs(r.epiplexity_bits) < 1e-6 * exact and r.n_samples == 1024
 
