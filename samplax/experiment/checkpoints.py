@@ -43,7 +43,7 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment.identity import settings_hash
-from samplax.experiment.results import config_diff
+from samplax.experiment.results import check_saved_config, config_diff
 
 STATE, META = "state", "meta"
 DAMAGED_SUFFIX = ".damaged"
@@ -304,7 +304,7 @@ class Checkpoints:
 
 
 __all__ = ["Checkpoints", "CheckpointMismatch", "CheckpointDamaged", "state_checksum", "resume_point",
-           "restore_checkpoint"]
+           "restore_checkpoint", "resume_run"]
 
 
 def resume_point(directory, model_identity: dict, train_identity: Optional[dict], target):
@@ -316,6 +316,25 @@ def resume_point(directory, model_identity: dict, train_identity: Optional[dict]
         return None, None, []
     with Checkpoints(directory, model_identity, train_identity, read_only=True) as ro:
         return ro.restore_intact(target)
+
+
+def resume_run(workdir, directory, model_identity: dict, config_identity: dict, train_identity: Optional[dict],
+               target, restart: bool, check=None):
+    """Read-only, before a run writes anything: ``(restored, damaged)`` for :meth:`Checkpoints.start`.
+    ``restart``: ``(None, [])``.  Otherwise the workdir's saved config must be ``config_identity``
+    (WorkdirConflict naming the fields), and ``restored`` is the newest intact checkpoint's
+    ``(state, meta)`` (:func:`resume_point`; None when there is none), which ``check(meta)`` may
+    refuse (e.g. a checkpoint made from another base model) by raising.  Shared by the trainer,
+    the search and the offline-RL, MMD-finetune and distill loops."""
+    if restart:
+        return None, []
+    check_saved_config(str(workdir), config_identity)
+    state, meta, damaged = resume_point(directory, model_identity, train_identity, target)
+    if state is None:
+        return None, damaged
+    if check is not None:
+        check(meta)
+    return (state, meta), damaged
 
 
 def restore_checkpoint(directory, model_identity: dict, target, step: Optional[int] = None, what: str = ""):

@@ -45,7 +45,7 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import (CheckpointMismatch, Checkpoints, restore_checkpoint, resume_point,
+from samplax.experiment.checkpoints import (CheckpointMismatch, Checkpoints, restore_checkpoint, resume_run,
                                          state_checksum)
 from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of
 from samplax.experiment.identity import identity
@@ -337,16 +337,13 @@ def _run_distill(config, workdir, restart: bool, holder: dict) -> dict:
     ckpt_dir = wd / CHECKPOINT_DIR
     fresh = fresh_state(cfg, teacher, s_student)
 
-    restored, damaged = None, []
-    if not restart:
-        store.check_saved_config(str(wd), ident)
-        state0, meta0, damaged = resume_point(ckpt_dir, mid, ident, fresh)
-        if state0 is not None:
-            if meta0.get("teacher_sha256") != teacher_sha:
-                raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} was distilled from another "
-                                         f"teacher checkpoint (step {meta0.get('teacher_step')}, now {teacher.step});"
-                                         f" pin config.teacher_step, use another workdir or --restart")
-            restored = (state0, meta0)
+    def same_teacher(meta0):
+        if meta0.get("teacher_sha256") != teacher_sha:
+            raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} was distilled from another "
+                                     f"teacher checkpoint (step {meta0.get('teacher_step')}, now {teacher.step});"
+                                     f" pin config.teacher_step, use another workdir or --restart")
+
+    restored, damaged = resume_run(wd, ckpt_dir, mid, ident, ident, fresh, restart, same_teacher)
 
     holder["lock"] = store.WorkdirLock(wd)
     holder["lock"].acquire()

@@ -41,7 +41,7 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, restore_checkpoint, resume_point
+from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, restore_checkpoint, resume_run
 from samplax.experiment.config import ConfigError, Field, check_tree, float_range, int_range, one_of
 from samplax.experiment.identity import identity
 from samplax.training.mmd import BANDWIDTHS, FEATURES, MMD_SOLVERS
@@ -331,16 +331,13 @@ def _run(config, workdir, restart: bool, holder: dict) -> dict:
     ckpt_dir = wd / CHECKPOINT_DIR
     base_meta = dict(base_step=tr.step, base_checkpoint=tr.checkpoint)
 
-    restored, damaged = None, []
-    if not restart:
-        store.check_saved_config(str(wd), ident)
-        state0, meta0, damaged = resume_point(ckpt_dir, mid, ident, fresh)
-        if state0 is not None:
-            if meta0.get("base_step") != tr.step:
-                raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} finetuned base step "
-                                         f"{meta0.get('base_step')}, the base's newest is now {tr.step}; use "
-                                         f"another workdir or --restart")
-            restored = (state0, meta0)
+    def same_base(meta0):
+        if meta0.get("base_step") != tr.step:
+            raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} finetuned base step "
+                                     f"{meta0.get('base_step')}, the base's newest is now {tr.step}; use "
+                                     f"another workdir or --restart")
+
+    restored, damaged = resume_run(wd, ckpt_dir, mid, ident, ident, fresh, restart, same_base)
 
     holder["lock"] = store.WorkdirLock(wd)
     holder["lock"].acquire()

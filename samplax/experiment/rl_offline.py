@@ -36,7 +36,7 @@ from absl import logging
 
 from samplax import io
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, resume_point
+from samplax.experiment.checkpoints import CheckpointMismatch, Checkpoints, resume_run
 from samplax.experiment.config import Field, check_tree, float_range, int_range, one_of, positive_tuple
 from samplax.experiment.identity import identity
 
@@ -199,16 +199,13 @@ def run_offline_rl(config, workdir, restart: bool = False) -> dict:
     mid = model_identity(cfg, env)
     ckpt_dir = wd / CHECKPOINT_DIR
 
-    restored, damaged = None, []
-    if not restart:
-        store.check_saved_config(str(wd), ident)
-        state0, meta0, damaged = resume_point(ckpt_dir, mid, ident, fresh)
-        if state0 is not None:
-            if meta0.get("data_sha256") != digest:
-                raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} was trained on another data "
-                                         f"set (sha256 {str(meta0.get('data_sha256'))[:12]}..., now "
-                                         f"{digest[:12]}...); use another workdir or --restart")
-            restored = (state0, meta0)
+    def same_data(meta0):
+        if meta0.get("data_sha256") != digest:
+            raise CheckpointMismatch(f"checkpoint {ckpt_dir / str(meta0['step'])} was trained on another data "
+                                     f"set (sha256 {str(meta0.get('data_sha256'))[:12]}..., now "
+                                     f"{digest[:12]}...); use another workdir or --restart")
+
+    restored, damaged = resume_run(wd, ckpt_dir, mid, ident, ident, fresh, restart, same_data)
 
     with store.WorkdirLock(wd):
         store.open_run(wd, "offline_rl", cfg, ident, restart, DERIVED)

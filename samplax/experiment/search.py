@@ -54,7 +54,7 @@ from samplax.solvers.base import jit_cpu_fast
 from samplax.experiment import cache as refcache
 from samplax.experiment import loading
 from samplax.experiment import results as store
-from samplax.experiment.checkpoints import CheckpointDamaged, Checkpoints, resume_point
+from samplax.experiment.checkpoints import CheckpointDamaged, Checkpoints, resume_run
 from samplax.experiment.config import _COMMON, Field, _check_tree, _choice, _nfe, _nonneg, _positive
 from samplax.experiment.errors import ConfigError
 from samplax.experiment.identity import identity, settings_hash
@@ -642,12 +642,7 @@ def run_search(config, workdir, restart: bool = False, report: bool = True) -> d
     wd = store.check_workdir(workdir)
     ckpt_dir = wd / CHECKPOINT_DIR
     fresh = st.strategy.init(jax.random.fold_in(jax.random.PRNGKey(st.cfg["search"]["seed"]), INIT_FOLD))
-    restored, damaged = None, []
-    if not restart:
-        store.check_saved_config(wd, st.ident)
-        state0, meta0, damaged = resume_point(ckpt_dir, st.ident, None, fresh)
-        if state0 is not None:
-            restored = (state0, meta0)
+    restored, damaged = resume_run(wd, ckpt_dir, st.ident, st.ident, None, fresh, restart)
     with store.WorkdirLock(wd):
         store.open_run(wd, "search", st.cfg, st.ident, restart, DERIVED)
         return _run_locked(st, wd, fresh, restored, damaged, report)

@@ -52,7 +52,7 @@ from samplax.experiment import devices, user
 from samplax.experiment import results as store
 from samplax import io
 from samplax.experiment.checkpoints import (CheckpointDamaged, CheckpointMismatch, Checkpoints, restore_checkpoint,
-                                         resume_point)
+                                         resume_run)
 from samplax.experiment.config import DEFAULT_DATA_SAMPLER, TRAIN_NON_IDENTITY_FIELDS, ConfigError, validate_train
 from samplax.experiment.identity import identity
 from samplax.experiment.progress import Progress
@@ -453,12 +453,7 @@ def _run_train(config, workdir, restart: bool, holder: dict) -> dict:
     fresh = jax.device_put(fresh_train_state(s), rep)
 
     # the checkpoint to resume, its compatibility and integrity: read-only, before any write
-    restored, damaged = None, []
-    if not restart:
-        store.check_saved_config(str(wd), ident)
-        state0, meta0, damaged = resume_point(ckpt_dir, s.identity, ident, fresh)
-        if state0 is not None:
-            restored = (state0, meta0)
+    restored, damaged = resume_run(wd, ckpt_dir, s.identity, ident, ident, fresh, restart)
 
     # writing starts here, under the workdir's lock (checked again there)
     if writer:
